@@ -1,0 +1,147 @@
+/** The local Microsoft 365 sandbox: Entra ID, Key Vault, managed identity, App Insights ingestion and Exchange SMTP, on loopback with one local CA. */
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createCertificateAuthority, type CertificateAuthority } from './ca';
+import { startEntra, type EntraServer } from './entra';
+import { startIngestionCapture, type IngestionCapture } from './ingestion';
+import { startKeyVault, type KeyVaultServer } from './keyVault';
+import { createFederationIssuer, startManagedIdentityEndpoint, type ManagedIdentityEndpoint } from './managedIdentity';
+import { startExchangeSmtp, type ExchangeSmtpLimits, type ExchangeSmtpServer, type Clock } from './smtp';
+import { certificateThumbprints, createTenant, type SandboxTenant } from './tenant';
+import { TokenIssuer } from './tokens';
+
+/** Key Vault secret names the app reads by default (PRODUCT.md Settings). */
+export const SECRET_NAMES = {
+  clientSecret: 'mail-client-secret',
+  clientCert: 'mail-client-cert',
+  password: 'mail-password',
+  unsubscribeKey: 'mail-unsubscribe-key',
+} as const;
+
+export type SandboxAuthMode = 'client-secret' | 'client-certificate' | 'federated-identity' | 'basic';
+
+export interface SandboxOptions {
+  /** The mailbox the app sends as; default alerts@contoso.test. */
+  sender?: string;
+  domain?: string;
+  smtpLimits?: Partial<ExchangeSmtpLimits>;
+  clock?: Clock;
+  tokenLifetimeSeconds?: number;
+  /** Where the CA file is written; default a fresh temp directory. */
+  dir?: string;
+}
+
+/** A running sandbox and the handles tests use to inspect it and inject faults. */
+export interface Sandbox {
+  tenant: SandboxTenant;
+  ca: CertificateAuthority;
+  /** The CA certificate file, for MAIL_TLS_CA_FILE and NODE_EXTRA_CA_CERTS. */
+  caFile: string;
+  dir: string;
+  issuer: TokenIssuer;
+  entra: EntraServer;
+  keyVault: KeyVaultServer;
+  identity: ManagedIdentityEndpoint;
+  ingestion: IngestionCapture;
+  smtp: ExchangeSmtpServer;
+  /** The client certificate registered on the app (its PEM bundle is also in Key Vault). */
+  clientCertificate: { keyPem: string; certPem: string; thumbprintSha256: string };
+  /** App settings that point the app at this sandbox, for the given auth mode. */
+  settings(mode?: SandboxAuthMode): Record<string, string>;
+  /** Every secret value the sandbox issued, for "never appears in output" checks. */
+  secretValues(): string[];
+  close(): Promise<void>;
+}
+
+/** Starts every sandbox service on free loopback ports. Close it when done. */
+export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbox> {
+  const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'm365-sandbox-'));
+  mkdirSync(dir, { recursive: true });
+  const tenant = createTenant({ ...(options.domain ? { domain: options.domain } : {}), ...(options.sender ? { sender: options.sender } : {}) });
+  const ca = createCertificateAuthority();
+  const caFile = path.join(dir, 'sandbox-ca.pem');
+  writeFileSync(caFile, ca.certPem);
+
+  const issuer = new TokenIssuer(`https://sts.windows.net/${tenant.tenantId}/`);
+  const federationIssuer = createFederationIssuer(tenant);
+  const client = ca.issueClient(`m365-mailer ${tenant.app.clientId}`);
+  const thumbprints = certificateThumbprints(client.certPem);
+  tenant.app.certificates.set(thumbprints.base64url, client.certPem);
+
+  const started: Array<{ close(): Promise<void> }> = [];
+  try {
+    const lifetime = options.tokenLifetimeSeconds !== undefined ? { tokenLifetimeSeconds: options.tokenLifetimeSeconds } : {};
+    const entra = await startEntra({ ca, tenant, issuer, federationIssuer, ...lifetime });
+    started.push(entra);
+    const keyVault = await startKeyVault({ ca, tenant, issuer, entraUrl: entra.url });
+    started.push(keyVault);
+    const identity = await startManagedIdentityEndpoint({ tenant, issuer, federationIssuer, ...lifetime });
+    started.push(identity);
+    const ingestion = await startIngestionCapture({ ca });
+    started.push(ingestion);
+    const smtp = await startExchangeSmtp({
+      ca,
+      tenant,
+      issuer,
+      ...(options.smtpLimits ? { limits: options.smtpLimits } : {}),
+      ...(options.clock ? { clock: options.clock } : {}),
+    });
+    started.push(smtp);
+
+    const sender = [...tenant.exchange.mailboxes.keys()][0] as string;
+    const mailbox = tenant.exchange.mailboxes.get(sender);
+    keyVault.setSecret(SECRET_NAMES.clientSecret, tenant.app.secrets[0] as string);
+    keyVault.setSecret(SECRET_NAMES.clientCert, `${client.keyPem}\n${client.certPem}`, 'application/x-pem-file');
+    if (mailbox?.appPassword) keyVault.setSecret(SECRET_NAMES.password, mailbox.appPassword);
+    keyVault.setSecret(SECRET_NAMES.unsubscribeKey, randomBytes(32).toString('base64url'));
+
+    const sandbox: Sandbox = {
+      tenant,
+      ca,
+      caFile,
+      dir,
+      issuer,
+      entra,
+      keyVault,
+      identity,
+      ingestion,
+      smtp,
+      clientCertificate: { ...client, thumbprintSha256: thumbprints.hex },
+      settings(mode: SandboxAuthMode = 'client-secret') {
+        return {
+          MAIL_SENDER: sender,
+          MAIL_AUTH_MODE: mode,
+          MAIL_TENANT_ID: tenant.tenantId,
+          MAIL_CLIENT_ID: tenant.app.clientId,
+          ...(mode === 'federated-identity' ? {} : { MAIL_KEY_VAULT_URL: keyVault.url }),
+          MAIL_AUTHORITY_HOST: entra.url,
+          MAIL_SMTP_HOST: smtp.host,
+          MAIL_SMTP_PORT: String(smtp.port),
+          MAIL_TLS_CA_FILE: caFile,
+          APPLICATIONINSIGHTS_CONNECTION_STRING: ingestion.connectionString,
+          // The Function App's user-assigned managed identity, as App Service exposes it.
+          AZURE_CLIENT_ID: tenant.identity.clientId,
+          IDENTITY_ENDPOINT: identity.endpoint,
+          IDENTITY_HEADER: identity.header,
+        };
+      },
+      secretValues() {
+        return [
+          ...tenant.app.secrets,
+          client.keyPem,
+          identity.header,
+          ...(mailbox?.appPassword ? [mailbox.appPassword] : []),
+        ];
+      },
+      async close() {
+        await Promise.allSettled(started.reverse().map((s) => s.close()));
+      },
+    };
+    return sandbox;
+  } catch (error) {
+    await Promise.allSettled(started.reverse().map((s) => s.close()));
+    throw error;
+  }
+}

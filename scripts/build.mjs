@@ -1,0 +1,22 @@
+// Bundles the Functions app and the CLI with esbuild: CommonJS, Node 20, @azure/functions-core left to the host.
+import { build } from 'esbuild';
+import { rmSync, existsSync } from 'node:fs';
+
+rmSync('dist', { recursive: true, force: true });
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  sourcemap: 'linked',
+  legalComments: 'none',
+  logLevel: 'warning',
+  // The Functions host injects this module; it is never on disk.
+  external: ['@azure/functions-core'],
+};
+
+const entryPoints = { cli: 'src/bin.ts' };
+if (existsSync('functions/index.ts')) entryPoints['functions/index'] = 'functions/index.ts';
+
+await build({ ...common, entryPoints, outdir: 'dist', banner: { js: '/* m365-mailer bundle */' } });

@@ -1,0 +1,303 @@
+/** The typed Config: every setting of PRODUCT.md "Settings", parsed and validated once, with errors that name the setting and the fix. */
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { MailError } from './errors';
+
+export const DEFAULT_SMTP_HOST = 'smtp.office365.com';
+export const DEFAULT_SMTP_PORT = 587;
+export const DEFAULT_SMTP_SCOPE = 'https://outlook.office365.com/.default';
+export const DEFAULT_AUTHORITY_HOST = 'https://login.microsoftonline.com';
+export const DEFAULT_RATE_PER_MINUTE = 30;
+export const DEFAULT_MAX_CONNECTIONS = 3;
+export const DEFAULT_DAILY_RECIPIENT_LIMIT = 10_000;
+export const DEFAULT_MAX_RECIPIENTS = 500;
+/** 35 MiB: Exchange Online's default send limit. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 36_700_160;
+export const DEFAULT_DIGEST_SCHEDULE = '0 0 7 * * *';
+export const DEFAULT_DIGEST_MAX_ITEMS = 50;
+
+/** Authority hosts of Microsoft's clouds; any other host is added to MSAL's knownAuthorities. */
+export const MICROSOFT_AUTHORITY_HOSTS = new Set([
+  'login.microsoftonline.com',
+  'login.microsoftonline.us',
+  'login.chinacloudapi.cn',
+  'login.partner.microsoftonline.cn',
+]);
+
+export const AUTH_MODES = ['client-secret', 'client-certificate', 'federated-identity', 'basic'] as const;
+export type AuthMode = (typeof AUTH_MODES)[number];
+
+const EMAIL = /^[^\s@<>()",;:\\[\]]+@[^\s@<>()",;:\\[\]]+\.[^\s@<>()",;:\\[\]]+$/;
+const GUID_OR_DOMAIN = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z0-9.-]+\.[a-z]{2,})$/i;
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Fixes shown after "<SETTING> is invalid/required:". */
+const FIXES: Record<string, string> = {
+  MAIL_SENDER: 'set it to the UPN of the mailbox that authenticates, e.g. alerts@contoso.com',
+  MAIL_ALLOWED_FROM: 'a comma-separated list of addresses or @domain entries, e.g. "alerts@contoso.com,@contoso.com"',
+  MAIL_AUTH_MODE: `one of ${AUTH_MODES.join(', ')}`,
+  MAIL_TENANT_ID: "the Entra tenant id (GUID) or primary domain, from the app registration's Overview page",
+  MAIL_CLIENT_ID: "the app registration's Application (client) ID (a GUID)",
+  MAIL_KEY_VAULT_URL: 'https://<vault-name>.vault.azure.net (required unless MAIL_AUTH_MODE=federated-identity)',
+  MAIL_AUTHORITY_HOST: 'an https URL such as https://login.microsoftonline.com',
+  MAIL_SMTP_HOST: 'a host name such as smtp.office365.com',
+  MAIL_SMTP_PORT: 'a TCP port, 587 for Exchange Online',
+  MAIL_SMTP_SCOPE: 'https://outlook.office365.com/.default (or the sovereign cloud equivalent)',
+  MAIL_TLS_CA_FILE: 'the path of a PEM file holding the extra CA certificate to trust',
+  MAIL_UNSUBSCRIBE_BASE_URL: 'the public https base URL of this app, e.g. https://mailer.contoso.com',
+};
+
+function positiveInt(name: string, fallback: number) {
+  return z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined || value.trim() === '') return fallback;
+      const n = Number(value);
+      if (!Number.isInteger(n) || n <= 0) {
+        ctx.addIssue({ code: 'custom', message: `${name} must be a positive whole number (got "${value}")` });
+        return z.NEVER;
+      }
+      return n;
+    });
+}
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+const rawSchema = z.object({
+  MAIL_SENDER: optionalString,
+  MAIL_ALLOWED_FROM: optionalString,
+  MAIL_AUTH_MODE: optionalString,
+  MAIL_TENANT_ID: optionalString,
+  MAIL_CLIENT_ID: optionalString,
+  MAIL_KEY_VAULT_URL: optionalString,
+  MAIL_CLIENT_SECRET_NAME: optionalString,
+  MAIL_CLIENT_CERT_NAME: optionalString,
+  MAIL_PASSWORD_SECRET_NAME: optionalString,
+  MAIL_AUTHORITY_HOST: optionalString,
+  MAIL_SMTP_HOST: optionalString,
+  MAIL_SMTP_PORT: positiveInt('MAIL_SMTP_PORT', DEFAULT_SMTP_PORT),
+  MAIL_SMTP_SCOPE: optionalString,
+  MAIL_TLS_CA_FILE: optionalString,
+  MAIL_RATE_PER_MINUTE: positiveInt('MAIL_RATE_PER_MINUTE', DEFAULT_RATE_PER_MINUTE),
+  MAIL_MAX_CONNECTIONS: positiveInt('MAIL_MAX_CONNECTIONS', DEFAULT_MAX_CONNECTIONS),
+  MAIL_DAILY_RECIPIENT_LIMIT: positiveInt('MAIL_DAILY_RECIPIENT_LIMIT', DEFAULT_DAILY_RECIPIENT_LIMIT),
+  MAIL_MAX_RECIPIENTS: positiveInt('MAIL_MAX_RECIPIENTS', DEFAULT_MAX_RECIPIENTS),
+  MAIL_MAX_MESSAGE_BYTES: positiveInt('MAIL_MAX_MESSAGE_BYTES', DEFAULT_MAX_MESSAGE_BYTES),
+  MAIL_DIGEST_SCHEDULE: optionalString,
+  MAIL_DIGEST_MAX_ITEMS: positiveInt('MAIL_DIGEST_MAX_ITEMS', DEFAULT_DIGEST_MAX_ITEMS),
+  MAIL_UNSUBSCRIBE_BASE_URL: optionalString,
+  MAIL_UNSUBSCRIBE_KEY_NAME: optionalString,
+  AzureWebJobsStorage: optionalString,
+  APPLICATIONINSIGHTS_CONNECTION_STRING: optionalString,
+  AZURE_CLIENT_ID: optionalString,
+});
+
+/** OAuth settings shared by the three OAuth modes. */
+interface OAuthSettings {
+  tenantId: string;
+  clientId: string;
+  authorityHost: string;
+  scope: string;
+}
+
+/** Credentials by mode: a discriminated union, so a mode without its settings does not type-check. */
+export type AuthConfig =
+  | ({ mode: 'client-secret'; keyVaultUrl: string; clientSecretName: string } & OAuthSettings)
+  | ({ mode: 'client-certificate'; keyVaultUrl: string; clientCertName: string } & OAuthSettings)
+  | ({ mode: 'federated-identity'; managedIdentityClientId?: string } & OAuthSettings)
+  | { mode: 'basic'; keyVaultUrl: string; passwordSecretName: string };
+
+export interface Config {
+  sender: string;
+  /** Lower-cased addresses and '@domain' entries; always includes the sender. */
+  allowedFrom: string[];
+  auth: AuthConfig;
+  /** The authority host, also used by DefaultAzureCredential for Key Vault. */
+  authorityHost: string;
+  smtp: { host: string; port: number };
+  /** PEM of MAIL_TLS_CA_FILE, trusted in addition to the system roots. */
+  extraCaPem?: string;
+  extraCaFile?: string;
+  limits: {
+    ratePerMinute: number;
+    maxConnections: number;
+    dailyRecipientLimit: number;
+    maxRecipients: number;
+    maxMessageBytes: number;
+  };
+  digest: { schedule: string; maxItems: number };
+  unsubscribe: { baseUrl?: string; keyName: string };
+  storageConnection?: string;
+  appInsightsConnectionString?: string;
+  managedIdentityClientId?: string;
+}
+
+/** A settings error lists every problem at once, each naming the setting and its fix. */
+export class ConfigError extends MailError {
+  constructor(readonly problems: string[]) {
+    super('CONFIG_INVALID', `Invalid settings:\n  - ${problems.join('\n  - ')}`);
+  }
+}
+
+function isMicrosoftAuthority(host: string): boolean {
+  try {
+    return MICROSOFT_AUTHORITY_HOSTS.has(new URL(host).hostname);
+  } catch {
+    return false;
+  }
+}
+
+/** True when MSAL needs knownAuthorities and @azure/identity needs disableInstanceDiscovery (sandbox, custom hosts). */
+export function isCustomAuthority(config: Pick<Config, 'authorityHost'>): boolean {
+  return !isMicrosoftAuthority(config.authorityHost);
+}
+
+/**
+ * Parses settings from `env` (process.env, merged with local.settings.json Values by {@link readSettings}).
+ * Throws ConfigError naming every missing or invalid setting.
+ */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const parsed = rawSchema.safeParse(env);
+  const problems: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) problems.push(issue.message);
+    throw new ConfigError(problems);
+  }
+  const s = parsed.data;
+  const required = (name: keyof typeof s, why = '') => {
+    if (s[name] === undefined) problems.push(`${name} is required${why}: ${FIXES[name] ?? 'set it'}`);
+  };
+  const invalid = (name: string, value: string) =>
+    problems.push(`${name} is invalid ("${value}"): ${FIXES[name] ?? 'check the value'}`);
+
+  required('MAIL_SENDER');
+  const sender = s.MAIL_SENDER?.toLowerCase() ?? '';
+  if (s.MAIL_SENDER && !EMAIL.test(s.MAIL_SENDER)) invalid('MAIL_SENDER', s.MAIL_SENDER);
+
+  const allowedFrom = new Set<string>(sender ? [sender] : []);
+  for (const entry of (s.MAIL_ALLOWED_FROM ?? '').split(',').map((e) => e.trim().toLowerCase())) {
+    if (!entry) continue;
+    if (entry.startsWith('@') ? /^@[a-z0-9.-]+\.[a-z]{2,}$/.test(entry) : EMAIL.test(entry)) allowedFrom.add(entry);
+    else invalid('MAIL_ALLOWED_FROM', entry);
+  }
+
+  const mode = (s.MAIL_AUTH_MODE ?? 'client-secret') as AuthMode;
+  if (!AUTH_MODES.includes(mode)) invalid('MAIL_AUTH_MODE', String(s.MAIL_AUTH_MODE));
+
+  const authorityHost = (s.MAIL_AUTHORITY_HOST ?? DEFAULT_AUTHORITY_HOST).replace(/\/+$/, '');
+  if (!/^https:\/\/[^/\s]+$/.test(authorityHost)) invalid('MAIL_AUTHORITY_HOST', authorityHost);
+
+  const scope = s.MAIL_SMTP_SCOPE ?? DEFAULT_SMTP_SCOPE;
+  if (!/^https:\/\/\S+\/\.default$/.test(scope)) invalid('MAIL_SMTP_SCOPE', scope);
+
+  const oauth = mode !== 'basic';
+  if (oauth) {
+    required('MAIL_TENANT_ID', ` for MAIL_AUTH_MODE=${mode}`);
+    required('MAIL_CLIENT_ID', ` for MAIL_AUTH_MODE=${mode}`);
+    if (s.MAIL_TENANT_ID && !GUID_OR_DOMAIN.test(s.MAIL_TENANT_ID)) invalid('MAIL_TENANT_ID', s.MAIL_TENANT_ID);
+    if (s.MAIL_CLIENT_ID && !GUID.test(s.MAIL_CLIENT_ID)) invalid('MAIL_CLIENT_ID', s.MAIL_CLIENT_ID);
+  }
+  if (mode !== 'federated-identity') required('MAIL_KEY_VAULT_URL', ` for MAIL_AUTH_MODE=${mode}`);
+  if (s.MAIL_KEY_VAULT_URL && !/^https:\/\/[^/\s]+\/?$/.test(s.MAIL_KEY_VAULT_URL)) {
+    invalid('MAIL_KEY_VAULT_URL', s.MAIL_KEY_VAULT_URL);
+  }
+
+  const smtpHost = s.MAIL_SMTP_HOST ?? DEFAULT_SMTP_HOST;
+  if (!/^[a-z0-9.-]+$/i.test(smtpHost)) invalid('MAIL_SMTP_HOST', smtpHost);
+  if (s.MAIL_SMTP_PORT > 65_535) invalid('MAIL_SMTP_PORT', String(s.MAIL_SMTP_PORT));
+
+  let extraCaPem: string | undefined;
+  if (s.MAIL_TLS_CA_FILE) {
+    const file = path.resolve(s.MAIL_TLS_CA_FILE);
+    if (!existsSync(file)) problems.push(`MAIL_TLS_CA_FILE points at a file that does not exist (${file}): ${FIXES.MAIL_TLS_CA_FILE}`);
+    else {
+      extraCaPem = readFileSync(file, 'utf8');
+      if (!extraCaPem.includes('-----BEGIN CERTIFICATE-----')) {
+        problems.push(`MAIL_TLS_CA_FILE (${file}) holds no PEM certificate: ${FIXES.MAIL_TLS_CA_FILE}`);
+      }
+    }
+  }
+  if (s.MAIL_UNSUBSCRIBE_BASE_URL && !/^https?:\/\/\S+$/.test(s.MAIL_UNSUBSCRIBE_BASE_URL)) {
+    invalid('MAIL_UNSUBSCRIBE_BASE_URL', s.MAIL_UNSUBSCRIBE_BASE_URL);
+  }
+  if (s.MAIL_MAX_RECIPIENTS > 1000) {
+    problems.push('MAIL_MAX_RECIPIENTS must be at most 1000: Exchange Online accepts 1 to 1000 recipients per message');
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const vault = (s.MAIL_KEY_VAULT_URL ?? '').replace(/\/+$/, '');
+  const oauthSettings: OAuthSettings = {
+    tenantId: s.MAIL_TENANT_ID ?? '',
+    clientId: s.MAIL_CLIENT_ID ?? '',
+    authorityHost,
+    scope,
+  };
+  const auth: AuthConfig =
+    mode === 'client-secret'
+      ? { mode, keyVaultUrl: vault, clientSecretName: s.MAIL_CLIENT_SECRET_NAME ?? 'mail-client-secret', ...oauthSettings }
+      : mode === 'client-certificate'
+        ? { mode, keyVaultUrl: vault, clientCertName: s.MAIL_CLIENT_CERT_NAME ?? 'mail-client-cert', ...oauthSettings }
+        : mode === 'federated-identity'
+          ? { mode, managedIdentityClientId: s.AZURE_CLIENT_ID, ...oauthSettings }
+          : { mode, keyVaultUrl: vault, passwordSecretName: s.MAIL_PASSWORD_SECRET_NAME ?? 'mail-password' };
+
+  return {
+    sender,
+    allowedFrom: [...allowedFrom],
+    auth,
+    authorityHost,
+    smtp: { host: smtpHost, port: s.MAIL_SMTP_PORT },
+    extraCaPem,
+    extraCaFile: s.MAIL_TLS_CA_FILE,
+    limits: {
+      ratePerMinute: s.MAIL_RATE_PER_MINUTE,
+      maxConnections: s.MAIL_MAX_CONNECTIONS,
+      dailyRecipientLimit: s.MAIL_DAILY_RECIPIENT_LIMIT,
+      maxRecipients: s.MAIL_MAX_RECIPIENTS,
+      maxMessageBytes: s.MAIL_MAX_MESSAGE_BYTES,
+    },
+    digest: { schedule: s.MAIL_DIGEST_SCHEDULE ?? DEFAULT_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
+    unsubscribe: { baseUrl: s.MAIL_UNSUBSCRIBE_BASE_URL, keyName: s.MAIL_UNSUBSCRIBE_KEY_NAME ?? 'mail-unsubscribe-key' },
+    storageConnection: s.AzureWebJobsStorage,
+    appInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING,
+    managedIdentityClientId: s.AZURE_CLIENT_ID,
+  };
+}
+
+/**
+ * The settings a local run sees, as `func start` builds them: local.settings.json `Values` first,
+ * then the process environment on top. A malformed local.settings.json is a ConfigError.
+ */
+export function readSettings(
+  env: Record<string, string | undefined> = process.env,
+  file = path.resolve('local.settings.json'),
+): Record<string, string | undefined> {
+  if (!existsSync(file)) return { ...env };
+  let values: Record<string, unknown>;
+  try {
+    const json = JSON.parse(readFileSync(file, 'utf8')) as { Values?: Record<string, unknown> };
+    values = json.Values ?? {};
+  } catch (error) {
+    throw new ConfigError([`${file} is not valid JSON (${(error as Error).message}): fix or delete it`]);
+  }
+  const merged: Record<string, string | undefined> = {};
+  for (const [key, value] of Object.entries(values)) {
+    if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') merged[key] = String(value);
+  }
+  return { ...merged, ...env };
+}
+
+/**
+ * Copies settings into process.env where unset, as `func start` does with local.settings.json, so that the
+ * Azure SDK's own lookups (AZURE_CLIENT_ID, IDENTITY_ENDPOINT, …) see them.
+ */
+export function exportSettings(settings: Record<string, string | undefined>): void {
+  for (const [key, value] of Object.entries(settings)) {
+    if (value !== undefined && process.env[key] === undefined) process.env[key] = value;
+  }
+}

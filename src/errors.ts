@@ -1,0 +1,181 @@
+/** MailError and the single table of error codes: every failure the sender can meet, with its transient flag and the admin's fix. */
+
+/** One row per failure. `transient` says whether the same message may succeed later unchanged. */
+export const ERROR_CODES = {
+  CONFIG_INVALID: { transient: false, hint: 'Fix the named setting (app settings in Azure, local.settings.json locally) and restart.' },
+  INVALID_MESSAGE: { transient: false, hint: 'Correct the named field of the message.' },
+  SENDER_NOT_ALLOWED: {
+    transient: false,
+    hint: 'Send from MAIL_SENDER, or add the address (or @domain) to MAIL_ALLOWED_FROM and grant SendAs in Exchange: Add-RecipientPermission -Identity <from> -Trustee <MAIL_SENDER> -AccessRights SendAs.',
+  },
+  TOO_MANY_RECIPIENTS: {
+    transient: false,
+    hint: 'Split the message: Exchange Online accepts at most MAIL_MAX_RECIPIENTS (default 500) recipients per message.',
+  },
+  MESSAGE_TOO_LARGE: {
+    transient: false,
+    hint: 'Reduce the message size (attachments): Exchange Online accepts 35 MB by default (MAIL_MAX_MESSAGE_BYTES).',
+  },
+  SMTP_AUTH_DISABLED: {
+    transient: false,
+    hint: 'SMTP AUTH is disabled for the tenant or mailbox. Enable it for the mailbox: Set-CASMailbox -Identity <MAIL_SENDER> -SmtpClientAuthenticationDisabled $false (tenant: Set-TransportConfig -SmtpClientAuthenticationDisabled $false). See https://aka.ms/smtp_auth_disabled.',
+  },
+  BASIC_AUTH_DISABLED: {
+    transient: false,
+    hint: 'Basic authentication is disabled for SMTP. Switch MAIL_AUTH_MODE to client-secret, client-certificate or federated-identity (OAuth 2.0); Basic SMTP AUTH is off by default from the end of December 2026.',
+  },
+  AUTH_FAILED: {
+    transient: false,
+    hint: 'Exchange refused the token (535 5.7.3). Register the Enterprise Application (not the App Registration) object id and grant the mailbox: New-ServicePrincipal -AppId <appid> -ObjectId <oid>; Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess. Also check SMTP.SendAsApp has admin consent. Run `m365-mailer doctor` for the exact lines.',
+  },
+  NOT_AUTHENTICATED: {
+    transient: false,
+    hint: 'The server received MAIL FROM without a successful AUTH (530 5.7.57): authentication never happened. Check that STARTTLS is offered and that the client sends AUTH XOAUTH2 before MAIL FROM.',
+  },
+  SEND_AS_DENIED: {
+    transient: false,
+    hint: 'The mailbox may not send as this From address: Add-RecipientPermission -Identity <from> -Trustee <MAIL_SENDER> -AccessRights SendAs (allow up to an hour to apply).',
+  },
+  MAILBOX_LOGON_FAILURE: {
+    transient: false,
+    hint: 'Exchange could not log on to the mailbox for the app (430 4.2.0): the service principal has no permission on it. Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess.',
+  },
+  MAILBOX_FULL: { transient: false, hint: "The sender's mailbox (Sent Items) is over quota (554 5.2.2): clear it or raise the quota." },
+  DAILY_QUOTA_EXCEEDED: {
+    transient: true,
+    hint: 'The mailbox reached 10,000 recipients in 24 hours (554 5.2.0). The message is retried once the rolling window frees; spread load over more sender mailboxes, or use HVE.',
+  },
+  CONCURRENCY_LIMIT: {
+    transient: true,
+    hint: 'More than 3 concurrent SMTP sessions for this mailbox (432 4.3.2). Lower MAIL_MAX_CONNECTIONS; the message is retried.',
+  },
+  RELAY_DENIED: {
+    transient: false,
+    hint: 'Exchange refused to relay (550 5.7.1/5.7.64/5.7.68): authenticate with SMTP AUTH on smtp.office365.com:587, or configure a connector for port 25.',
+  },
+  RECIPIENT_REJECTED: { transient: false, hint: 'A recipient address was rejected by the server: check the address.' },
+  TLS_VERSION: { transient: false, hint: 'Exchange Online requires TLS 1.2 or later (421 4.7.66).' },
+  STARTTLS_UNAVAILABLE: {
+    transient: false,
+    hint: 'The server did not offer STARTTLS, so no token was sent. Check MAIL_SMTP_HOST/MAIL_SMTP_PORT (smtp.office365.com:587) and any proxy that strips STARTTLS.',
+  },
+  TLS_CERTIFICATE: {
+    transient: false,
+    hint: "The SMTP server's certificate was not trusted (wrong host, expired, unknown CA, or this machine's clock is wrong). For a private CA set MAIL_TLS_CA_FILE; verification is never turned off.",
+  },
+  SMTP_UNAVAILABLE: { transient: true, hint: 'The SMTP service is temporarily unavailable (421); the message is retried.' },
+  SMTP_TRANSIENT: { transient: true, hint: 'The server answered with a temporary failure (4xx); the message is retried.' },
+  SMTP_REJECTED: { transient: false, hint: 'The server rejected the message permanently (5xx); see smtp.response.' },
+  CONNECTION_FAILED: {
+    transient: true,
+    hint: 'Could not reach the SMTP server (DNS, TCP 587 or the connection dropped). Check outbound 587 from the app; the message is retried.',
+  },
+  TOKEN_INVALID_CLIENT_SECRET: {
+    transient: false,
+    hint: 'Entra ID refused the client secret (AADSTS7000215/7000222: wrong value or expired). Put the secret VALUE (not its id) of a current secret into the Key Vault secret named by MAIL_CLIENT_SECRET_NAME.',
+  },
+  TOKEN_UNKNOWN_APP: {
+    transient: false,
+    hint: 'Entra ID does not know this client id in this tenant (AADSTS700016). Check MAIL_CLIENT_ID and MAIL_TENANT_ID.',
+  },
+  TOKEN_INVALID_SCOPE: {
+    transient: false,
+    hint: 'Use MAIL_SMTP_SCOPE=https://outlook.office365.com/.default (the /.default of the Exchange resource), not a permission name.',
+  },
+  TOKEN_CERTIFICATE: {
+    transient: false,
+    hint: 'Entra ID refused the certificate assertion (AADSTS700027): upload the certificate in the Key Vault secret MAIL_CLIENT_CERT_NAME to the app registration (Certificates & secrets).',
+  },
+  TOKEN_FEDERATION: {
+    transient: false,
+    hint: "No federated credential matches the managed identity (AADSTS700213/70021): add one to the app registration with issuer https://login.microsoftonline.com/<tenant>/v2.0 and subject = the managed identity's object (principal) id.",
+  },
+  TOKEN_ENDPOINT_UNAVAILABLE: {
+    transient: true,
+    hint: 'The Entra ID token endpoint failed or could not be reached; the message is retried. Check MAIL_AUTHORITY_HOST and outbound HTTPS.',
+  },
+  TOKEN_FAILED: { transient: false, hint: 'Entra ID refused the token request; see the AADSTS code in the message.' },
+  KEY_VAULT_FORBIDDEN: {
+    transient: false,
+    hint: "The app's identity may not read the secret (403). Grant it the 'Key Vault Secrets User' role on the vault (RBAC), and set AZURE_CLIENT_ID for a user-assigned identity.",
+  },
+  KEY_VAULT_SECRET_NOT_FOUND: {
+    transient: false,
+    hint: 'No such secret in the vault (404). Create it, or point the *_NAME setting at the right secret.',
+  },
+  KEY_VAULT_UNAVAILABLE: { transient: true, hint: 'Key Vault is unavailable (5xx or network); the read is retried.' },
+  KEY_VAULT_AUTH: {
+    transient: false,
+    hint: 'No identity could get a token for Key Vault. In Azure, assign a managed identity (AZURE_CLIENT_ID for user-assigned); locally, run the sandbox or sign in with az login.',
+  },
+  UNKNOWN: { transient: true, hint: 'Unexpected error; the message is retried. Report it with the error id.' },
+} as const satisfies Record<string, { transient: boolean; hint: string }>;
+
+export type MailErrorCode = keyof typeof ERROR_CODES;
+
+/** What the SMTP server answered, when there was an answer. */
+export interface SmtpReply {
+  /** Basic reply code, e.g. 535. */
+  code: number;
+  /** Enhanced status code, e.g. "5.7.3". */
+  enhanced?: string;
+  /** The server's reply line. Never contains credentials: servers do not echo them. */
+  response: string;
+}
+
+/** The serialisable shape of a classified error, as HTTP bodies, status records and the CLI show it. */
+export interface ClassifiedError {
+  code: MailErrorCode;
+  message: string;
+  transient: boolean;
+  smtp?: SmtpReply;
+  hint: string;
+  /** Field-level problems of invalid input, each naming its field path (e.g. "to[1]"). */
+  details?: FieldProblem[];
+}
+
+/** One invalid field of a request or message. */
+export interface FieldProblem {
+  path: string;
+  message: string;
+}
+
+/** The one error class of the sender. Its message is safe to show: it never holds addresses' passwords, tokens or secrets. */
+export class MailError extends Error {
+  override readonly name = 'MailError';
+  readonly code: MailErrorCode;
+  readonly transient: boolean;
+  readonly smtp?: SmtpReply;
+  readonly hint: string;
+  readonly details?: FieldProblem[];
+
+  constructor(
+    code: MailErrorCode,
+    message: string,
+    options: { cause?: unknown; smtp?: SmtpReply; hint?: string; transient?: boolean; details?: FieldProblem[] } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.code = code;
+    this.transient = options.transient ?? ERROR_CODES[code].transient;
+    this.smtp = options.smtp;
+    this.hint = options.hint ?? ERROR_CODES[code].hint;
+    this.details = options.details;
+  }
+
+  toJSON(): ClassifiedError {
+    return {
+      code: this.code,
+      message: this.message,
+      transient: this.transient,
+      ...(this.smtp ? { smtp: this.smtp } : {}),
+      hint: this.hint,
+      ...(this.details ? { details: this.details } : {}),
+    };
+  }
+}
+
+/** Turns anything thrown into an Error (after @azure/functions' ensureErrorType). */
+export function ensureError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  return new Error(typeof value === 'string' ? value : `Non-error thrown: ${JSON.stringify(value)}`);
+}

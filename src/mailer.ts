@@ -1,0 +1,56 @@
+/** The composition root: builds the sender and everything it needs from one Config, once per process. */
+import type { Config } from './config';
+import { silentLogger, type Logger } from './logger';
+import { defaultRedactor, type Redactor } from './redact';
+import { KeyVaultSecrets, createAzureCredential, type SecretSource } from './secrets';
+import { MailSender } from './sender';
+import { createSmtpAuthSource, type SmtpAuthSource } from './smtpAuth';
+import { createTelemetry, type Telemetry } from './telemetry';
+
+/** Everything a trigger, the CLI or the doctor needs to send. */
+export interface Mailer {
+  config: Config;
+  sender: MailSender;
+  auth: SmtpAuthSource;
+  secrets?: SecretSource;
+  telemetry: Telemetry;
+  logger: Logger;
+  redactor: Redactor;
+  /** Closes the SMTP pool and flushes telemetry. */
+  close(): Promise<void>;
+}
+
+/** Builds a Mailer. Pass `telemetry`/`logger` to override the defaults (tests, the CLI). */
+export function createMailer(
+  config: Config,
+  options: { logger?: Logger; telemetry?: Telemetry; redactor?: Redactor; roleName?: string } = {},
+): Mailer {
+  const redactor = options.redactor ?? defaultRedactor;
+  const logger = options.logger ?? silentLogger;
+  const keyVaultUrl = 'keyVaultUrl' in config.auth ? config.auth.keyVaultUrl : undefined;
+  const secrets = keyVaultUrl
+    ? new KeyVaultSecrets(keyVaultUrl, createAzureCredential(config), { extraCaPem: config.extraCaPem, redactor })
+    : undefined;
+  const auth = createSmtpAuthSource(config, secrets, redactor);
+  const telemetry =
+    options.telemetry ??
+    createTelemetry({
+      connectionString: config.appInsightsConnectionString,
+      extraCaPem: config.extraCaPem,
+      roleName: options.roleName ?? 'm365-mailer',
+    });
+  const sender = new MailSender(config, auth, { telemetry, logger });
+  return {
+    config,
+    sender,
+    auth,
+    ...(secrets ? { secrets } : {}),
+    telemetry,
+    logger,
+    redactor,
+    async close() {
+      sender.close();
+      await telemetry.shutdown();
+    },
+  };
+}

@@ -1,0 +1,268 @@
+/** The core sender: SendAs check, pooled nodemailer over STARTTLS with per-connection XOAUTH2, one fresh-token retry, classified outcomes, telemetry. */
+import nodemailer from 'nodemailer';
+import type { Config } from './config';
+import { classifySmtpError } from './classify';
+import { MailError, ensureError, type SmtpReply } from './errors';
+import { silentLogger, type Logger } from './logger';
+import { allRecipients, type Address, type MailMessage } from './message';
+import type { SmtpAuthSource } from './smtpAuth';
+import type { MailEventProperties, Telemetry } from './telemetry';
+import { trustedCas } from './trust';
+
+/** Pooled connections idle longer than this are closed: idle sessions count against Exchange's 3-connection limit. */
+export const IDLE_CLOSE_MS = 5_000;
+/** Messages per pooled connection before it is recycled. */
+export const MESSAGES_PER_CONNECTION = 100;
+export const CONNECTION_TIMEOUT_MS = 15_000;
+export const GREETING_TIMEOUT_MS = 15_000;
+export const SOCKET_TIMEOUT_MS = 60_000;
+
+export type MailSource = 'http' | 'notification' | 'digest' | 'cli';
+
+/** Who is sending and why, for telemetry and logs. No addresses. */
+export interface SendContext {
+  id?: string;
+  source: MailSource;
+  attempt?: number;
+  template?: string;
+  batchId?: string;
+  invocationId?: string;
+}
+
+export interface SendResult {
+  messageId: string;
+  smtp: { code: number; response: string };
+  accepted: string[];
+  /** Recipients the server refused while accepting the others. */
+  rejected: string[];
+  durationMs: number;
+}
+
+type Transporter = ReturnType<typeof nodemailer.createTransport>;
+
+interface CustomAuthContext {
+  auth: { credentials?: { user?: string } };
+  sendCommand(command: string): Promise<{ status: number; response: string; code?: string }>;
+}
+
+/** Raised from the XOAUTH2 handler so the sender knows whether a cached token was refused. */
+interface AuthFailureMarker {
+  tokenFromCache?: boolean;
+}
+
+/** Returns true when `from` is the sender or allowed by MAIL_ALLOWED_FROM (address or @domain). */
+export function isAllowedFrom(from: string, allowedFrom: readonly string[]): boolean {
+  const address = from.toLowerCase();
+  const domain = address.slice(address.lastIndexOf('@'));
+  return allowedFrom.includes(address) || allowedFrom.includes(domain);
+}
+
+function toNodemailerAddress(a: Address): { name: string; address: string } | string {
+  return a.name ? { name: a.name, address: a.address } : a.address;
+}
+
+/**
+ * Sends mail as one Microsoft 365 mailbox. One instance per process and mailbox: it owns the connection pool.
+ * Dependencies come in as parameters so tests run the real thing against the sandbox.
+ */
+export class MailSender {
+  private transporter?: Transporter;
+  private readonly logger: Logger;
+
+  constructor(
+    private readonly config: Config,
+    private readonly auth: SmtpAuthSource,
+    private readonly options: { telemetry?: Telemetry; logger?: Logger; now?: () => number } = {},
+  ) {
+    this.logger = options.logger ?? silentLogger;
+    if (auth.mode === 'basic') {
+      this.logger.warn(
+        'MAIL_AUTH_MODE=basic is deprecated: Microsoft turns Basic SMTP AUTH off by default at the end of December 2026. Move to client-secret, client-certificate or federated-identity.',
+      );
+    }
+  }
+
+  /** Sends `message`. Resolves on 250; rejects with a classified MailError otherwise. */
+  async send(message: MailMessage, context: SendContext): Promise<SendResult> {
+    const now = this.options.now ?? Date.now;
+    const started = now();
+    const recipients = allRecipients(message);
+    const baseProps: MailEventProperties = {
+      ...(context.id ? { id: context.id } : {}),
+      source: context.source,
+      ...(context.template ? { template: context.template } : {}),
+      ...(context.batchId ? { batchId: context.batchId } : {}),
+      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      attempt: context.attempt ?? 1,
+      recipientCount: recipients.length,
+    };
+    try {
+      this.checkEnvelope(message);
+      const info = await this.sendWithTokenRetry(message);
+      const durationMs = now() - started;
+      const reply = info.response as string;
+      const result: SendResult = {
+        messageId: info.messageId as string,
+        smtp: { code: Number(/^\d{3}/.exec(reply)?.[0] ?? 250), response: reply },
+        accepted: (info.accepted as Array<string | { address: string }>).map((a) => (typeof a === 'string' ? a : a.address)),
+        rejected: (info.rejected as Array<string | { address: string }>).map((a) => (typeof a === 'string' ? a : a.address)),
+        durationMs,
+      };
+      this.options.telemetry?.trackEvent('MailSent', { ...baseProps, durationMs, smtpCode: result.smtp.code });
+      this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'sent' });
+      this.logger.info('mail sent', { id: context.id, source: context.source, durationMs, smtpCode: result.smtp.code });
+      return result;
+    } catch (thrown) {
+      const error = thrown instanceof MailError ? thrown : classifySmtpError(thrown);
+      const durationMs = now() - started;
+      this.options.telemetry?.trackEvent('MailFailed', {
+        ...baseProps,
+        durationMs,
+        errorCode: error.code,
+        transient: error.transient,
+        ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+      });
+      this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'failed' });
+      this.logger.warn('mail failed', { id: context.id, code: error.code, transient: error.transient, smtp: error.smtp?.response });
+      throw error;
+    }
+  }
+
+  /** Connects, upgrades with STARTTLS and authenticates without sending anything (health check, doctor). */
+  async verify(): Promise<{ smtp?: SmtpReply }> {
+    const transporter = this.createTransport(false);
+    try {
+      await transporter.verify();
+      return {};
+    } catch (error) {
+      throw error instanceof MailError ? error : classifySmtpError(error);
+    } finally {
+      transporter.close();
+    }
+  }
+
+  /** Closes pooled connections (on shutdown, or to let the process exit). */
+  close(): void {
+    this.transporter?.close();
+    this.transporter = undefined;
+  }
+
+  /** SendAs: refused before any connection; the envelope MAIL FROM is the From address. */
+  private checkEnvelope(message: MailMessage): void {
+    if (!isAllowedFrom(message.from.address, this.config.allowedFrom)) {
+      throw new MailError(
+        'SENDER_NOT_ALLOWED',
+        `From address is not MAIL_SENDER and not allowed by MAIL_ALLOWED_FROM`,
+        { details: [{ path: 'from', message: 'not an allowed sender for this mailbox' }] },
+      );
+    }
+    const count = allRecipients(message).length;
+    if (count > this.config.limits.maxRecipients) {
+      throw new MailError('TOO_MANY_RECIPIENTS', `${count} recipients; the limit is ${this.config.limits.maxRecipients}`, {
+        details: [{ path: 'to', message: `at most ${this.config.limits.maxRecipients} recipients per message` }],
+      });
+    }
+  }
+
+  /** Exchange answers a refused token with 535 5.7.3 directly, so nodemailer never renews: drop the token and retry once. */
+  private async sendWithTokenRetry(message: MailMessage) {
+    try {
+      return await this.pool().sendMail(this.toNodemailer(message));
+    } catch (first) {
+      const error = classifySmtpError(first);
+      const marker = ensureError(first) as AuthFailureMarker;
+      const retryable = error.code === 'AUTH_FAILED' && (marker.tokenFromCache ?? true) && this.auth.mode !== 'basic';
+      const rotatedPassword = (error.code === 'AUTH_FAILED' || error.code === 'BASIC_AUTH_DISABLED') && this.auth.mode === 'basic';
+      if (!retryable && !rotatedPassword) throw error;
+      this.logger.info('SMTP refused a cached credential; retrying once with a fresh one', { code: error.smtp?.enhanced });
+      this.auth.invalidate();
+      return await this.pool().sendMail(this.toNodemailer(message));
+    }
+  }
+
+  private pool(): Transporter {
+    this.transporter ??= this.createTransport(true);
+    return this.transporter;
+  }
+
+  private createTransport(pool: boolean): Transporter {
+    const { host, port } = this.config.smtp;
+    const xoauth2 = this.auth.mode !== 'basic';
+    const options = {
+      host,
+      port,
+      secure: false,
+      requireTLS: true,
+      tls: {
+        minVersion: 'TLSv1.2' as const,
+        rejectUnauthorized: true,
+        ...(trustedCas(this.config.extraCaPem) ? { ca: trustedCas(this.config.extraCaPem) } : {}),
+      },
+      connectionTimeout: CONNECTION_TIMEOUT_MS,
+      greetingTimeout: GREETING_TIMEOUT_MS,
+      socketTimeout: SOCKET_TIMEOUT_MS,
+      disableFileAccess: true,
+      disableUrlAccess: true,
+      logger: false,
+      auth: { type: 'custom', method: xoauth2 ? 'XOAUTH2' : 'LOGIN', user: this.config.sender },
+      customAuth: { XOAUTH2: (ctx: CustomAuthContext) => this.xoauth2(ctx), LOGIN: (ctx: CustomAuthContext) => this.login(ctx) },
+    };
+    if (!pool) return nodemailer.createTransport(options as never);
+    return nodemailer.createTransport({
+      ...options,
+      pool: true,
+      maxConnections: this.config.limits.maxConnections,
+      maxMessages: MESSAGES_PER_CONNECTION,
+      idleTimeout: IDLE_CLOSE_MS,
+    } as never);
+  }
+
+  /** AUTH XOAUTH2 with a token fetched for this connection, so a long-lived pool never presents an expired token. */
+  private async xoauth2(ctx: CustomAuthContext): Promise<void> {
+    const login = await this.auth.get();
+    if (login.kind !== 'xoauth2') throw new MailError('CONFIG_INVALID', 'XOAUTH2 needs an OAuth MAIL_AUTH_MODE');
+    const payload = Buffer.from(`user=${login.user}\x01auth=Bearer ${login.accessToken}\x01\x01`).toString('base64');
+    let reply = await ctx.sendCommand(`AUTH XOAUTH2 ${payload}`);
+    // RFC 7628: a 334 carries an error challenge; an empty line then ends the exchange with the final status.
+    if (reply.status === 334) reply = await ctx.sendCommand('');
+    if (reply.status !== 235) {
+      const error = Object.assign(new Error(`Authentication failed`), { tokenFromCache: login.fromCache });
+      throw error;
+    }
+  }
+
+  /** AUTH LOGIN with the app password (legacy basic mode). */
+  private async login(ctx: CustomAuthContext): Promise<void> {
+    const login = await this.auth.get();
+    if (login.kind !== 'password') throw new MailError('CONFIG_INVALID', 'AUTH LOGIN needs MAIL_AUTH_MODE=basic');
+    const steps = ['AUTH LOGIN', Buffer.from(login.user).toString('base64'), Buffer.from(login.password).toString('base64')];
+    for (const [index, step] of steps.entries()) {
+      const reply = await ctx.sendCommand(step);
+      const expected = index < steps.length - 1 ? 334 : 235;
+      if (reply.status !== expected) throw new Error('Authentication failed');
+    }
+  }
+
+  private toNodemailer(message: MailMessage) {
+    return {
+      from: toNodemailerAddress(message.from),
+      sender: undefined,
+      to: message.to.map(toNodemailerAddress),
+      cc: message.cc.map(toNodemailerAddress),
+      bcc: message.bcc.map(toNodemailerAddress),
+      ...(message.replyTo ? { replyTo: toNodemailerAddress(message.replyTo) } : {}),
+      subject: message.subject,
+      ...(message.text !== undefined ? { text: message.text } : {}),
+      ...(message.html !== undefined ? { html: message.html } : {}),
+      attachments: message.attachments.map((a) => ({
+        filename: a.filename,
+        content: a.content,
+        ...(a.contentType ? { contentType: a.contentType } : {}),
+      })),
+      headers: message.headers,
+      envelope: { from: message.from.address, to: allRecipients(message).map((r) => r.address) },
+      disableFileAccess: true,
+      disableUrlAccess: true,
+    };
+  }
+}

@@ -1,0 +1,215 @@
+/** SMTP credentials per connection: an XOAUTH2 access token from MSAL (secret, certificate or federated) or a legacy app password. */
+import { X509Certificate } from 'node:crypto';
+import { ConfidentialClientApplication, LogLevel, type Configuration } from '@azure/msal-node';
+import { ManagedIdentityCredential, type TokenCredential } from '@azure/identity';
+import forge from 'node-forge';
+import { classifyTokenError } from './classify';
+import { isCustomAuthority, type AuthConfig, type Config } from './config';
+import { MailError } from './errors';
+import type { Redactor } from './redact';
+import type { SecretSource } from './secrets';
+import { azureClientPolicies, msalNetworkClient } from './trust';
+
+/** The audience of the managed identity token that stands in for a client secret (public cloud). */
+export const TOKEN_EXCHANGE_SCOPE = 'api://AzureADTokenExchange/.default';
+
+/** What one SMTP connection authenticates with. */
+export type SmtpLogin =
+  | { kind: 'xoauth2'; user: string; accessToken: string; expiresOn?: Date; fromCache: boolean }
+  | { kind: 'password'; user: string; password: string };
+
+/** Gives SMTP credentials; MSAL's cache renews tokens 5 minutes ahead of expiry. */
+export interface SmtpAuthSource {
+  readonly mode: AuthConfig['mode'];
+  get(): Promise<SmtpLogin>;
+  /** Drops the cached token (after 535 5.7.3): the next get() goes to Entra ID with skipCache. */
+  invalidate(): void;
+}
+
+type OAuthConfig = Exclude<AuthConfig, { mode: 'basic' }>;
+
+/** Splits a Key Vault certificate secret (PEM bundle or base64 PFX) into MSAL's certificate credential. */
+export function parseCertificateSecret(
+  value: string,
+  contentType: string | undefined,
+): { privateKey: string; certificate: string; thumbprintSha256: string } {
+  let privateKey: string | undefined;
+  let certificate: string | undefined;
+  if (value.includes('-----BEGIN')) {
+    privateKey = /-----BEGIN (?:RSA |EC )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC )?PRIVATE KEY-----/.exec(value)?.[0];
+    certificate = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(value)?.[0];
+  } else if (!contentType || contentType === 'application/x-pkcs12') {
+    // Key Vault returns a PFX certificate's secret as base64 with no password.
+    const der = forge.util.decode64(value);
+    const p12 = forge.pkcs12.pkcs12FromAsn1(forge.asn1.fromDer(der), '');
+    const bag = (type: string) => p12.getBags({ bagType: type })[type]?.[0];
+    const oids = forge.pki.oids as Record<string, string>;
+    const keyBag = bag(oids.pkcs8ShroudedKeyBag as string) ?? bag(oids.keyBag as string);
+    const certBag = bag(oids.certBag as string);
+    if (keyBag?.key) privateKey = forge.pki.privateKeyToPem(keyBag.key);
+    if (certBag?.cert) certificate = forge.pki.certificateToPem(certBag.cert);
+  }
+  if (!privateKey || !certificate) {
+    throw new MailError(
+      'CONFIG_INVALID',
+      'The Key Vault certificate secret (MAIL_CLIENT_CERT_NAME) must hold a private key and a certificate, as PEM or PFX',
+    );
+  }
+  const thumbprintSha256 = new X509Certificate(certificate).fingerprint256.replace(/:/g, '');
+  return { privateKey, certificate, thumbprintSha256 };
+}
+
+/** MSAL client credentials for the three OAuth modes; one ConfidentialClientApplication per process and config. */
+class MsalAuthSource implements SmtpAuthSource {
+  readonly mode: OAuthConfig['mode'];
+  private app?: Promise<ConfidentialClientApplication>;
+  private skipCacheNext = false;
+  private readonly assertionCredential?: TokenCredential;
+
+  constructor(
+    private readonly auth: OAuthConfig,
+    private readonly config: Config,
+    private readonly secrets: SecretSource | undefined,
+    private readonly redactor?: Redactor,
+  ) {
+    this.mode = auth.mode;
+    if (auth.mode === 'federated-identity') {
+      const policies = { additionalPolicies: azureClientPolicies(config.extraCaPem) };
+      this.assertionCredential = auth.managedIdentityClientId
+        ? new ManagedIdentityCredential({ clientId: auth.managedIdentityClientId, ...policies })
+        : new ManagedIdentityCredential(policies);
+    }
+  }
+
+  invalidate(): void {
+    this.skipCacheNext = true;
+  }
+
+  async get(): Promise<SmtpLogin> {
+    const skipCache = this.skipCacheNext;
+    this.skipCacheNext = false;
+    try {
+      return await this.acquire(skipCache);
+    } catch (error) {
+      const classified = classifyTokenError(error);
+      // A rotated client secret: read Key Vault again once, rebuild the client, retry.
+      if (classified.code === 'TOKEN_INVALID_CLIENT_SECRET' && this.auth.mode === 'client-secret') {
+        this.app = undefined;
+        try {
+          return await this.acquire(true, true);
+        } catch (retryError) {
+          throw classifyTokenError(retryError);
+        }
+      }
+      throw classified;
+    }
+  }
+
+  private async acquire(skipCache: boolean, refreshSecret = false): Promise<SmtpLogin> {
+    if (!this.app || refreshSecret) this.app = this.createApp(refreshSecret);
+    const app = await this.app.catch((error: unknown) => {
+      this.app = undefined;
+      throw error;
+    });
+    const result = await app.acquireTokenByClientCredential({ scopes: [this.auth.scope], skipCache });
+    if (!result?.accessToken) throw new MailError('TOKEN_FAILED', 'Entra ID returned no access token');
+    this.redactor?.add(result.accessToken);
+    return {
+      kind: 'xoauth2',
+      user: this.config.sender,
+      accessToken: result.accessToken,
+      ...(result.expiresOn ? { expiresOn: result.expiresOn } : {}),
+      fromCache: result.fromCache,
+    };
+  }
+
+  private async createApp(refreshSecret: boolean): Promise<ConfidentialClientApplication> {
+    const auth = this.auth;
+    const custom = isCustomAuthority(this.config);
+    const base: Configuration = {
+      auth: {
+        clientId: auth.clientId,
+        authority: `${auth.authorityHost}/${auth.tenantId}`,
+        ...(custom ? { knownAuthorities: [new URL(auth.authorityHost).host] } : {}),
+      },
+      system: {
+        ...(this.config.extraCaPem ? { networkClient: msalNetworkClient(this.config.extraCaPem) } : {}),
+        loggerOptions: { logLevel: LogLevel.Error, piiLoggingEnabled: false, loggerCallback: () => {} },
+      },
+    };
+    if (auth.mode === 'client-secret') {
+      const secret = await this.requireSecrets().get(auth.clientSecretName, { refresh: refreshSecret });
+      return new ConfidentialClientApplication({ ...base, auth: { ...base.auth, clientSecret: secret.value } });
+    }
+    if (auth.mode === 'client-certificate') {
+      const secret = await this.requireSecrets().get(auth.clientCertName, { refresh: refreshSecret });
+      const cert = parseCertificateSecret(secret.value, secret.contentType);
+      this.redactor?.add(cert.privateKey);
+      return new ConfidentialClientApplication({
+        ...base,
+        auth: {
+          ...base.auth,
+          clientCertificate: { thumbprintSha256: cert.thumbprintSha256, privateKey: cert.privateKey, x5c: cert.certificate },
+        },
+      });
+    }
+    const credential = this.assertionCredential as TokenCredential;
+    return new ConfidentialClientApplication({
+      ...base,
+      auth: {
+        ...base.auth,
+        clientAssertion: async () => {
+          try {
+            const token = await credential.getToken(TOKEN_EXCHANGE_SCOPE);
+            if (!token) throw new Error('no token returned');
+            this.redactor?.add(token.token);
+            return token.token;
+          } catch (error) {
+            throw new MailError(
+              'TOKEN_FEDERATION',
+              `The managed identity could not get a token for ${TOKEN_EXCHANGE_SCOPE}: ${(error as Error).message.split('\n')[0]}`,
+              { cause: error, transient: true, hint: 'Assign a managed identity to the Function App (AZURE_CLIENT_ID for user-assigned) and add it as a federated credential of the app registration.' },
+            );
+          }
+        },
+      },
+    });
+  }
+
+  private requireSecrets(): SecretSource {
+    if (!this.secrets) throw new MailError('CONFIG_INVALID', 'MAIL_KEY_VAULT_URL is required for this MAIL_AUTH_MODE');
+    return this.secrets;
+  }
+}
+
+/** Legacy basic auth: the app password from Key Vault, re-read when Exchange refuses it. */
+class PasswordAuthSource implements SmtpAuthSource {
+  readonly mode = 'basic' as const;
+  private refresh = false;
+
+  constructor(
+    private readonly auth: Extract<AuthConfig, { mode: 'basic' }>,
+    private readonly sender: string,
+    private readonly secrets: SecretSource,
+  ) {}
+
+  invalidate(): void {
+    this.refresh = true;
+  }
+
+  async get(): Promise<SmtpLogin> {
+    const refresh = this.refresh;
+    this.refresh = false;
+    const secret = await this.secrets.get(this.auth.passwordSecretName, { refresh });
+    return { kind: 'password', user: this.sender, password: secret.value };
+  }
+}
+
+/** Builds the SMTP credential source for `config.auth.mode`. */
+export function createSmtpAuthSource(config: Config, secrets: SecretSource | undefined, redactor?: Redactor): SmtpAuthSource {
+  if (config.auth.mode === 'basic') {
+    if (!secrets) throw new MailError('CONFIG_INVALID', 'MAIL_KEY_VAULT_URL is required for MAIL_AUTH_MODE=basic');
+    return new PasswordAuthSource(config.auth, config.sender, secrets);
+  }
+  return new MsalAuthSource(config.auth, config, secrets, redactor);
+}
