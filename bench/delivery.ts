@@ -5,6 +5,7 @@ import { loadConfig } from '../src/config';
 import { createMailer } from '../src/mailer';
 import { parseMessage } from '../src/message';
 import { Redactor } from '../src/redact';
+import { noopTelemetry } from '../src/telemetry';
 import { msalNetworkClient, trustedCas } from '../src/trust';
 import { applySandboxEnv } from '../test/support';
 import type { Sandbox } from '../sandbox';
@@ -19,13 +20,6 @@ export interface DeliveryFigures {
   ratioCoreVsRaw: number;
   ratioCoreVsNaive: number;
 }
-
-const noTelemetry = {
-  trackEvent() {},
-  trackDuration() {},
-  async flush() {},
-  async shutdown() {},
-};
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -43,7 +37,10 @@ async function timed(run: () => Promise<unknown>): Promise<number> {
  * Runs the three ways side by side against one sandbox, interleaved for `rounds` rounds, and reports medians.
  * All three send the same small message with one recipient, over STARTTLS with XOAUTH2, 3 connections at most.
  */
-export async function runDeliveryBench(sandbox: Sandbox, options: { messages?: number; naiveMessages?: number; rounds?: number } = {}): Promise<DeliveryFigures> {
+export async function runDeliveryBench(
+  sandbox: Sandbox,
+  options: { messages?: number; naiveMessages?: number; rounds?: number } = {},
+): Promise<DeliveryFigures> {
   const messages = options.messages ?? 2000;
   const naiveMessages = options.naiveMessages ?? 200;
   const rounds = options.rounds ?? 3;
@@ -75,7 +72,7 @@ export async function runDeliveryBench(sandbox: Sandbox, options: { messages?: n
   const scopes = ['https://outlook.office365.com/.default'];
 
   const core = async () => {
-    const mailer = createMailer(config, { telemetry: noTelemetry, redactor: new Redactor() });
+    const mailer = createMailer(config, { telemetry: noopTelemetry, redactor: new Redactor() });
     try {
       await Promise.all(Array.from({ length: messages }, () => mailer.sender.send(mail, { source: 'cli' })));
     } finally {

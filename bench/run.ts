@@ -18,14 +18,27 @@ async function main(): Promise<void> {
     const results = {
       when: new Date().toISOString(),
       command: `npm run bench${quick ? ' -- --quick' : ''}`,
-      machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, memGiB: Math.round(os.totalmem() / 2 ** 30) },
+      machine: {
+        cpus: os.cpus().length,
+        model: os.cpus()[0]?.model,
+        node: process.version,
+        memGiB: Math.round(os.totalmem() / 2 ** 30),
+      },
       delivery,
     };
     const rows = [
       ['Delivery (msg/s, median of ' + delivery.rounds + ')', 'value', 'ratio'],
       [`core sender, ${delivery.messages} messages`, String(delivery.coreSender.msgPerSec), '1.00'],
-      [`raw pooled nodemailer, fixed token`, String(delivery.rawPooled.msgPerSec), `core/raw = ${delivery.ratioCoreVsRaw}`],
-      [`naive: new transport + token per message (${delivery.naiveMessages})`, String(delivery.naive.msgPerSec), `core/naive = ${delivery.ratioCoreVsNaive}`],
+      [
+        `raw pooled nodemailer, fixed token`,
+        String(delivery.rawPooled.msgPerSec),
+        `core/raw = ${delivery.ratioCoreVsRaw}`,
+      ],
+      [
+        `naive: new transport + token per message (${delivery.naiveMessages})`,
+        String(delivery.naive.msgPerSec),
+        `core/naive = ${delivery.ratioCoreVsNaive}`,
+      ],
     ];
     const widths = [0, 1, 2].map((c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
     for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join('  ')}\n`);

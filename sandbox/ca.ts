@@ -83,9 +83,7 @@ export function createCertificateAuthority(name = 'm365-mailer sandbox CA'): Cer
   return {
     certPem,
     issueServer(names = ['localhost', '127.0.0.1'], options = {}) {
-      const altNames = names.map((n) =>
-        /^\d+\.\d+\.\d+\.\d+$/.test(n) ? { type: 7, ip: n } : { type: 2, value: n },
-      );
+      const altNames = names.map((n) => (/^\d+\.\d+\.\d+\.\d+$/.test(n) ? { type: 7, ip: n } : { type: 2, value: n }));
       return issue(
         names[0] ?? 'localhost',
         [

@@ -50,9 +50,14 @@ async function main(): Promise<void> {
   for (const [key, value] of Object.entries(settings)) out(`  ${key}=${value}`);
   out();
 
-  sandbox.smtp.on('message', (m: { envelope: { from: string; to: string[] }; parsed: { subject?: string }; raw: Buffer }) => {
-    out(`[smtp] received from ${m.envelope.from} to ${m.envelope.to.join(', ')}: "${m.parsed.subject ?? ''}" (${m.raw.length} bytes)`);
-  });
+  sandbox.smtp.on(
+    'message',
+    (m: { envelope: { from: string; to: string[] }; parsed: { subject?: string }; raw: Buffer }) => {
+      out(
+        `[smtp] received from ${m.envelope.from} to ${m.envelope.to.join(', ')}: "${m.parsed.subject ?? ''}" (${m.raw.length} bytes)`,
+      );
+    },
+  );
   sandbox.smtp.on('rejection', (r: { code: number; text: string; command: string }) => {
     out(`[smtp] ${r.command} rejected: ${r.code} ${r.text}`);
   });

@@ -59,7 +59,10 @@ export interface Sandbox {
 export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbox> {
   const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'm365-sandbox-'));
   mkdirSync(dir, { recursive: true });
-  const tenant = createTenant({ ...(options.domain ? { domain: options.domain } : {}), ...(options.sender ? { sender: options.sender } : {}) });
+  const tenant = createTenant({
+    ...(options.domain ? { domain: options.domain } : {}),
+    ...(options.sender ? { sender: options.sender } : {}),
+  });
   const ca = createCertificateAuthority();
   const caFile = path.join(dir, 'sandbox-ca.pem');
   writeFileSync(caFile, ca.certPem);
@@ -72,7 +75,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
 
   const started: Array<{ close(): Promise<void> }> = [];
   try {
-    const lifetime = options.tokenLifetimeSeconds !== undefined ? { tokenLifetimeSeconds: options.tokenLifetimeSeconds } : {};
+    const lifetime =
+      options.tokenLifetimeSeconds !== undefined ? { tokenLifetimeSeconds: options.tokenLifetimeSeconds } : {};
     const entra = await startEntra({ ca, tenant, issuer, federationIssuer, ...lifetime });
     started.push(entra);
     const keyVault = await startKeyVault({ ca, tenant, issuer, entraUrl: entra.url });

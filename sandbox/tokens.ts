@@ -15,9 +15,7 @@ export interface AccessTokenClaims extends JWTPayload {
 /** Why a token was refused, in terms a server would log. */
 export type TokenProblem = 'malformed' | 'signature' | 'expired' | 'audience' | 'issuer';
 
-export type TokenCheck =
-  | { ok: true; claims: AccessTokenClaims }
-  | { ok: false; problem: TokenProblem; detail: string };
+export type TokenCheck = { ok: true; claims: AccessTokenClaims } | { ok: false; problem: TokenProblem; detail: string };
 
 /** Holds one RS256 key pair; every sandbox service trusts tokens it signed. */
 export class TokenIssuer {

@@ -1,6 +1,10 @@
 // Bundles the Functions app and the CLI with esbuild: CommonJS, Node 20, @azure/functions-core left to the host.
 import { build } from 'esbuild';
 import { rmSync, existsSync } from 'node:fs';
+import { tsImport } from 'tsx/esm/api';
+
+// templates/ is embedded into the bundle (src/templateBundle.ts is swapped for the JSON), so nothing reads it at run time.
+const { templatesPlugin } = await tsImport('./templatesPlugin.ts', import.meta.url);
 
 rmSync('dist', { recursive: true, force: true });
 
@@ -14,6 +18,7 @@ const common = {
   logLevel: 'warning',
   // The Functions host injects this module; it is never on disk.
   external: ['@azure/functions-core'],
+  plugins: [templatesPlugin({ templatesDir: 'templates' })],
 };
 
 const entryPoints = { cli: 'src/bin.ts' };

@@ -37,7 +37,10 @@ const SMTP_RULES: Array<{ test: (reply: SmtpReply) => boolean; code: MailErrorCo
   { test: (r) => r.code === 535, code: 'AUTH_FAILED' },
   { test: (r) => r.enhanced === '5.7.57' || (r.code === 530 && r.enhanced === '5.7.0'), code: 'NOT_AUTHENTICATED' },
   { test: (r) => r.enhanced === '5.2.252' || r.enhanced === '5.7.60', code: 'SEND_AS_DENIED' },
-  { test: (r) => r.code === 432 || r.enhanced === '4.3.2' && /thread limit|concurrent/i.test(r.response), code: 'CONCURRENCY_LIMIT' },
+  {
+    test: (r) => r.code === 432 || (r.enhanced === '4.3.2' && /thread limit|concurrent/i.test(r.response)),
+    code: 'CONCURRENCY_LIMIT',
+  },
   { test: (r) => r.enhanced === '5.2.0' && /SubmissionQuotaExceeded/i.test(r.response), code: 'DAILY_QUOTA_EXCEEDED' },
   { test: (r) => r.enhanced === '5.2.2', code: 'MAILBOX_FULL' },
   { test: (r) => r.code === 430 || /MapiExceptionLogonFailed/i.test(r.response), code: 'MAILBOX_LOGON_FAILURE' },
@@ -75,6 +78,13 @@ export function classifySmtpError(value: unknown): MailError {
   if (value instanceof MailError) return value;
   const error = ensureError(value) as NodemailerLikeError;
   // EENVELOPE carries the first recipient rejection in rejectedErrors; use its reply.
+  // requireTLS and no usable STARTTLS: refused before AUTH, whatever the server answered.
+  if (error.code === 'ETLS' || error.command === 'STARTTLS') {
+    return new MailError('STARTTLS_UNAVAILABLE', `STARTTLS failed or was not offered: ${error.message}`, {
+      cause: error,
+      ...(error.response ? { smtp: parseSmtpReply(error.response, error.responseCode) } : {}),
+    });
+  }
   const source = error.rejectedErrors?.[0] ?? error;
   const response = source.response ?? error.response;
   if (response) {
@@ -141,7 +151,9 @@ export function classifyTokenError(value: unknown): MailError {
   if (/invalid_scope/.test(text)) return new MailError('TOKEN_INVALID_SCOPE', message, { cause: error });
   if (
     (error.status !== undefined && error.status >= 500) ||
-    /\b5\d\d\b|network|ECONNREFUSED|ECONNRESET|ETIMEDOUT|timed out|server_error|temporarily_unavailable|endpoints_resolution_error|fetch failed/i.test(text)
+    /\b5\d\d\b|network|ECONNREFUSED|ECONNRESET|ETIMEDOUT|timed out|server_error|temporarily_unavailable|endpoints_resolution_error|fetch failed/i.test(
+      text,
+    )
   ) {
     return new MailError('TOKEN_ENDPOINT_UNAVAILABLE', message, { cause: error });
   }
@@ -159,16 +171,31 @@ export function classifyKeyVaultError(value: unknown, secretName: string): MailE
   const error = ensureError(value) as RestLikeError;
   const what = `Key Vault secret '${secretName}'`;
   if (error.statusCode === 403) {
-    return new MailError('KEY_VAULT_FORBIDDEN', `${what}: access denied (403 ${error.code ?? 'Forbidden'})`, { cause: error });
+    return new MailError('KEY_VAULT_FORBIDDEN', `${what}: access denied (403 ${error.code ?? 'Forbidden'})`, {
+      cause: error,
+    });
   }
   if (error.statusCode === 404) {
     return new MailError('KEY_VAULT_SECRET_NOT_FOUND', `${what}: not found (404)`, { cause: error });
   }
-  if (error.name === 'CredentialUnavailableError' || error.name === 'AggregateAuthenticationError' || error.name === 'AuthenticationError') {
-    return new MailError('KEY_VAULT_AUTH', `${what}: no credential could get a Key Vault token (${error.name})`, { cause: error });
+  if (
+    error.name === 'CredentialUnavailableError' ||
+    error.name === 'AggregateAuthenticationError' ||
+    error.name === 'AuthenticationError'
+  ) {
+    return new MailError('KEY_VAULT_AUTH', `${what}: no credential could get a Key Vault token (${error.name})`, {
+      cause: error,
+    });
   }
   if (error.statusCode === undefined || error.statusCode >= 500 || error.statusCode === 429) {
-    return new MailError('KEY_VAULT_UNAVAILABLE', `${what}: ${error.statusCode ?? error.code ?? 'network'} ${error.message.split('\n')[0]}`, { cause: error });
+    return new MailError(
+      'KEY_VAULT_UNAVAILABLE',
+      `${what}: ${error.statusCode ?? error.code ?? 'network'} ${error.message.split('\n')[0]}`,
+      { cause: error },
+    );
   }
-  return new MailError('KEY_VAULT_UNAVAILABLE', `${what}: HTTP ${error.statusCode}`, { cause: error, transient: false });
+  return new MailError('KEY_VAULT_UNAVAILABLE', `${what}: HTTP ${error.statusCode}`, {
+    cause: error,
+    transient: false,
+  });
 }

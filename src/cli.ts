@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { exportSettings, loadConfig, readSettings } from './config';
 import { MailError, ensureError, type ClassifiedError } from './errors';
+import { BASIC_AUTH_DEPRECATION } from './sender';
 import { createLogger } from './logger';
 import { createMailer } from './mailer';
 import { parseMessage } from './message';
@@ -42,7 +43,8 @@ function readFileArg(option: string, file: string, cwd: string): Buffer {
   } catch {
     throw new UsageError(`${option}: cannot read ${file} (no such file)`);
   }
-  if (size > MAX_CLI_FILE_BYTES) throw new UsageError(`${option}: ${file} is ${size} bytes; the limit is ${MAX_CLI_FILE_BYTES}`);
+  if (size > MAX_CLI_FILE_BYTES)
+    throw new UsageError(`${option}: ${file} is ${size} bytes; the limit is ${MAX_CLI_FILE_BYTES}`);
   return readFileSync(full);
 }
 
@@ -74,9 +76,14 @@ function parseSendArgs(args: string[], cwd: string): Record<string, unknown> {
   }
   if (!values.to && !values.cc && !values.bcc) throw new UsageError('--to is required (or --cc/--bcc)');
   if (values.subject === undefined) throw new UsageError('--subject is required');
-  const text = values.text ?? (values['text-file'] ? readFileArg('--text-file', values['text-file'], cwd).toString('utf8') : undefined);
-  const html = values.html ?? (values['html-file'] ? readFileArg('--html-file', values['html-file'], cwd).toString('utf8') : undefined);
-  if (text === undefined && html === undefined && !values.attach) throw new UsageError('one of --text, --html or --attach is required');
+  const text =
+    values.text ??
+    (values['text-file'] ? readFileArg('--text-file', values['text-file'], cwd).toString('utf8') : undefined);
+  const html =
+    values.html ??
+    (values['html-file'] ? readFileArg('--html-file', values['html-file'], cwd).toString('utf8') : undefined);
+  if (text === undefined && html === undefined && !values.attach)
+    throw new UsageError('one of --text, --html or --attach is required');
   const headers: Record<string, string> = {};
   for (const header of values.header ?? []) {
     const colon = header.indexOf(':');
@@ -110,7 +117,10 @@ function printError(io: CliIo, json: boolean, error: ClassifiedError, redactor: 
     io.stdout(redactor.redact(JSON.stringify({ ok: false, error })) + '\n');
     return;
   }
-  const lines = [`Failed: ${error.code}${error.transient ? ' (transient: retrying later may succeed)' : ''}`, `  ${error.message}`];
+  const lines = [
+    `Failed: ${error.code}${error.transient ? ' (transient: retrying later may succeed)' : ''}`,
+    `  ${error.message}`,
+  ];
   if (error.smtp) lines.push(`  SMTP: ${error.smtp.response}`);
   for (const d of error.details ?? []) lines.push(`  ${d.path}: ${d.message}`);
   lines.push(`  Fix: ${error.hint}`);
@@ -150,22 +160,35 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     mailer = createMailer(config, {
       redactor,
       roleName: 'm365-mailer-cli',
-      logger: createLogger({ redactor, write: (line) => io.stderr(`${line}\n`), level: json ? 'error' : 'warn' }),
+      // The CLI prints outcomes itself; the log carries only what it cannot say.
+      logger: createLogger({ redactor, write: (line) => io.stderr(`${line}\n`), level: 'error' }),
     });
+    if (config.auth.mode === 'basic' && !json) io.stderr(`Warning: ${BASIC_AUTH_DEPRECATION}\n`);
     const message = parseMessage(input, {
       defaultFrom: config.sender,
       maxRecipients: config.limits.maxRecipients,
       maxMessageBytes: config.limits.maxMessageBytes,
     });
     const result = await mailer.sender.send(message, { source: 'cli' });
-    if (json) io.stdout(JSON.stringify({ ok: true, messageId: result.messageId, smtp: result.smtp, accepted: result.accepted, rejected: result.rejected }) + '\n');
+    if (json)
+      io.stdout(
+        JSON.stringify({
+          ok: true,
+          messageId: result.messageId,
+          smtp: result.smtp,
+          accepted: result.accepted,
+          rejected: result.rejected,
+        }) + '\n',
+      );
     else {
       io.stdout(`Sent ${result.messageId} in ${result.durationMs} ms: ${result.smtp.response}\n`);
-      if (result.rejected.length) io.stdout(`  ${result.rejected.length} recipient(s) refused by the server: ${result.rejected.join(', ')}\n`);
+      if (result.rejected.length)
+        io.stdout(`  ${result.rejected.length} recipient(s) refused by the server: ${result.rejected.join(', ')}\n`);
     }
     return EXIT_OK;
   } catch (thrown) {
-    const error = thrown instanceof MailError ? thrown : new MailError('UNKNOWN', ensureError(thrown).message, { cause: thrown });
+    const error =
+      thrown instanceof MailError ? thrown : new MailError('UNKNOWN', ensureError(thrown).message, { cause: thrown });
     printError(io, json, error.toJSON(), redactor);
     return error.code === 'CONFIG_INVALID' || error.code === 'INVALID_MESSAGE' ? EXIT_USAGE : EXIT_SEND_FAILED;
   } finally {

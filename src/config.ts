@@ -214,7 +214,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   let extraCaPem: string | undefined;
   if (s.MAIL_TLS_CA_FILE) {
     const file = path.resolve(s.MAIL_TLS_CA_FILE);
-    if (!existsSync(file)) problems.push(`MAIL_TLS_CA_FILE points at a file that does not exist (${file}): ${FIXES.MAIL_TLS_CA_FILE}`);
+    if (!existsSync(file))
+      problems.push(`MAIL_TLS_CA_FILE points at a file that does not exist (${file}): ${FIXES.MAIL_TLS_CA_FILE}`);
     else {
       extraCaPem = readFileSync(file, 'utf8');
       if (!extraCaPem.includes('-----BEGIN CERTIFICATE-----')) {
@@ -239,7 +240,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   };
   const auth: AuthConfig =
     mode === 'client-secret'
-      ? { mode, keyVaultUrl: vault, clientSecretName: s.MAIL_CLIENT_SECRET_NAME ?? 'mail-client-secret', ...oauthSettings }
+      ? {
+          mode,
+          keyVaultUrl: vault,
+          clientSecretName: s.MAIL_CLIENT_SECRET_NAME ?? 'mail-client-secret',
+          ...oauthSettings,
+        }
       : mode === 'client-certificate'
         ? { mode, keyVaultUrl: vault, clientCertName: s.MAIL_CLIENT_CERT_NAME ?? 'mail-client-cert', ...oauthSettings }
         : mode === 'federated-identity'
@@ -262,7 +268,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       maxMessageBytes: s.MAIL_MAX_MESSAGE_BYTES,
     },
     digest: { schedule: s.MAIL_DIGEST_SCHEDULE ?? DEFAULT_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
-    unsubscribe: { baseUrl: s.MAIL_UNSUBSCRIBE_BASE_URL, keyName: s.MAIL_UNSUBSCRIBE_KEY_NAME ?? 'mail-unsubscribe-key' },
+    unsubscribe: {
+      baseUrl: s.MAIL_UNSUBSCRIBE_BASE_URL,
+      keyName: s.MAIL_UNSUBSCRIBE_KEY_NAME ?? 'mail-unsubscribe-key',
+    },
     storageConnection: s.AzureWebJobsStorage,
     appInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING,
     managedIdentityClientId: s.AZURE_CLIENT_ID,
@@ -287,7 +296,8 @@ export function readSettings(
   }
   const merged: Record<string, string | undefined> = {};
   for (const [key, value] of Object.entries(values)) {
-    if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') merged[key] = String(value);
+    if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean')
+      merged[key] = String(value);
   }
   return { ...merged, ...env };
 }

@@ -2,8 +2,15 @@
 
 /** One row per failure. `transient` says whether the same message may succeed later unchanged. */
 export const ERROR_CODES = {
-  CONFIG_INVALID: { transient: false, hint: 'Fix the named setting (app settings in Azure, local.settings.json locally) and restart.' },
+  CONFIG_INVALID: {
+    transient: false,
+    hint: 'Fix the named setting (app settings in Azure, local.settings.json locally) and restart.',
+  },
   INVALID_MESSAGE: { transient: false, hint: 'Correct the named field of the message.' },
+  TEMPLATE_NOT_FOUND: {
+    transient: false,
+    hint: 'No template by that name is deployed. Use the name of a folder under templates/ (lower-case letters, digits and dashes); a new template needs a build and deploy.',
+  },
   SENDER_NOT_ALLOWED: {
     transient: false,
     hint: 'Send from MAIL_SENDER, or add the address (or @domain) to MAIL_ALLOWED_FROM and grant SendAs in Exchange: Add-RecipientPermission -Identity <from> -Trustee <MAIL_SENDER> -AccessRights SendAs.',
@@ -40,7 +47,10 @@ export const ERROR_CODES = {
     transient: false,
     hint: 'Exchange could not log on to the mailbox for the app (430 4.2.0): the service principal has no permission on it. Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess.',
   },
-  MAILBOX_FULL: { transient: false, hint: "The sender's mailbox (Sent Items) is over quota (554 5.2.2): clear it or raise the quota." },
+  MAILBOX_FULL: {
+    transient: false,
+    hint: "The sender's mailbox (Sent Items) is over quota (554 5.2.2): clear it or raise the quota.",
+  },
   DAILY_QUOTA_EXCEEDED: {
     transient: true,
     hint: 'The mailbox reached 10,000 recipients in 24 hours (554 5.2.0). The message is retried once the rolling window frees; spread load over more sender mailboxes, or use HVE.',
@@ -63,8 +73,14 @@ export const ERROR_CODES = {
     transient: false,
     hint: "The SMTP server's certificate was not trusted (wrong host, expired, unknown CA, or this machine's clock is wrong). For a private CA set MAIL_TLS_CA_FILE; verification is never turned off.",
   },
-  SMTP_UNAVAILABLE: { transient: true, hint: 'The SMTP service is temporarily unavailable (421); the message is retried.' },
-  SMTP_TRANSIENT: { transient: true, hint: 'The server answered with a temporary failure (4xx); the message is retried.' },
+  SMTP_UNAVAILABLE: {
+    transient: true,
+    hint: 'The SMTP service is temporarily unavailable (421); the message is retried.',
+  },
+  SMTP_TRANSIENT: {
+    transient: true,
+    hint: 'The server answered with a temporary failure (4xx); the message is retried.',
+  },
   SMTP_REJECTED: { transient: false, hint: 'The server rejected the message permanently (5xx); see smtp.response.' },
   CONNECTION_FAILED: {
     transient: true,

@@ -18,13 +18,17 @@ export interface Logger {
 export function createLogger(
   options: { level?: LogLevel; redactor?: Redactor; write?: (line: string) => void; component?: string } = {},
 ): Logger {
-  const min = LEVELS[options.level ?? ((process.env.MAIL_LOG_LEVEL as LogLevel | undefined) ?? 'info')] ?? LEVELS.info;
+  const min = LEVELS[options.level ?? (process.env.MAIL_LOG_LEVEL as LogLevel | undefined) ?? 'info'] ?? LEVELS.info;
   const redactor = options.redactor ?? defaultRedactor;
   const write = options.write ?? ((line: string) => process.stderr.write(`${line}\n`));
   const log = (level: LogLevel) => (message: string, fields?: Record<string, unknown>) => {
     if (LEVELS[level] < min) return;
     const extra = fields && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
-    write(redactor.redact(`${new Date().toISOString()} ${level.toUpperCase()} ${options.component ?? 'm365-mailer'}: ${message}${extra}`));
+    write(
+      redactor.redact(
+        `${new Date().toISOString()} ${level.toUpperCase()} ${options.component ?? 'm365-mailer'}: ${message}${extra}`,
+      ),
+    );
   };
   return { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') };
 }

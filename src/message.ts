@@ -19,13 +19,16 @@ const EMAIL = /^[^\s@<>()",;:\\[\]]+@[^\s@<>()",;:\\[\]]+\.[^\s@<>()",;:\\[\]]+$
 const NAMED_ADDRESS = /^\s*(?:"?([^"<>]*?)"?\s*)?<([^<>\s]+)>\s*$/;
 const HEADER_NAME = /^X-[A-Za-z0-9-]{1,76}$/;
 
-const noControl = (what: string) => (value: string) => !CONTROL_CHARS.test(value) || `${what} must not contain CR, LF or other control characters`;
+const noControl = (what: string) => (value: string) =>
+  !CONTROL_CHARS.test(value) || `${what} must not contain CR, LF or other control characters`;
 
 function refineText(what: string, max: number) {
   return z
     .string({ error: `${what} must be a string` })
     .max(max, { error: `${what} must be at most ${max} characters` })
-    .refine((v) => noControl(what)(v) === true, { error: `${what} must not contain CR, LF or other control characters` });
+    .refine((v) => noControl(what)(v) === true, {
+      error: `${what} must not contain CR, LF or other control characters`,
+    });
 }
 
 /** Parses "a@example.com", "Bee <b@example.com>" or { address, name } into an Address, or explains why not. */
@@ -36,7 +39,8 @@ function toAddress(value: unknown): Address | string {
     const named = NAMED_ADDRESS.exec(value);
     const address = (named?.[2] ?? value).trim();
     const name = named?.[1]?.trim() || undefined;
-    if (!EMAIL.test(address) || address.length > MAX_ADDRESS_CHARS) return `is not a valid email address ("${value.slice(0, 80)}")`;
+    if (!EMAIL.test(address) || address.length > MAX_ADDRESS_CHARS)
+      return `is not a valid email address ("${value.slice(0, 80)}")`;
     return { address, ...(name ? { name } : {}) };
   }
   if (value && typeof value === 'object' && !Array.isArray(value)) {
@@ -45,7 +49,8 @@ function toAddress(value: unknown): Address | string {
     if (unknown.length) return `has unknown field(s) ${unknown.join(', ')}: only address and name are accepted`;
     if (typeof address !== 'string') return 'address must be a string';
     if (CONTROL_CHARS.test(address)) return 'address must not contain CR, LF or other control characters';
-    if (!EMAIL.test(address.trim()) || address.length > MAX_ADDRESS_CHARS) return 'address is not a valid email address';
+    if (!EMAIL.test(address.trim()) || address.length > MAX_ADDRESS_CHARS)
+      return 'address is not a valid email address';
     if (name !== undefined) {
       if (typeof name !== 'string') return 'name must be a string';
       if (name.length > MAX_NAME_CHARS) return `name must be at most ${MAX_NAME_CHARS} characters`;
@@ -76,7 +81,8 @@ export const addressListSchema = z.unknown().transform((value, ctx): Address[] =
   const out: Address[] = [];
   list.forEach((entry, index) => {
     const result = toAddress(entry);
-    if (typeof result === 'string') ctx.addIssue({ code: 'custom', message: result, path: Array.isArray(value) ? [index] : [] });
+    if (typeof result === 'string')
+      ctx.addIssue({ code: 'custom', message: result, path: Array.isArray(value) ? [index] : [] });
     else out.push(result);
   });
   return out;
@@ -87,7 +93,9 @@ export const attachmentSchema = z
     filename: refineText('filename', MAX_FILENAME_CHARS).min(1, { error: 'filename must not be empty' }),
     contentType: z
       .string({ error: 'contentType must be a string' })
-      .regex(/^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+-]+$/i, { error: 'contentType must be a MIME type such as application/pdf' })
+      .regex(/^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+-]+$/i, {
+        error: 'contentType must be a MIME type such as application/pdf',
+      })
       .optional(),
     contentBase64: z
       .string({ error: 'contentBase64 must be a base64 string' })
@@ -104,7 +112,11 @@ export const headersSchema = z
     if (names.length > MAX_HEADERS) ctx.addIssue({ code: 'custom', message: `at most ${MAX_HEADERS} headers` });
     for (const name of names) {
       if (!HEADER_NAME.test(name)) {
-        ctx.addIssue({ code: 'custom', path: [name], message: 'only X- headers are accepted (letters, digits and dashes)' });
+        ctx.addIssue({
+          code: 'custom',
+          path: [name],
+          message: 'only X- headers are accepted (letters, digits and dashes)',
+        });
       }
     }
   });
@@ -187,9 +199,13 @@ export function parseMessage(
   const parsed = messageInputSchema.safeParse(input);
   if (!parsed.success) {
     const details = fieldProblems(parsed.error);
-    throw new MailError('INVALID_MESSAGE', `Invalid message: ${details.map((d) => `${d.path}: ${d.message}`).join('; ')}`, {
-      details,
-    });
+    throw new MailError(
+      'INVALID_MESSAGE',
+      `Invalid message: ${details.map((d) => `${d.path}: ${d.message}`).join('; ')}`,
+      {
+        details,
+      },
+    );
   }
   const m = parsed.data;
   const problems: FieldProblem[] = [];
@@ -221,9 +237,13 @@ export function parseMessage(
     problems.push({ path: 'attachments', message: `the message would exceed ${options.maxMessageBytes} bytes` });
   }
   if (problems.length > 0) {
-    throw new MailError('INVALID_MESSAGE', `Invalid message: ${problems.map((d) => `${d.path}: ${d.message}`).join('; ')}`, {
-      details: problems,
-    });
+    throw new MailError(
+      'INVALID_MESSAGE',
+      `Invalid message: ${problems.map((d) => `${d.path}: ${d.message}`).join('; ')}`,
+      {
+        details: problems,
+      },
+    );
   }
   return message;
 }

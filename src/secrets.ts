@@ -50,7 +50,8 @@ export class KeyVaultSecrets implements SecretSource {
   ) {
     this.client = new SecretClient(vaultUrl, credential, {
       additionalPolicies: azureClientPolicies(options.extraCaPem),
-      disableChallengeResourceVerification: options.customHost ?? !/\.vault\.(azure\.net|usgovcloudapi\.net|azure\.cn)$/.test(new URL(vaultUrl).hostname),
+      disableChallengeResourceVerification:
+        options.customHost ?? !/\.vault\.(azure\.net|usgovcloudapi\.net|azure\.cn)$/.test(new URL(vaultUrl).hostname),
       retryOptions: { maxRetries: 2, retryDelayInMs: 200, maxRetryDelayInMs: 2000 },
     });
   }
@@ -73,7 +74,10 @@ export class KeyVaultSecrets implements SecretSource {
       const secret = await this.client.getSecret(name);
       if (!secret.value) throw Object.assign(new Error('secret has no value'), { statusCode: 404 });
       this.options.redactor?.add(secret.value);
-      return { value: secret.value, ...(secret.properties.contentType ? { contentType: secret.properties.contentType } : {}) };
+      return {
+        value: secret.value,
+        ...(secret.properties.contentType ? { contentType: secret.properties.contentType } : {}),
+      };
     } catch (error) {
       throw classifyKeyVaultError(error, name);
     }

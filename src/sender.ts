@@ -1,11 +1,11 @@
 /** The core sender: SendAs check, pooled nodemailer over STARTTLS with per-connection XOAUTH2, one fresh-token retry, classified outcomes, telemetry. */
 import nodemailer from 'nodemailer';
 import type { Config } from './config';
-import { classifySmtpError } from './classify';
+import { classifySmtpError, classifyTokenError } from './classify';
 import { MailError, ensureError, type SmtpReply } from './errors';
 import { silentLogger, type Logger } from './logger';
 import { allRecipients, type Address, type MailMessage } from './message';
-import type { SmtpAuthSource } from './smtpAuth';
+import type { SmtpAuthSource, SmtpLogin } from './smtpAuth';
 import type { MailEventProperties, Telemetry } from './telemetry';
 import { trustedCas } from './trust';
 
@@ -16,6 +16,13 @@ export const MESSAGES_PER_CONNECTION = 100;
 export const CONNECTION_TIMEOUT_MS = 15_000;
 export const GREETING_TIMEOUT_MS = 15_000;
 export const SOCKET_TIMEOUT_MS = 60_000;
+
+/** Names of our nodemailer custom auth handlers; they speak AUTH XOAUTH2 and AUTH LOGIN on the wire. */
+const XOAUTH2_HANDLER = 'M365-XOAUTH2';
+const LOGIN_HANDLER = 'M365-LOGIN';
+
+export const BASIC_AUTH_DEPRECATION =
+  'MAIL_AUTH_MODE=basic is deprecated: Microsoft turns Basic SMTP AUTH off by default at the end of December 2026. Move to client-secret, client-certificate or federated-identity.';
 
 export type MailSource = 'http' | 'notification' | 'digest' | 'cli';
 
@@ -45,9 +52,23 @@ interface CustomAuthContext {
   sendCommand(command: string): Promise<{ status: number; response: string; code?: string }>;
 }
 
-/** Raised from the XOAUTH2 handler so the sender knows whether a cached token was refused. */
+/**
+ * What the auth handlers attach to the error they raise. nodemailer relabels whatever a handler throws
+ * (code EAUTH, message suffix), so a classified credential failure travels beside it, untouched.
+ */
 interface AuthFailureMarker {
   tokenFromCache?: boolean;
+  credentialError?: MailError;
+}
+
+/** Gets credentials inside an auth handler; a failure (Key Vault, Entra ID) is carried out as-is. */
+async function credentials(auth: SmtpAuthSource): Promise<SmtpLogin> {
+  try {
+    return await auth.get();
+  } catch (error) {
+    const credentialError = error instanceof MailError ? error : classifyTokenError(error);
+    throw Object.assign(new Error(`Credentials unavailable: ${credentialError.code}`), { credentialError });
+  }
 }
 
 /** Returns true when `from` is the sender or allowed by MAIL_ALLOWED_FROM (address or @domain). */
@@ -76,9 +97,7 @@ export class MailSender {
   ) {
     this.logger = options.logger ?? silentLogger;
     if (auth.mode === 'basic') {
-      this.logger.warn(
-        'MAIL_AUTH_MODE=basic is deprecated: Microsoft turns Basic SMTP AUTH off by default at the end of December 2026. Move to client-secret, client-certificate or federated-identity.',
-      );
+      this.logger.warn(BASIC_AUTH_DEPRECATION);
     }
   }
 
@@ -104,8 +123,12 @@ export class MailSender {
       const result: SendResult = {
         messageId: info.messageId as string,
         smtp: { code: Number(/^\d{3}/.exec(reply)?.[0] ?? 250), response: reply },
-        accepted: (info.accepted as Array<string | { address: string }>).map((a) => (typeof a === 'string' ? a : a.address)),
-        rejected: (info.rejected as Array<string | { address: string }>).map((a) => (typeof a === 'string' ? a : a.address)),
+        accepted: (info.accepted as Array<string | { address: string }>).map((a) =>
+          typeof a === 'string' ? a : a.address,
+        ),
+        rejected: (info.rejected as Array<string | { address: string }>).map((a) =>
+          typeof a === 'string' ? a : a.address,
+        ),
         durationMs,
       };
       this.options.telemetry?.trackEvent('MailSent', { ...baseProps, durationMs, smtpCode: result.smtp.code });
@@ -123,7 +146,12 @@ export class MailSender {
         ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
       });
       this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'failed' });
-      this.logger.warn('mail failed', { id: context.id, code: error.code, transient: error.transient, smtp: error.smtp?.response });
+      this.logger.warn('mail failed', {
+        id: context.id,
+        code: error.code,
+        transient: error.transient,
+        smtp: error.smtp?.response,
+      });
       throw error;
     }
   }
@@ -158,9 +186,13 @@ export class MailSender {
     }
     const count = allRecipients(message).length;
     if (count > this.config.limits.maxRecipients) {
-      throw new MailError('TOO_MANY_RECIPIENTS', `${count} recipients; the limit is ${this.config.limits.maxRecipients}`, {
-        details: [{ path: 'to', message: `at most ${this.config.limits.maxRecipients} recipients per message` }],
-      });
+      throw new MailError(
+        'TOO_MANY_RECIPIENTS',
+        `${count} recipients; the limit is ${this.config.limits.maxRecipients}`,
+        {
+          details: [{ path: 'to', message: `at most ${this.config.limits.maxRecipients} recipients per message` }],
+        },
+      );
     }
   }
 
@@ -169,14 +201,23 @@ export class MailSender {
     try {
       return await this.pool().sendMail(this.toNodemailer(message));
     } catch (first) {
-      const error = classifySmtpError(first);
       const marker = ensureError(first) as AuthFailureMarker;
+      if (marker.credentialError) throw marker.credentialError;
+      const error = classifySmtpError(first);
       const retryable = error.code === 'AUTH_FAILED' && (marker.tokenFromCache ?? true) && this.auth.mode !== 'basic';
-      const rotatedPassword = (error.code === 'AUTH_FAILED' || error.code === 'BASIC_AUTH_DISABLED') && this.auth.mode === 'basic';
+      const rotatedPassword =
+        (error.code === 'AUTH_FAILED' || error.code === 'BASIC_AUTH_DISABLED') && this.auth.mode === 'basic';
       if (!retryable && !rotatedPassword) throw error;
-      this.logger.info('SMTP refused a cached credential; retrying once with a fresh one', { code: error.smtp?.enhanced });
+      this.logger.info('SMTP refused a cached credential; retrying once with a fresh one', {
+        code: error.smtp?.enhanced,
+      });
       this.auth.invalidate();
-      return await this.pool().sendMail(this.toNodemailer(message));
+      try {
+        return await this.pool().sendMail(this.toNodemailer(message));
+      } catch (second) {
+        const credentialError = (ensureError(second) as AuthFailureMarker).credentialError;
+        throw credentialError ?? classifySmtpError(second);
+      }
     }
   }
 
@@ -204,8 +245,12 @@ export class MailSender {
       disableFileAccess: true,
       disableUrlAccess: true,
       logger: false,
-      auth: { type: 'custom', method: xoauth2 ? 'XOAUTH2' : 'LOGIN', user: this.config.sender },
-      customAuth: { XOAUTH2: (ctx: CustomAuthContext) => this.xoauth2(ctx), LOGIN: (ctx: CustomAuthContext) => this.login(ctx) },
+      // A method name of our own: nodemailer replaces a plain 'XOAUTH2' with the server's first mechanism (LOGIN)
+      // when it has no token generator, and our handler supplies the token per connection instead.
+      auth: { type: 'custom', method: xoauth2 ? XOAUTH2_HANDLER : LOGIN_HANDLER, user: this.config.sender },
+      customAuth: xoauth2
+        ? { [XOAUTH2_HANDLER]: (ctx: CustomAuthContext) => this.xoauth2(ctx) }
+        : { [LOGIN_HANDLER]: (ctx: CustomAuthContext) => this.login(ctx) },
     };
     if (!pool) return nodemailer.createTransport(options as never);
     return nodemailer.createTransport({
@@ -219,7 +264,7 @@ export class MailSender {
 
   /** AUTH XOAUTH2 with a token fetched for this connection, so a long-lived pool never presents an expired token. */
   private async xoauth2(ctx: CustomAuthContext): Promise<void> {
-    const login = await this.auth.get();
+    const login = await credentials(this.auth);
     if (login.kind !== 'xoauth2') throw new MailError('CONFIG_INVALID', 'XOAUTH2 needs an OAuth MAIL_AUTH_MODE');
     const payload = Buffer.from(`user=${login.user}\x01auth=Bearer ${login.accessToken}\x01\x01`).toString('base64');
     let reply = await ctx.sendCommand(`AUTH XOAUTH2 ${payload}`);
@@ -233,9 +278,13 @@ export class MailSender {
 
   /** AUTH LOGIN with the app password (legacy basic mode). */
   private async login(ctx: CustomAuthContext): Promise<void> {
-    const login = await this.auth.get();
+    const login = await credentials(this.auth);
     if (login.kind !== 'password') throw new MailError('CONFIG_INVALID', 'AUTH LOGIN needs MAIL_AUTH_MODE=basic');
-    const steps = ['AUTH LOGIN', Buffer.from(login.user).toString('base64'), Buffer.from(login.password).toString('base64')];
+    const steps = [
+      'AUTH LOGIN',
+      Buffer.from(login.user).toString('base64'),
+      Buffer.from(login.password).toString('base64'),
+    ];
     for (const [index, step] of steps.entries()) {
       const reply = await ctx.sendCommand(step);
       const expected = index < steps.length - 1 ? 334 : 235;

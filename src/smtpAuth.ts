@@ -36,7 +36,9 @@ export function parseCertificateSecret(
   let privateKey: string | undefined;
   let certificate: string | undefined;
   if (value.includes('-----BEGIN')) {
-    privateKey = /-----BEGIN (?:RSA |EC )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC )?PRIVATE KEY-----/.exec(value)?.[0];
+    privateKey = /-----BEGIN (?:RSA |EC )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC )?PRIVATE KEY-----/.exec(
+      value,
+    )?.[0];
     certificate = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(value)?.[0];
   } else if (!contentType || contentType === 'application/x-pkcs12') {
     // Key Vault returns a PFX certificate's secret as base64 with no password.
@@ -149,7 +151,11 @@ class MsalAuthSource implements SmtpAuthSource {
         ...base,
         auth: {
           ...base.auth,
-          clientCertificate: { thumbprintSha256: cert.thumbprintSha256, privateKey: cert.privateKey, x5c: cert.certificate },
+          clientCertificate: {
+            thumbprintSha256: cert.thumbprintSha256,
+            privateKey: cert.privateKey,
+            x5c: cert.certificate,
+          },
         },
       });
     }
@@ -168,7 +174,11 @@ class MsalAuthSource implements SmtpAuthSource {
             throw new MailError(
               'TOKEN_FEDERATION',
               `The managed identity could not get a token for ${TOKEN_EXCHANGE_SCOPE}: ${(error as Error).message.split('\n')[0]}`,
-              { cause: error, transient: true, hint: 'Assign a managed identity to the Function App (AZURE_CLIENT_ID for user-assigned) and add it as a federated credential of the app registration.' },
+              {
+                cause: error,
+                transient: true,
+                hint: 'Assign a managed identity to the Function App (AZURE_CLIENT_ID for user-assigned) and add it as a federated credential of the app registration.',
+              },
             );
           }
         },
@@ -206,7 +216,11 @@ class PasswordAuthSource implements SmtpAuthSource {
 }
 
 /** Builds the SMTP credential source for `config.auth.mode`. */
-export function createSmtpAuthSource(config: Config, secrets: SecretSource | undefined, redactor?: Redactor): SmtpAuthSource {
+export function createSmtpAuthSource(
+  config: Config,
+  secrets: SecretSource | undefined,
+  redactor?: Redactor,
+): SmtpAuthSource {
   if (config.auth.mode === 'basic') {
     if (!secrets) throw new MailError('CONFIG_INVALID', 'MAIL_KEY_VAULT_URL is required for MAIL_AUTH_MODE=basic');
     return new PasswordAuthSource(config.auth, config.sender, secrets);

@@ -39,7 +39,17 @@ afterAll(async () => {
 
 describe('m365-mailer send', () => {
   it('sends and exits 0, with the attachment from disk', async () => {
-    const result = await cli(['send', '--to', 'ops@example.com', '--subject', 'Nightly report', '--text', 'Attached.', '--attach', 'report.csv']);
+    const result = await cli([
+      'send',
+      '--to',
+      'ops@example.com',
+      '--subject',
+      'Nightly report',
+      '--text',
+      'Attached.',
+      '--attach',
+      'report.csv',
+    ]);
     expect(result.stderr).toBe('');
     expect(result.code).toBe(EXIT_OK);
     expect(result.stdout).toMatch(/^Sent <.+> in \d+ ms: 250 /);
@@ -81,7 +91,10 @@ describe('m365-mailer send', () => {
     [['send', '--to', 'a@example.com', '--text', 'y'], /--subject is required/],
     [['send', '--to', 'a@example.com', '--subject', 'x'], /one of --text, --html or --attach is required/],
     [['send', '--to', 'a@example.com', '--subject', 'x', '--text', 'y', '--bogus'], /Unknown option '--bogus'/],
-    [['send', '--to', 'a@example.com', '--subject', 'x', '--attach', 'missing.pdf'], /--attach: cannot read missing.pdf/],
+    [
+      ['send', '--to', 'a@example.com', '--subject', 'x', '--attach', 'missing.pdf'],
+      /--attach: cannot read missing.pdf/,
+    ],
     [['send', '--to', 'a@example.com', '--subject', 'x', '--text', 'y', '--header', 'NoColon'], /--header "NoColon"/],
   ])('usage error %j → exit 2 naming the option', async (args, pattern) => {
     const result = await cli(args);
@@ -91,13 +104,31 @@ describe('m365-mailer send', () => {
 
   it('rejects CR/LF injection in the subject and addresses, and nothing reaches the server', async () => {
     const before = sandbox.smtp.messages.length;
-    const subject = await cli(['send', '--to', 'a@example.com', '--subject', 'Hi\r\nBcc: victim@example.com', '--text', 'y']);
+    const subject = await cli([
+      'send',
+      '--to',
+      'a@example.com',
+      '--subject',
+      'Hi\r\nBcc: victim@example.com',
+      '--text',
+      'y',
+    ]);
     expect(subject.code).toBe(EXIT_USAGE);
     expect(subject.stderr).toMatch(/subject: subject must not contain CR, LF/);
     const to = await cli(['send', '--to', 'a@example.com\nBcc: victim@example.com', '--subject', 'Hi', '--text', 'y']);
     expect(to.code).toBe(EXIT_USAGE);
     expect(to.stderr).toMatch(/to\[0\]: must not contain CR, LF/);
-    const header = await cli(['send', '--to', 'a@example.com', '--subject', 'Hi', '--text', 'y', '--header', 'X-A: b\r\nBcc: v@example.com']);
+    const header = await cli([
+      'send',
+      '--to',
+      'a@example.com',
+      '--subject',
+      'Hi',
+      '--text',
+      'y',
+      '--header',
+      'X-A: b\r\nBcc: v@example.com',
+    ]);
     expect(header.code).toBe(EXIT_USAGE);
     expect(header.stderr).toMatch(/headers\.X-A/);
     expect(sandbox.smtp.messages.length).toBe(before);
@@ -117,11 +148,24 @@ describe('m365-mailer send', () => {
   it('the bundled CLI runs as a real process with settings from local.settings.json', async () => {
     await run(process.execPath, ['scripts/build.mjs'], { cwd: path.resolve(__dirname, '..') });
     const dir = mkdtempSync(path.join(tmpdir(), 'cli-proc-'));
-    writeFileSync(path.join(dir, 'local.settings.json'), JSON.stringify({ IsEncrypted: false, Values: sandbox.settings() }));
+    writeFileSync(
+      path.join(dir, 'local.settings.json'),
+      JSON.stringify({ IsEncrypted: false, Values: sandbox.settings() }),
+    );
     const env: Record<string, string> = { PATH: process.env.PATH ?? '' };
     const { stdout, stderr } = await run(
       process.execPath,
-      [path.resolve(__dirname, '../dist/cli.js'), 'send', '--to', 'proc@example.com', '--subject', 'From a process', '--text', 'hi', '--json'],
+      [
+        path.resolve(__dirname, '../dist/cli.js'),
+        'send',
+        '--to',
+        'proc@example.com',
+        '--subject',
+        'From a process',
+        '--text',
+        'hi',
+        '--json',
+      ],
       { cwd: dir, env },
     );
     outputs.push(stdout, stderr);

@@ -60,20 +60,44 @@ describe('loadConfig', () => {
       MAIL_SMTP_PORT: 'abc',
     });
     expect(list.join('\n')).toMatch(/MAIL_SMTP_PORT must be a positive whole number/);
-    const more = problems({ ...base, MAIL_SENDER: 'nope', MAIL_AUTH_MODE: 'password', MAIL_AUTHORITY_HOST: 'http://x' });
+    const more = problems({
+      ...base,
+      MAIL_SENDER: 'nope',
+      MAIL_AUTH_MODE: 'password',
+      MAIL_AUTHORITY_HOST: 'http://x',
+    });
     expect(more.join('\n')).toMatch(/MAIL_SENDER is invalid/);
     expect(more.join('\n')).toMatch(/MAIL_AUTH_MODE is invalid \("password"\): one of client-secret/);
     expect(more.join('\n')).toMatch(/MAIL_AUTHORITY_HOST is invalid/);
-    expect(problems({ ...base, MAIL_TLS_CA_FILE: '/nonexistent/ca.pem' }).join('\n')).toMatch(/MAIL_TLS_CA_FILE points at a file that does not exist/);
-    expect(problems({ ...base, MAIL_MAX_RECIPIENTS: '5000' }).join('\n')).toMatch(/MAIL_MAX_RECIPIENTS must be at most 1000/);
-    expect(problems({ ...base, MAIL_ALLOWED_FROM: 'ok@contoso.com, bad entry' }).join('\n')).toMatch(/MAIL_ALLOWED_FROM is invalid \("bad entry"\)/);
+    expect(problems({ ...base, MAIL_TLS_CA_FILE: '/nonexistent/ca.pem' }).join('\n')).toMatch(
+      /MAIL_TLS_CA_FILE points at a file that does not exist/,
+    );
+    expect(problems({ ...base, MAIL_MAX_RECIPIENTS: '5000' }).join('\n')).toMatch(
+      /MAIL_MAX_RECIPIENTS must be at most 1000/,
+    );
+    expect(problems({ ...base, MAIL_ALLOWED_FROM: 'ok@contoso.com, bad entry' }).join('\n')).toMatch(
+      /MAIL_ALLOWED_FROM is invalid \("bad entry"\)/,
+    );
   });
 
   it('federated identity needs no Key Vault; basic needs no tenant', () => {
-    const fed = loadConfig({ ...base, MAIL_KEY_VAULT_URL: undefined, MAIL_AUTH_MODE: 'federated-identity', AZURE_CLIENT_ID: GUID });
+    const fed = loadConfig({
+      ...base,
+      MAIL_KEY_VAULT_URL: undefined,
+      MAIL_AUTH_MODE: 'federated-identity',
+      AZURE_CLIENT_ID: GUID,
+    });
     expect(fed.auth).toMatchObject({ mode: 'federated-identity', managedIdentityClientId: GUID });
-    const basic = loadConfig({ MAIL_SENDER: 'a@contoso.com', MAIL_AUTH_MODE: 'basic', MAIL_KEY_VAULT_URL: 'https://v.vault.azure.net' });
-    expect(basic.auth).toEqual({ mode: 'basic', keyVaultUrl: 'https://v.vault.azure.net', passwordSecretName: 'mail-password' });
+    const basic = loadConfig({
+      MAIL_SENDER: 'a@contoso.com',
+      MAIL_AUTH_MODE: 'basic',
+      MAIL_KEY_VAULT_URL: 'https://v.vault.azure.net',
+    });
+    expect(basic.auth).toEqual({
+      mode: 'basic',
+      keyVaultUrl: 'https://v.vault.azure.net',
+      passwordSecretName: 'mail-password',
+    });
   });
 
   it('parses MAIL_ALLOWED_FROM addresses and domains, lower-cased, sender included', () => {

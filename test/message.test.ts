@@ -18,7 +18,12 @@ function details(input: unknown): Array<{ path: string; message: string }> {
 describe('parseMessage', () => {
   it('normalises addresses in every accepted form', () => {
     const m = parseMessage(
-      { to: ['a@example.com', { address: 'b@example.com', name: 'Bee' }], cc: 'Cee <c@example.com>', subject: 'Hi', text: 'x' },
+      {
+        to: ['a@example.com', { address: 'b@example.com', name: 'Bee' }],
+        cc: 'Cee <c@example.com>',
+        subject: 'Hi',
+        text: 'x',
+      },
       limits,
     );
     expect(m.from).toEqual({ address: 'alerts@contoso.com' });
@@ -50,15 +55,18 @@ describe('parseMessage', () => {
   });
 
   it('requires a body, a recipient, and respects the recipient and size limits', () => {
-    expect(details({ to: 'a@example.com', subject: 's' })).toContainEqual({ path: 'text', message: 'text or html is required' });
+    expect(details({ to: 'a@example.com', subject: 's' })).toContainEqual({
+      path: 'text',
+      message: 'text or html is required',
+    });
     expect(details({ subject: 's', text: 't' })[0]?.path).toBe('to');
-    expect(details({ to: ['a@x.com', 'b@x.com'], cc: ['c@x.com', 'd@x.com'], subject: 's', text: 't' })[0]?.message).toMatch(
-      /at most 3 recipients/,
-    );
+    expect(
+      details({ to: ['a@x.com', 'b@x.com'], cc: ['c@x.com', 'd@x.com'], subject: 's', text: 't' })[0]?.message,
+    ).toMatch(/at most 3 recipients/);
     const big = Buffer.alloc(90_000).toString('base64');
-    expect(details({ to: 'a@x.com', subject: 's', attachments: [{ filename: 'a.bin', contentBase64: big }] })[0]?.path).toBe(
-      'attachments',
-    );
+    expect(
+      details({ to: 'a@x.com', subject: 's', attachments: [{ filename: 'a.bin', contentBase64: big }] })[0]?.path,
+    ).toBe('attachments');
   });
 
   it('rejects unknown fields and wrong types by name', () => {

@@ -46,7 +46,10 @@ afterEach(async () => {
     mailbox.fullAccess.add(sandbox.tenant.app.servicePrincipalObjectId);
   }
   sandbox.tenant.exchange.smtpAuthEnabled = true;
-  sandbox.tenant.exchange.servicePrincipals.set(sandbox.tenant.app.clientId, sandbox.tenant.app.servicePrincipalObjectId);
+  sandbox.tenant.exchange.servicePrincipals.set(
+    sandbox.tenant.app.clientId,
+    sandbox.tenant.app.servicePrincipalObjectId,
+  );
   sandbox.tenant.app.roles.splice(0, sandbox.tenant.app.roles.length, SMTP_SEND_AS_APP_ROLE);
   sandbox.entra.faults.splice(0);
   sandbox.keyVault.faults.splice(0);
@@ -64,7 +67,9 @@ describe('happy path (client secret)', () => {
         subject: 'Grüße — your order ✓',
         text: 'Plain body',
         html: '<p>HTML <b>body</b></p>',
-        attachments: [{ filename: 'invoice.pdf', contentType: 'application/pdf', contentBase64: pdf.toString('base64') }],
+        attachments: [
+          { filename: 'invoice.pdf', contentType: 'application/pdf', contentBase64: pdf.toString('base64') },
+        ],
         headers: { 'X-Order': 'A-1' },
       }),
       { source: 'cli', id: 'msg-happy' },
@@ -146,7 +151,11 @@ describe('classified failures', () => {
   it('SMTP AUTH disabled for the tenant → SMTP_AUTH_DISABLED with the Set-CASMailbox fix', async () => {
     sandbox.tenant.exchange.smtpAuthEnabled = false;
     const error = await sendError(mailer());
-    expect(error).toMatchObject({ code: 'SMTP_AUTH_DISABLED', transient: false, smtp: { code: 535, enhanced: '5.7.139' } });
+    expect(error).toMatchObject({
+      code: 'SMTP_AUTH_DISABLED',
+      transient: false,
+      smtp: { code: 535, enhanced: '5.7.139' },
+    });
     expect(error.smtp?.response).toMatch(/disabled for the Tenant/);
     expect(error.hint).toMatch(/Set-CASMailbox/);
   });
@@ -173,7 +182,9 @@ describe('classified failures', () => {
   it('no FullAccess on the mailbox or no SMTP.SendAsApp role → AUTH_FAILED', async () => {
     sandbox.tenant.exchange.mailboxes.get(sandbox.settings().MAIL_SENDER!)!.fullAccess.clear();
     expect((await sendError(mailer())).code).toBe('AUTH_FAILED');
-    sandbox.tenant.exchange.mailboxes.get(sandbox.settings().MAIL_SENDER!)!.fullAccess.add(sandbox.tenant.app.servicePrincipalObjectId);
+    sandbox.tenant.exchange.mailboxes
+      .get(sandbox.settings().MAIL_SENDER!)!
+      .fullAccess.add(sandbox.tenant.app.servicePrincipalObjectId);
     sandbox.tenant.app.roles.splice(0);
     expect((await sendError(mailer())).code).toBe('AUTH_FAILED');
     expect(sandbox.smtp.authAttempts.map((a) => a.outcome)).toEqual(['no-full-access', 'missing-role']);
@@ -290,7 +301,9 @@ describe('classified failures', () => {
     expect(missing).toMatchObject({ code: 'KEY_VAULT_SECRET_NOT_FOUND', transient: false });
     expect(missing.message).toContain("'no-such-secret'");
 
-    sandbox.keyVault.faults.push(...Array.from({ length: 5 }, () => ({ kind: 'status' as const, status: 503 as const })));
+    sandbox.keyVault.faults.push(
+      ...Array.from({ length: 5 }, () => ({ kind: 'status' as const, status: 503 as const })),
+    );
     const down = await sendError(mailer());
     expect(down).toMatchObject({ code: 'KEY_VAULT_UNAVAILABLE', transient: true });
   });
@@ -362,6 +375,7 @@ describe('token lifecycle', () => {
 
 describe('telemetry and secrets', () => {
   it('MailSent and MailFailed reach the ingestion endpoint, with no secret, token, address or subject anywhere', async () => {
+    sandbox.ingestion.reset();
     const m = mailer();
     const tokens: string[] = [];
     await m.sender.send(message(m, { subject: 'Secret subject line', to: 'private.person@example.com' }), {
@@ -376,13 +390,26 @@ describe('telemetry and secrets', () => {
     const error = await sendError(m);
     await m.telemetry.flush();
 
-    const sent = await sandbox.ingestion.waitFor((items) => items.some((i) => i.data?.baseData?.name === 'MailSent'), 10_000);
-    expect(sent).toBe(true);
+    const arrived = await sandbox.ingestion.waitFor(
+      () => sandbox.ingestion.events('MailFailed').some((e) => e.properties.id === 'msg-1'),
+      10_000,
+    );
+    expect(arrived).toBe(true);
     const events = sandbox.ingestion.events();
-    const mailSent = events.find((e) => e.name === 'MailSent');
-    expect(mailSent?.properties).toMatchObject({ id: 'msg-telemetry', source: 'cli', smtpCode: '250', attempt: '1', recipientCount: '1' });
-    const mailFailed = events.find((e) => e.name === 'MailFailed');
-    expect(mailFailed?.properties).toMatchObject({ errorCode: 'SMTP_AUTH_DISABLED', transient: 'false', smtpCode: '535' });
+    const mailSent = events.find((e) => e.name === 'MailSent' && e.properties.id === 'msg-telemetry');
+    expect(mailSent?.properties).toMatchObject({
+      id: 'msg-telemetry',
+      source: 'cli',
+      smtpCode: '250',
+      attempt: '1',
+      recipientCount: '1',
+    });
+    const mailFailed = events.find((e) => e.name === 'MailFailed' && e.properties.id === 'msg-1');
+    expect(mailFailed?.properties).toMatchObject({
+      errorCode: 'SMTP_AUTH_DISABLED',
+      transient: 'false',
+      smtpCode: '535',
+    });
 
     const everything = [
       ...m.logs,

@@ -18,7 +18,13 @@ export function applySandboxEnv(sandbox: Sandbox): void {
   const settings = sandbox.settings();
   for (const key of PROCESS_ENV_KEYS) process.env[key] = settings[key];
   // The Azure SDK must not find credentials of the machine it runs on.
-  for (const key of ['AZURE_CLIENT_SECRET', 'AZURE_TENANT_ID', 'AZURE_CLIENT_CERTIFICATE_PATH', 'AZURE_FEDERATED_TOKEN_FILE']) delete process.env[key];
+  for (const key of [
+    'AZURE_CLIENT_SECRET',
+    'AZURE_TENANT_ID',
+    'AZURE_CLIENT_CERTIFICATE_PATH',
+    'AZURE_FEDERATED_TOKEN_FILE',
+  ])
+    delete process.env[key];
 }
 
 /** A mailer for `mode` against `sandbox`; `overrides` change settings. */

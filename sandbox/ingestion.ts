@@ -1,0 +1,338 @@
+/**
+ * An Application Insights ingestion ("Breeze") capture for the sandbox: HTTPS on loopback with a certificate
+ * from the sandbox CA. It accepts what the exporters post (`POST /v2.1/track`, also `/v2/track` and `/track`;
+ * a JSON array or newline-delimited JSON; gzip, deflate or plain), answers as Breeze does and keeps every
+ * envelope so that tests can read what actually went over the wire.
+ */
+import { createServer, type Server } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { gunzipSync, inflateSync } from 'node:zlib';
+import type { CertificateAuthority } from './ca';
+import { LOOPBACK_HOST, closeServer, listenOnLoopback, sendJson } from './httpServer';
+
+/** Breeze accepts up to about 64 MB uncompressed; the capture keeps a lower cap since tests send little. */
+const MAX_BODY_BYTES = 16 * 1024 * 1024;
+
+/** One telemetry item as it arrived (the Breeze envelope). */
+export interface CapturedEnvelope {
+  /** e.g. `Microsoft.ApplicationInsights.Event`, `Microsoft.ApplicationInsights.Metric`. */
+  name: string;
+  iKey: string;
+  time: string;
+  sampleRate?: number;
+  tags: Record<string, string>;
+  data: { baseType: string; baseData: Record<string, unknown> & { name?: string } };
+  /** The request path it came in on. */
+  path: string;
+}
+
+/** A custom event (`customEvents` table): the EventData baseData. */
+export interface CapturedEvent {
+  name: string;
+  properties: Record<string, string>;
+  measurements: Record<string, number>;
+  time: string;
+  tags: Record<string, string>;
+}
+
+/** One metric data point from a MetricData item (`customMetrics` table). */
+export interface CapturedMetric {
+  name: string;
+  value: number;
+  count?: number;
+  min?: number;
+  max?: number;
+  properties: Record<string, string>;
+  time: string;
+  tags: Record<string, string>;
+}
+
+/** One POST the capture answered. */
+export interface CapturedRequest {
+  method: string;
+  path: string;
+  status: number;
+  contentEncoding?: string;
+  itemCount: number;
+}
+
+export interface IngestionCapture {
+  /** `https://127.0.0.1:PORT` */
+  url: string;
+  port: number;
+  instrumentationKey: string;
+  /** `InstrumentationKey=…;IngestionEndpoint=https://127.0.0.1:PORT/;LiveEndpoint=https://127.0.0.1:PORT/` */
+  connectionString: string;
+  /** Envelopes from posts that were answered 200 (rejected posts are not "received"). */
+  items: CapturedEnvelope[];
+  /** Every request body, decompressed, accepted or not: for secret scanning. */
+  rawBodies: string[];
+  requests: CapturedRequest[];
+  /** Custom events, optionally only those named `name`. */
+  events(name?: string): CapturedEvent[];
+  /** Metric data points, optionally only those named `name`. */
+  metrics(name?: string): CapturedMetric[];
+  /** Resolves true once `predicate(items)` holds, false after `timeoutMs` (default 10 s). */
+  waitFor(predicate: (items: CapturedEnvelope[]) => boolean, timeoutMs?: number): Promise<boolean>;
+  /** Answers the next `count` track posts with `status` (default 503) and Breeze's error body. */
+  failNext(count: number, status?: number): void;
+  /** Forgets everything received and any pending failures. */
+  reset(): void;
+  close(): Promise<void>;
+}
+
+function decodeBody(raw: Buffer, encoding: string | undefined): string {
+  const e = (encoding ?? '').toLowerCase();
+  if (e === 'gzip') return gunzipSync(raw).toString('utf8');
+  if (e === 'deflate') return inflateSync(raw).toString('utf8');
+  // Some SDKs gzip without saying so.
+  if (raw[0] === 0x1f && raw[1] === 0x8b) return gunzipSync(raw).toString('utf8');
+  return raw.toString('utf8');
+}
+
+/** A JSON array of envelopes, or one JSON envelope per line (the classic SDKs). */
+function parseEnvelopes(text: string): unknown[] {
+  const trimmed = text.trim();
+  if (!trimmed) return [];
+  if (trimmed.startsWith('[')) return JSON.parse(trimmed) as unknown[];
+  return trimmed
+    .split(/\r?\n/)
+    .filter((line) => line.trim())
+    .map((line) => JSON.parse(line) as unknown);
+}
+
+function stringRecord(value: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) out[k] = typeof v === 'string' ? v : JSON.stringify(v);
+  }
+  return out;
+}
+
+function numberRecord(value: unknown): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) if (typeof v === 'number') out[k] = v;
+  }
+  return out;
+}
+
+function toEnvelope(raw: unknown, path: string): CapturedEnvelope | undefined {
+  if (!raw || typeof raw !== 'object') return undefined;
+  const r = raw as Record<string, unknown>;
+  const data = (r.data ?? {}) as Record<string, unknown>;
+  return {
+    name: String(r.name ?? ''),
+    iKey: String(r.iKey ?? r.instrumentationKey ?? ''),
+    time: String(r.time ?? ''),
+    ...(typeof r.sampleRate === 'number' ? { sampleRate: r.sampleRate } : {}),
+    tags: stringRecord(r.tags),
+    data: {
+      baseType: String(data.baseType ?? ''),
+      baseData: (data.baseData && typeof data.baseData === 'object'
+        ? data.baseData
+        : {}) as CapturedEnvelope['data']['baseData'],
+    },
+    path,
+  };
+}
+
+/** Starts the capture on 127.0.0.1 with an OS-assigned port. Close it when done. */
+export async function startIngestionCapture(options: {
+  ca: CertificateAuthority;
+  instrumentationKey?: string;
+}): Promise<IngestionCapture> {
+  const instrumentationKey = options.instrumentationKey ?? randomUUID();
+  const { keyPem, certPem } = options.ca.issueServer();
+  const items: CapturedEnvelope[] = [];
+  const rawBodies: string[] = [];
+  const requests: CapturedRequest[] = [];
+  const failures = { remaining: 0, status: 503 };
+  const waiters = new Set<(closing?: boolean) => void>();
+
+  const notify = () => {
+    for (const check of [...waiters]) check();
+  };
+
+  const handle = (request: IncomingMessage, response: ServerResponse, body: Buffer) => {
+    const path = new URL(request.url ?? '/', 'https://capture').pathname;
+    const encoding = request.headers['content-encoding'];
+    const record = (status: number, itemCount: number) =>
+      requests.push({
+        method: request.method ?? '',
+        path,
+        status,
+        ...(encoding ? { contentEncoding: encoding } : {}),
+        itemCount,
+      });
+
+    if (request.method !== 'POST') {
+      // Live metrics pings and the like: this capture is not a live metrics service.
+      record(404, 0);
+      sendJson(response, 404, { error: 'not found' });
+      return;
+    }
+    if (!/^\/(v2(\.1)?\/)?track$/i.test(path)) {
+      record(404, 0);
+      sendJson(response, 404, {
+        itemsReceived: 0,
+        itemsAccepted: 0,
+        errors: [{ index: 0, statusCode: 404, message: `unknown path ${path}` }],
+      });
+      return;
+    }
+    let text: string;
+    let parsed: unknown[];
+    try {
+      text = decodeBody(body, encoding);
+      rawBodies.push(text);
+      parsed = parseEnvelopes(text);
+    } catch (error) {
+      record(400, 0);
+      sendJson(response, 400, {
+        itemsReceived: 0,
+        itemsAccepted: 0,
+        errors: [{ index: 0, statusCode: 400, message: `invalid body: ${(error as Error).message}` }],
+      });
+      return;
+    }
+    if (failures.remaining > 0) {
+      failures.remaining -= 1;
+      const status = failures.status;
+      record(status, parsed.length);
+      // Breeze lists every item as failed with the same (retriable) status.
+      sendJson(response, status, {
+        itemsReceived: parsed.length,
+        itemsAccepted: 0,
+        errors: parsed.map((_, index) => ({ index, statusCode: status, message: 'injected failure' })),
+      });
+      return;
+    }
+    const errors: Array<{ index: number; statusCode: number; message: string }> = [];
+    parsed.forEach((raw, index) => {
+      const envelope = toEnvelope(raw, path);
+      if (!envelope || !envelope.iKey || !envelope.data.baseType) {
+        errors.push({ index, statusCode: 400, message: 'Field is required: iKey/data.baseType' });
+        return;
+      }
+      if (envelope.iKey !== instrumentationKey) {
+        errors.push({ index, statusCode: 400, message: 'Invalid instrumentation key' });
+        return;
+      }
+      items.push(envelope);
+    });
+    const accepted = parsed.length - errors.length;
+    const status = errors.length === 0 ? 200 : accepted > 0 ? 206 : 400;
+    record(status, parsed.length);
+    sendJson(response, status, { itemsReceived: parsed.length, itemsAccepted: accepted, errors });
+    notify();
+  };
+
+  const server: Server = createServer({ key: keyPem, cert: certPem, minVersion: 'TLSv1.2' }, (request, response) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    request.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        sendJson(response, 413, { itemsReceived: 0, itemsAccepted: 0, errors: [] });
+        request.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    request.on('end', () => {
+      if (size > MAX_BODY_BYTES) return;
+      try {
+        handle(request, response, Buffer.concat(chunks));
+      } catch (error) {
+        if (!response.headersSent) sendJson(response, 500, { error: (error as Error).message });
+      }
+    });
+    request.on('error', () => response.destroy());
+  });
+
+  const port = await listenOnLoopback(server);
+  const url = `https://${LOOPBACK_HOST}:${port}`;
+
+  const capture: IngestionCapture = {
+    url,
+    port,
+    instrumentationKey,
+    connectionString: `InstrumentationKey=${instrumentationKey};IngestionEndpoint=${url}/;LiveEndpoint=${url}/`,
+    items,
+    rawBodies,
+    requests,
+    events(name) {
+      return items
+        .filter((i) => i.data.baseType === 'EventData')
+        .map((i) => ({
+          name: String(i.data.baseData.name ?? ''),
+          properties: stringRecord(i.data.baseData.properties),
+          measurements: numberRecord(i.data.baseData.measurements),
+          time: i.time,
+          tags: i.tags,
+        }))
+        .filter((e) => name === undefined || e.name === name);
+    },
+    metrics(name) {
+      const out: CapturedMetric[] = [];
+      for (const item of items) {
+        if (item.data.baseType !== 'MetricData') continue;
+        const points = Array.isArray(item.data.baseData.metrics)
+          ? (item.data.baseData.metrics as Array<Record<string, unknown>>)
+          : [];
+        for (const p of points) {
+          const metric: CapturedMetric = {
+            name: String(p.name ?? ''),
+            value: Number(p.value ?? 0),
+            ...(typeof p.count === 'number' ? { count: p.count } : {}),
+            ...(typeof p.min === 'number' ? { min: p.min } : {}),
+            ...(typeof p.max === 'number' ? { max: p.max } : {}),
+            properties: stringRecord(item.data.baseData.properties),
+            time: item.time,
+            tags: item.tags,
+          };
+          if (name === undefined || metric.name === name) out.push(metric);
+        }
+      }
+      return out;
+    },
+    waitFor(predicate, timeoutMs = 10_000) {
+      return new Promise<boolean>((resolve) => {
+        const finish = (result: boolean) => {
+          waiters.delete(check);
+          clearTimeout(timer);
+          resolve(result);
+        };
+        const check = (closing = false) => {
+          let ok = false;
+          try {
+            ok = predicate(items);
+          } catch {
+            ok = false;
+          }
+          if (ok || closing) finish(ok);
+        };
+        const timer = setTimeout(() => finish(false), timeoutMs);
+        waiters.add(check);
+        check();
+      });
+    },
+    failNext(count, status = 503) {
+      failures.remaining = count;
+      failures.status = status;
+    },
+    reset() {
+      items.length = 0;
+      rawBodies.length = 0;
+      requests.length = 0;
+      failures.remaining = 0;
+    },
+    async close() {
+      for (const check of [...waiters]) check(true);
+      await closeServer(server);
+    },
+  };
+  return capture;
+}

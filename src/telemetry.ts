@@ -1,0 +1,524 @@
+/**
+ * Application Insights telemetry for mail outcomes (PRODUCT.md F7).
+ *
+ * Events go out as Application Insights custom events (`customEvents` table) through
+ * `@azure/monitor-opentelemetry-exporter`'s AzureMonitorLogExporter: an OpenTelemetry log record carrying the
+ * `microsoft.custom_event.name` attribute becomes an `EventData` envelope. The duration metric goes through
+ * AzureMonitorMetricExporter (`customMetrics`, name `mail.send.duration`, aggregated per export interval).
+ *
+ * Cold start: nothing of OpenTelemetry or the exporter is loaded when this module is imported (about
+ * 150–250 ms here). They are loaded on the first track call, from a setImmediate, and records are buffered
+ * (with their original timestamps) until then. Without a connection string nothing is ever loaded.
+ *
+ * Privacy: only the allow-listed fields of MailEventProperties are copied, one by one, and string values that
+ * look like an address or a token are replaced. Addresses, subjects, bodies, tokens and secrets cannot reach
+ * the wire through this module.
+ *
+ * Network: statsbeat / SDK stats (which otherwise go to a Microsoft host and probe the VM metadata endpoint)
+ * are switched off; live metrics are never started; the only host contacted is the connection string's
+ * IngestionEndpoint, which must be https (the exporter silently rewrites http:// to https://).
+ */
+import tls from 'node:tls';
+import type { AzureMonitorExporterOptions } from '@azure/monitor-opentelemetry-exporter';
+import type { Logger as OtelLogger } from '@opentelemetry/api-logs';
+import type { Histogram, Context } from '@opentelemetry/api';
+import type { LoggerProvider } from '@opentelemetry/sdk-logs';
+import type { PipelinePolicy } from '@azure/core-rest-pipeline';
+import type { MeterProvider } from '@opentelemetry/sdk-metrics';
+
+export type MailEventName = 'MailSent' | 'MailFailed' | 'MailDeferred' | 'BatchAccepted' | 'DigestRun';
+export type TelemetrySource = 'http' | 'notification' | 'digest' | 'cli';
+
+/** Only these fields exist, so addresses, subjects, bodies and secrets cannot be recorded. */
+export interface MailEventProperties {
+  id?: string;
+  source?: TelemetrySource;
+  template?: string;
+  batchId?: string;
+  attempt?: number;
+  durationMs?: number;
+  smtpCode?: number;
+  errorCode?: string;
+  transient?: boolean;
+  recipientCount?: number;
+  /** The Functions invocation id (InvocationContext.invocationId). */
+  invocationId?: string;
+  /** A W3C trace id (32 hex): recorded as a property and as the operation id (`operation_Id`). */
+  operationId?: string;
+  /**
+   * The invocation's W3C traceparent (InvocationContext.traceContext.traceParent). Not recorded as a property:
+   * it sets `operation_Id` and `operation_ParentId`, which correlates the event with the Functions request.
+   */
+  traceParent?: string;
+}
+
+/** Dimensions of the `mail.send.duration` metric: low cardinality only. */
+export interface MailDurationDimensions {
+  source?: TelemetrySource;
+  template?: string;
+  outcome?: 'sent' | 'failed' | 'deferred';
+}
+
+export interface Telemetry {
+  /** False for the no-op telemetry (no connection string). */
+  readonly enabled: boolean;
+  /** Records a custom event. Never throws and never waits for the network. */
+  trackEvent(name: MailEventName, props: MailEventProperties): void;
+  /** Records one `mail.send.duration` measurement (milliseconds). Never throws. */
+  trackDuration(ms: number, dims?: MailDurationDimensions): void;
+  /** Sends everything recorded so far and waits for the ingestion endpoint to answer (bounded). Never rejects. */
+  flush(): Promise<void>;
+  /** Flushes, then stops; later track calls are ignored. Never rejects. */
+  shutdown(): Promise<void>;
+}
+
+export interface TelemetryOptions {
+  /** APPLICATIONINSIGHTS_CONNECTION_STRING. Absent or empty: a no-op Telemetry that loads nothing. */
+  connectionString?: string;
+  /** An extra CA (PEM) to trust for the ingestion endpoint (the sandbox); verification stays on. */
+  extraCaPem?: string;
+  /** Cloud role name (`cloud_RoleName`); default `m365-mailer`. */
+  roleName?: string;
+  /** Cloud role instance (`cloud_RoleInstance`); default the exporter's (the host name). */
+  roleInstance?: string;
+  /**
+   * Directory for the exporter's offline storage (envelopes that failed with a retriable status are written
+   * there and re-sent later). Absent: offline storage is disabled and such envelopes are dropped.
+   */
+  storageDirectory?: string;
+  /** How long events wait in the batch before being sent; default 5000 ms. flush() sends at once. */
+  exportDelayMs?: number;
+  /** Metric export interval; default 60000 ms. flush() exports at once. */
+  metricIntervalMs?: number;
+  /** Upper bound for flush()/shutdown(); default 15000 ms. */
+  flushTimeoutMs?: number;
+  /** HTTP retries on 5xx/network errors inside one export (Azure SDK pipeline); default 3 retries from 800 ms. */
+  retry?: { maxRetries?: number; retryDelayInMs?: number; maxRetryDelayInMs?: number };
+  /** Called with internal telemetry errors (load failures, export failures). Default: ignored. */
+  onError?: (error: unknown) => void;
+}
+
+export const MAIL_EVENT_NAMES: readonly MailEventName[] = [
+  'MailSent',
+  'MailFailed',
+  'MailDeferred',
+  'BatchAccepted',
+  'DigestRun',
+];
+export const DURATION_METRIC = 'mail.send.duration';
+/** The attribute that makes AzureMonitorLogExporter emit an EventData (custom event) envelope. */
+export const CUSTOM_EVENT_NAME_ATTRIBUTE = 'microsoft.custom_event.name';
+
+const SOURCES: readonly TelemetrySource[] = ['http', 'notification', 'digest', 'cli'];
+const OUTCOMES: ReadonlyArray<NonNullable<MailDurationDimensions['outcome']>> = ['sent', 'failed', 'deferred'];
+/** Records kept while the exporter loads; beyond this they are counted and dropped. */
+const MAX_PENDING = 1000;
+const MAX_STRING = 256;
+/** Statsbeat is read from this variable when an exporter is constructed (base.js `trackStatsbeat`). */
+const STATSBEAT_OFF_ENV = 'APPLICATION_INSIGHTS_NO_STATSBEAT';
+
+/** A no-op Telemetry: what createTelemetry returns without a connection string. */
+export const noopTelemetry: Telemetry = Object.freeze({
+  enabled: false,
+  trackEvent() {},
+  trackDuration() {},
+  flush: () => Promise.resolve(),
+  shutdown: () => Promise.resolve(),
+});
+
+/**
+ * Checks a connection string without loading the exporter. Returns a message naming the problem, or undefined
+ * when it is usable. (An `http://` IngestionEndpoint is refused: the exporter would silently call https on it.)
+ */
+export function validateConnectionString(connectionString: string): string | undefined {
+  const parts = new Map<string, string>();
+  for (const part of connectionString.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0) parts.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
+  }
+  const key = parts.get('instrumentationkey');
+  if (!key) return 'APPLICATIONINSIGHTS_CONNECTION_STRING has no InstrumentationKey';
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(key)) {
+    return 'APPLICATIONINSIGHTS_CONNECTION_STRING InstrumentationKey is not a GUID';
+  }
+  const endpoint = parts.get('ingestionendpoint');
+  if (endpoint !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(endpoint);
+    } catch {
+      return 'APPLICATIONINSIGHTS_CONNECTION_STRING IngestionEndpoint is not a URL';
+    }
+    if (url.protocol !== 'https:') return 'APPLICATIONINSIGHTS_CONNECTION_STRING IngestionEndpoint must be https://';
+  }
+  return undefined;
+}
+
+/** Creates the product's telemetry. No connection string → the no-op telemetry (nothing loaded, nothing sent). */
+export function createTelemetry(options: TelemetryOptions = {}): Telemetry {
+  const connectionString = options.connectionString?.trim();
+  if (!connectionString) return noopTelemetry;
+  return new ExportingTelemetry({ ...options, connectionString });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Field-by-field copying: the only way data reaches a record.
+
+function safeString(value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const cleaned = value.replace(/[\u0000-\u001f\u007f]/g, ' ').trim();
+  if (!cleaned) return undefined;
+  // Allow-listed fields hold ids and codes. Anything shaped like an address or a bearer token is not one.
+  if (cleaned.includes('@') || /eyJ[A-Za-z0-9_-]{8,}/.test(cleaned)) return '[redacted]';
+  return cleaned.slice(0, MAX_STRING);
+}
+
+function safeNumber(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+/** The custom dimensions (all strings, as Application Insights stores them) and measurements of one event. */
+export function eventFields(props: MailEventProperties): {
+  properties: Record<string, string>;
+  measurements: Record<string, number>;
+} {
+  const p: Partial<Record<keyof MailEventProperties, unknown>> = props && typeof props === 'object' ? props : {};
+  const properties: Record<string, string> = {};
+  const measurements: Record<string, number> = {};
+  const str = (key: 'id' | 'template' | 'batchId' | 'errorCode' | 'invocationId' | 'operationId') => {
+    const v = safeString(p[key]);
+    if (v !== undefined) properties[key] = v;
+  };
+  const num = (key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount', measurement: boolean) => {
+    let v = safeNumber(p[key]);
+    if (v === undefined) return;
+    if (key === 'durationMs') v = Math.round(v);
+    properties[key] = String(v);
+    if (measurement) measurements[key] = v;
+  };
+  str('id');
+  if (SOURCES.includes(p.source as TelemetrySource)) properties.source = p.source as TelemetrySource;
+  str('template');
+  str('batchId');
+  num('attempt', true);
+  num('durationMs', true);
+  num('smtpCode', false);
+  str('errorCode');
+  if (typeof p.transient === 'boolean') properties.transient = String(p.transient);
+  num('recipientCount', true);
+  str('invocationId');
+  str('operationId');
+  return { properties, measurements };
+}
+
+function durationDimensions(dims: MailDurationDimensions | undefined): Record<string, string> {
+  const d: Partial<Record<keyof MailDurationDimensions, unknown>> = dims && typeof dims === 'object' ? dims : {};
+  const out: Record<string, string> = {};
+  if (SOURCES.includes(d.source as TelemetrySource)) out.source = d.source as string;
+  const template = safeString(d.template);
+  if (template !== undefined) out.template = template;
+  if (OUTCOMES.includes(d.outcome as 'sent')) out.outcome = d.outcome as string;
+  return out;
+}
+
+/** Trace id and parent span id from a W3C traceparent, or a bare 32-hex trace id. */
+function correlation(props: MailEventProperties): { traceId: string; spanId?: string } | undefined {
+  const tp =
+    typeof props.traceParent === 'string'
+      ? /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/i.exec(props.traceParent.trim())
+      : null;
+  if (tp?.[1] && tp[2] && !/^0+$/.test(tp[1]) && !/^0+$/.test(tp[2]))
+    return { traceId: tp[1].toLowerCase(), spanId: tp[2].toLowerCase() };
+  const op = typeof props.operationId === 'string' ? props.operationId.trim().toLowerCase() : '';
+  if (/^[0-9a-f]{32}$/.test(op) && !/^0+$/.test(op)) return { traceId: op };
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The exporting implementation.
+
+interface Pipeline {
+  logger: OtelLogger;
+  histogram: Histogram;
+  loggerProvider: LoggerProvider;
+  meterProvider: MeterProvider;
+  contextFor(trace: { traceId: string; spanId?: string } | undefined): Context | undefined;
+}
+
+type Op = (pipeline: Pipeline) => void;
+
+type Modules = {
+  exporter: typeof import('@azure/monitor-opentelemetry-exporter');
+  api: typeof import('@opentelemetry/api');
+  logs: typeof import('@opentelemetry/sdk-logs');
+  metrics: typeof import('@opentelemetry/sdk-metrics');
+  resources: typeof import('@opentelemetry/resources');
+};
+
+/**
+ * Loads OpenTelemetry and the exporter. CommonJS `require` keeps one copy of @azure/core-rest-pipeline shared
+ * with the Key Vault client; esbuild bundles these requires as lazily initialised modules. Packages only:
+ * a relative require of a .ts file would not resolve under vitest.
+ */
+function loadModules(): Modules {
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  return {
+    exporter: require('@azure/monitor-opentelemetry-exporter') as Modules['exporter'],
+    api: require('@opentelemetry/api') as Modules['api'],
+    logs: require('@opentelemetry/sdk-logs') as Modules['logs'],
+    metrics: require('@opentelemetry/sdk-metrics') as Modules['metrics'],
+    resources: require('@opentelemetry/resources') as Modules['resources'],
+  };
+  /* eslint-enable @typescript-eslint/no-require-imports */
+}
+
+/** Runs `construct` with statsbeat off: the exporter reads the variable in its constructor only. */
+function withStatsbeatOff<T>(construct: () => T): T {
+  const previous = process.env[STATSBEAT_OFF_ENV];
+  process.env[STATSBEAT_OFF_ENV] = 'true';
+  try {
+    return construct();
+  } finally {
+    if (previous === undefined) delete process.env[STATSBEAT_OFF_ENV];
+    else process.env[STATSBEAT_OFF_ENV] = previous;
+  }
+}
+
+/** Reports every final ingestion answer that is not 200/206, and every transport error (TLS, refused…). */
+function ingestionObserver(report: (error: unknown) => void): PipelinePolicy {
+  return {
+    name: 'm365MailerIngestionObserver',
+    async sendRequest(request, next) {
+      try {
+        const response = await next(request);
+        if (response.status !== 200 && response.status !== 206) {
+          report(new Error(`Application Insights ingestion answered ${response.status}; the batch was not accepted`));
+        }
+        return response;
+      } catch (error) {
+        report(new Error(`Application Insights ingestion failed: ${(error as Error)?.message ?? String(error)}`));
+        throw error;
+      }
+    },
+  };
+}
+
+function buildPipeline(
+  options: TelemetryOptions & { connectionString: string },
+  report: (error: unknown) => void,
+): Pipeline {
+  const m = loadModules();
+  const exporterOptions: AzureMonitorExporterOptions = {
+    connectionString: options.connectionString,
+    disableOfflineStorage: !options.storageDirectory,
+    ...(options.storageDirectory ? { storageDirectory: options.storageDirectory } : {}),
+    // The pipeline's own tlsPolicy: Node's roots plus the extra CA, verification on (as src/trust.ts trustedCas).
+    ...(options.extraCaPem ? { tlsOptions: { ca: [...tls.rootCertificates, options.extraCaPem].join('\n') } } : {}),
+    ...(options.retry ? { retryOptions: options.retry } : {}),
+    // The exporter reports failed or dropped batches to nobody; this policy tells onError about them.
+    additionalPolicies: [{ policy: ingestionObserver(report), position: 'perCall' }],
+  };
+  const { logExporter, metricExporter } = withStatsbeatOff(() => ({
+    logExporter: new m.exporter.AzureMonitorLogExporter(exporterOptions),
+    metricExporter: new m.exporter.AzureMonitorMetricExporter(exporterOptions),
+  }));
+  const resource = m.resources.resourceFromAttributes({
+    'service.name': options.roleName ?? 'm365-mailer',
+    ...(options.roleInstance ? { 'service.instance.id': options.roleInstance } : {}),
+  });
+  const flushTimeout = options.flushTimeoutMs ?? 15_000;
+  const loggerProvider = new m.logs.LoggerProvider({
+    resource,
+    forceFlushTimeoutMillis: flushTimeout,
+    processors: [
+      new m.logs.BatchLogRecordProcessor(logExporter, {
+        scheduledDelayMillis: options.exportDelayMs ?? 5_000,
+        exportTimeoutMillis: flushTimeout,
+        maxQueueSize: 2048,
+        maxExportBatchSize: 512,
+      }),
+    ],
+  });
+  const interval = options.metricIntervalMs ?? 60_000;
+  const meterProvider = new m.metrics.MeterProvider({
+    resource,
+    readers: [
+      new m.metrics.PeriodicExportingMetricReader({
+        exporter: metricExporter,
+        exportIntervalMillis: interval,
+        exportTimeoutMillis: Math.min(interval, flushTimeout),
+      }),
+    ],
+  });
+  const histogram = meterProvider.getMeter('m365-mailer').createHistogram(DURATION_METRIC, {
+    unit: 'ms',
+    description: 'Time to send one message, from the send call to the SMTP reply',
+  });
+  const { trace, ROOT_CONTEXT, TraceFlags } = m.api;
+  return {
+    logger: loggerProvider.getLogger('m365-mailer'),
+    histogram,
+    loggerProvider,
+    meterProvider,
+    contextFor(ids) {
+      // Without a trace the exporter would use the active context; ROOT keeps foreign spans out.
+      if (!ids) return ROOT_CONTEXT;
+      // A bare operation id has no parent span: a random one marks the record as belonging to the operation.
+      const spanId = ids.spanId ?? randomSpanId();
+      return trace.setSpanContext(ROOT_CONTEXT, {
+        traceId: ids.traceId,
+        spanId,
+        traceFlags: TraceFlags.SAMPLED,
+        isRemote: true,
+      });
+    },
+  };
+}
+
+function randomSpanId(): string {
+  let id = '';
+  while (id.length < 16) id += Math.floor(Math.random() * 16).toString(16);
+  return /^0+$/.test(id) ? '0000000000000001' : id;
+}
+
+function withTimeout(promise: Promise<unknown>, ms: number, what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`telemetry ${what} timed out after ${ms} ms`)), ms);
+    timer.unref?.();
+    promise.then(
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+class ExportingTelemetry implements Telemetry {
+  readonly enabled = true;
+  /** Records dropped because the buffer was full or the exporter failed to load. */
+  dropped = 0;
+  private pending: Op[] = [];
+  private pipeline: Pipeline | undefined;
+  private loading: Promise<Pipeline | undefined> | undefined;
+  private failed = false;
+  private closed = false;
+
+  constructor(private readonly options: TelemetryOptions & { connectionString: string }) {}
+
+  trackEvent(name: MailEventName, props: MailEventProperties): void {
+    try {
+      if (this.closed || !MAIL_EVENT_NAMES.includes(name)) return;
+      const { properties, measurements } = eventFields(props);
+      const ids = correlation(props ?? {});
+      const timestamp = Date.now();
+      this.enqueue((p) =>
+        p.logger.emit({
+          timestamp,
+          body: { measurements },
+          attributes: { [CUSTOM_EVENT_NAME_ATTRIBUTE]: name, ...properties },
+          context: p.contextFor(ids),
+        }),
+      );
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  trackDuration(ms: number, dims?: MailDurationDimensions): void {
+    try {
+      if (this.closed || typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) return;
+      const attributes = durationDimensions(dims);
+      this.enqueue((p) => p.histogram.record(ms, attributes));
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  async flush(): Promise<void> {
+    // Nothing was ever tracked: nothing to load, nothing to send.
+    if (!this.loading) return;
+    try {
+      const pipeline = await this.loading;
+      if (!pipeline) return;
+      const timeout = this.options.flushTimeoutMs ?? 15_000;
+      await withTimeout(
+        Promise.all([pipeline.loggerProvider.forceFlush(), pipeline.meterProvider.forceFlush()]),
+        timeout,
+        'flush',
+      );
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    if (this.closed) return;
+    await this.flush();
+    this.closed = true;
+    this.pending = [];
+    const pipeline = this.pipeline;
+    if (!pipeline) return;
+    try {
+      const timeout = this.options.flushTimeoutMs ?? 15_000;
+      await withTimeout(
+        Promise.all([pipeline.loggerProvider.shutdown(), pipeline.meterProvider.shutdown()]),
+        timeout,
+        'shutdown',
+      );
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  private enqueue(op: Op): void {
+    if (this.pipeline) {
+      op(this.pipeline);
+      return;
+    }
+    if (this.failed || this.pending.length >= MAX_PENDING) {
+      this.dropped += 1;
+      return;
+    }
+    this.pending.push(op);
+    this.start();
+  }
+
+  /** Loads and builds the pipeline on the next turn of the event loop, so the caller never waits for it. */
+  private start(): void {
+    this.loading ??= new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => {
+        const pipeline = buildPipeline(this.options, (error) => this.report(error));
+        this.pipeline = pipeline;
+        const ops = this.pending;
+        this.pending = [];
+        for (const op of ops) {
+          try {
+            op(pipeline);
+          } catch (error) {
+            this.report(error);
+          }
+        }
+        return pipeline;
+      })
+      .catch((error: unknown) => {
+        this.failed = true;
+        this.dropped += this.pending.length;
+        this.pending = [];
+        this.report(error);
+        return undefined;
+      });
+  }
+
+  private report(error: unknown): void {
+    try {
+      this.options.onError?.(error);
+    } catch {
+      // The error sink itself failed; telemetry never throws into the caller.
+    }
+  }
+}

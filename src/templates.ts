@@ -1,0 +1,338 @@
+/** Renders email templates: Handlebars in strict mode, HTML escaped, the subject as one header line, a text part always. */
+import Handlebars from 'handlebars';
+import { compile as compileHtmlToText } from 'html-to-text';
+import { MailError, ensureError } from './errors';
+import { MAX_SUBJECT_CHARS } from './message';
+
+/** A template's name is its folder under templates/. */
+export const TEMPLATE_NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
+/** Names of layouts (templates/_layouts/<name>.hbs) and partials (templates/_partials/<name>.hbs). */
+export const PARTIAL_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+/** One template folder: `templates/<name>/{subject,html,text}.hbs` and `sample.json`. */
+export interface TemplateSource {
+  name: string;
+  subject: string;
+  html: string;
+  /** When absent, the text part is generated from the rendered HTML. */
+  text?: string;
+  /** The parsed sample.json: realistic data for previews and tests. */
+  sample?: unknown;
+}
+
+/** Every template of a deployment, with the layouts and partials they share. Plain JSON, so the build can embed it. */
+export interface TemplateBundle {
+  templates: Record<string, TemplateSource>;
+  layouts: Record<string, string>;
+  partials: Record<string, string>;
+}
+
+export interface RenderedTemplate {
+  /** One line, never HTML-escaped, never containing CR or LF. */
+  subject: string;
+  html: string;
+  text: string;
+}
+
+type Part = 'subject' | 'html' | 'text';
+type Delegate = Handlebars.TemplateDelegate<unknown>;
+
+/** HTML is escaped by default; a missing variable throws instead of rendering as "". */
+const HTML_OPTIONS = { strict: true } as const;
+/** subject.hbs and text.hbs are plain text: escaping them would put "&amp;" into a header or a text body. */
+const TEXT_OPTIONS = { strict: true, noEscape: true } as const;
+
+/** How a Handlebars strict-mode failure reads: `"id" not defined in [object Object] - 3:14`. */
+const STRICT_MISS = /^"([^"]+)" not defined in /;
+/** A run of whitespace that contains a line break or another control character: folded to one space in the subject. */
+const SUBJECT_BREAK = /\s*[\u0000-\u001f\u007f\u0085\u2028\u2029]+\s*/g;
+
+/** The text part of templates without text.hbs: links as "text [url]", data tables as aligned columns. */
+const htmlToText = compileHtmlToText({
+  wordwrap: 78,
+  selectors: [
+    // The preheader is the inbox preview line of the HTML part; in a text part it would be a stray first line.
+    { selector: '.preheader', format: 'skip' },
+    // HTML-only content, such as the "if the button does not work" line under a button whose link is already in the text.
+    { selector: '.no-text', format: 'skip' },
+    { selector: 'img', format: 'skip' },
+    { selector: 'a', options: { hideLinkHrefIfSameAsText: true } },
+    { selector: 'h1', options: { uppercase: false } },
+    { selector: 'h2', options: { uppercase: false } },
+    { selector: 'h3', options: { uppercase: false } },
+    { selector: 'table.data-table', format: 'dataTable', options: { uppercaseHeaderCells: false } },
+  ],
+});
+
+interface Compiled {
+  subject: Delegate;
+  html: Delegate;
+  text?: Delegate;
+}
+
+/** A variable reference in a template source, with the data path it resolves to where that can be told statically. */
+interface LocatedPath {
+  line: number;
+  column: number;
+  tail: string;
+  path: string | undefined;
+}
+
+/**
+ * Renders the templates of one bundle. Create one per process: each template is compiled once, on first use.
+ *
+ * Layouts and partials live in one Handlebars environment of their own (not the global one). A template selects its
+ * layout with a partial block, `{{#> base}}…{{/base}}`, and fills the layout's optional slots with inline partials
+ * (`{{#*inline "preheader"}}…{{/inline}}`).
+ */
+export class TemplateRenderer {
+  readonly #bundle: TemplateBundle;
+  readonly #hbs = Handlebars.create();
+  readonly #compiled = new Map<string, Compiled>();
+  readonly #paths = new Map<string, LocatedPath[]>();
+
+  constructor(bundle: TemplateBundle) {
+    this.#bundle = bundle;
+    for (const name of Object.keys(bundle.templates)) {
+      if (!TEMPLATE_NAME.test(name)) throw new Error(`Template name "${name}" must match ${TEMPLATE_NAME}`);
+    }
+    const shared = { ...bundle.partials };
+    for (const [name, source] of Object.entries(bundle.layouts)) {
+      if (Object.hasOwn(shared, name)) throw new Error(`"${name}" is both a layout and a partial: rename one of them`);
+      shared[name] = source;
+    }
+    for (const [name, source] of Object.entries(shared)) {
+      if (!PARTIAL_NAME.test(name)) throw new Error(`Layout or partial name "${name}" must match ${PARTIAL_NAME}`);
+      // Compiled here, with the template options, rather than left to Handlebars to compile with whichever options
+      // the first caller had.
+      this.#hbs.registerPartial(name, this.#hbs.compile(source, HTML_OPTIONS));
+    }
+  }
+
+  /** The template names, sorted. */
+  names(): string[] {
+    return Object.keys(this.#bundle.templates).sort();
+  }
+
+  has(name: string): boolean {
+    return TEMPLATE_NAME.test(name) && Object.hasOwn(this.#bundle.templates, name);
+  }
+
+  /** A copy of the template's sample.json, or undefined when it has none. Throws TEMPLATE_NOT_FOUND. */
+  sample(name: string): unknown {
+    const sample = this.#source(name).sample;
+    return sample === undefined ? undefined : structuredClone(sample);
+  }
+
+  /**
+   * Renders `name` with `data`.
+   * Throws MailError TEMPLATE_NOT_FOUND (details path "template") for an unknown name, and INVALID_MESSAGE when the
+   * data does not fit: a missing variable is reported as `data.<path>`, e.g. `data.order.items[1].sku`.
+   */
+  render(name: string, data: unknown): RenderedTemplate {
+    const compiled = this.#compile(name);
+    if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+      throw invalid(`Template "${name}" needs an object as data`, [{ path: 'data', message: 'must be an object' }]);
+    }
+    const probe = new AccessProbe();
+    const context = probe.wrap(data, '');
+    const subject = this.#run(name, 'subject', compiled.subject, context, probe).replace(SUBJECT_BREAK, ' ').trim();
+    if (subject.length > MAX_SUBJECT_CHARS) {
+      throw invalid(`Template "${name}" rendered a subject of ${subject.length} characters`, [
+        { path: 'data', message: `the rendered subject must be at most ${MAX_SUBJECT_CHARS} characters` },
+      ]);
+    }
+    const html = this.#run(name, 'html', compiled.html, context, probe);
+    const text = compiled.text ? this.#run(name, 'text', compiled.text, context, probe) : htmlToText(html);
+    return { subject, html, text };
+  }
+
+  #source(name: string): TemplateSource {
+    const source = this.has(name) ? this.#bundle.templates[name] : undefined;
+    if (!source) {
+      const shown = JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name);
+      throw new MailError('TEMPLATE_NOT_FOUND', `Unknown template ${shown}`, {
+        details: [{ path: 'template', message: `unknown template ${shown}` }],
+      });
+    }
+    return source;
+  }
+
+  #compile(name: string): Compiled {
+    let compiled = this.#compiled.get(name);
+    if (!compiled) {
+      const source = this.#source(name);
+      compiled = {
+        subject: this.#hbs.compile(source.subject, TEXT_OPTIONS),
+        html: this.#hbs.compile(source.html, HTML_OPTIONS),
+        ...(source.text !== undefined ? { text: this.#hbs.compile(source.text, TEXT_OPTIONS) } : {}),
+      };
+      this.#compiled.set(name, compiled);
+    }
+    return compiled;
+  }
+
+  #run(name: string, part: Part, template: Delegate, context: unknown, probe: AccessProbe): string {
+    probe.lastMiss = undefined;
+    try {
+      return template(context);
+    } catch (error) {
+      throw this.#renderError(name, part, ensureError(error), probe);
+    }
+  }
+
+  /** Turns a render failure into INVALID_MESSAGE, naming the missing variable's full data path where it can. */
+  #renderError(name: string, part: Part, error: Error, probe: AccessProbe): MailError {
+    const variable = STRICT_MISS.exec(error.message)?.[1];
+    if (variable === undefined) {
+      return invalid(
+        `Template "${name}" could not be rendered with this data (${part}): ${error.message}`,
+        [{ path: 'data', message: `template "${name}" could not be rendered with this data: ${error.message}` }],
+        error,
+      );
+    }
+    // The parent object was in the data: the probe saw exactly where the lookup failed, array indices included.
+    // Otherwise (the parent itself is missing) the expression at the error's position in the source tells the path.
+    const path =
+      (probe.lastMiss?.key === variable ? probe.lastMiss.path : undefined) ??
+      this.#pathAt(name, part, error, variable) ??
+      variable;
+    return invalid(
+      `Template "${name}" needs data.${path} (${part}.hbs)`,
+      [{ path: `data.${path}`, message: `missing template variable "${path}"` }],
+      error,
+    );
+  }
+
+  #pathAt(name: string, part: Part, error: Error, variable: string): string | undefined {
+    const { lineNumber: line, column } = error as Error & { lineNumber?: number; column?: number };
+    if (line === undefined || column === undefined) return undefined;
+    const source = this.#source(name);
+    // html.hbs runs the layouts and partials too; subject.hbs and text.hbs are on their own.
+    const sources =
+      part === 'html'
+        ? [source.html, ...Object.values(this.#bundle.partials), ...Object.values(this.#bundle.layouts)]
+        : [part === 'subject' ? source.subject : (source.text ?? '')];
+    const found = new Set<string>();
+    for (const text of sources) {
+      for (const p of this.#pathsOf(text)) {
+        if (p.line === line && p.column === column && p.tail === variable && p.path) found.add(p.path);
+      }
+    }
+    return found.size === 1 ? [...found][0] : undefined;
+  }
+
+  #pathsOf(source: string): LocatedPath[] {
+    let paths = this.#paths.get(source);
+    if (!paths) {
+      paths = collectPaths(this.#hbs.parse(source));
+      this.#paths.set(source, paths);
+    }
+    return paths;
+  }
+}
+
+function invalid(message: string, details: { path: string; message: string }[], cause?: Error): MailError {
+  return new MailError('INVALID_MESSAGE', message, { details, ...(cause ? { cause } : {}) });
+}
+
+/**
+ * Wraps the data in proxies that remember the path of every object handed to the template, so that a strict-mode
+ * miss (`"sku" not defined`) can be reported as `order.items[1].sku`. Strict lookups test `name in parent`, which
+ * reaches the `has` trap just before Handlebars throws.
+ */
+class AccessProbe {
+  lastMiss: { key: string; path: string } | undefined;
+  readonly #proxies = new WeakMap<object, object>();
+
+  wrap(value: unknown, path: string): unknown {
+    if (!isPlainData(value)) return value;
+    const known = this.#proxies.get(value);
+    if (known) return known;
+    const proxy = new Proxy(value, {
+      has: (target, key) => {
+        let found = Reflect.has(target, key);
+        if (typeof key !== 'string') return found;
+        // null counts as missing: `"id": null` must fail like an absent id, not render an empty order number.
+        const descriptor = Object.getOwnPropertyDescriptor(target, key);
+        if (descriptor?.configurable && descriptor.value == null && !descriptor.get) found = false;
+        this.lastMiss = found ? undefined : { key, path: joinPath(path, key, target) };
+        return found;
+      },
+      get: (target, key, receiver) => {
+        const result: unknown = Reflect.get(target, key, receiver);
+        if (typeof key !== 'string') return result;
+        // A proxy must return a non-writable, non-configurable property as it is.
+        const descriptor = Object.getOwnPropertyDescriptor(target, key);
+        if (!descriptor || (!descriptor.writable && !descriptor.configurable)) return result;
+        return this.wrap(result, joinPath(path, key, target));
+      },
+    });
+    this.#proxies.set(value, proxy);
+    return proxy;
+  }
+}
+
+function isPlainData(value: unknown): value is object {
+  if (value === null || typeof value !== 'object') return false;
+  if (Array.isArray(value)) return true;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+function joinPath(path: string, key: string, parent: object): string {
+  if (Array.isArray(parent) && /^\d+$/.test(key)) return `${path}[${key}]`;
+  return path ? `${path}.${key}` : key;
+}
+
+/**
+ * Every variable reference in a parsed template, with the data path it reads: `{{order.id}}` → "order.id",
+ * `{{name}}` inside `{{#each order.items}}` → "order.items[].name". Helper names and @data variables have no path.
+ */
+function collectPaths(program: hbs.AST.Program): LocatedPath[] {
+  const out: LocatedPath[] = [];
+  const resolve = (node: hbs.AST.PathExpression, scopes: string[]): string | undefined => {
+    if (node.data) return node.parts[0] === 'root' && node.parts.length > 1 ? node.parts.slice(1).join('.') : undefined;
+    const base = scopes[scopes.length - 1 - node.depth];
+    if (base === undefined) return undefined;
+    const rest = node.parts.join('.');
+    return base && rest ? `${base}.${rest}` : base || rest || undefined;
+  };
+  const visit = (node: unknown, scopes: string[]): void => {
+    if (Array.isArray(node)) {
+      for (const child of node) visit(child, scopes);
+      return;
+    }
+    if (node === null || typeof node !== 'object' || !('type' in node)) return;
+    const typed = node as hbs.AST.Node;
+    if (typed.type === 'PathExpression') {
+      const path = typed as hbs.AST.PathExpression;
+      const tail = path.parts[path.parts.length - 1];
+      if (tail !== undefined) {
+        out.push({ line: path.loc.start.line, column: path.loc.start.column, tail, path: resolve(path, scopes) });
+      }
+      return;
+    }
+    if (typed.type === 'BlockStatement') {
+      const block = typed as hbs.AST.BlockStatement;
+      visit(block.params, scopes);
+      visit(block.hash, scopes);
+      const helper = block.path.type === 'PathExpression' ? (block.path as hbs.AST.PathExpression).original : '';
+      const param = block.params[0];
+      const target = param?.type === 'PathExpression' ? resolve(param as hbs.AST.PathExpression, scopes) : undefined;
+      // each and with change the context of their block; if, unless and the rest do not.
+      const inner =
+        helper === 'each' && target !== undefined
+          ? [...scopes, `${target}[]`]
+          : helper === 'with' && target !== undefined
+            ? [...scopes, target]
+            : scopes;
+      visit(block.program, inner);
+      visit(block.inverse, scopes);
+      return;
+    }
+    for (const [key, value] of Object.entries(node)) if (key !== 'loc') visit(value, scopes);
+  };
+  visit(program, ['']);
+  return out;
+}
