@@ -38,6 +38,9 @@ export function createMailer(
       connectionString: config.appInsightsConnectionString,
       extraCaPem: config.extraCaPem,
       roleName: options.roleName ?? 'm365-mailer',
+      // The exporter tells nobody about dropped batches; the log does.
+      onError: (error: unknown) =>
+        logger.warn('telemetry export failed', { error: error instanceof Error ? error.message : String(error) }),
     });
   const sender = new MailSender(config, auth, { telemetry, logger });
   return {

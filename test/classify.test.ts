@@ -152,3 +152,16 @@ describe('classifyKeyVaultError', () => {
     expect(down).toMatchObject({ code: 'KEY_VAULT_UNAVAILABLE', transient: true });
   });
 });
+
+describe('docs/troubleshooting.md', () => {
+  it('documents every error code of the table, with its transient flag', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { ERROR_CODES } = await import('../src/errors');
+    const doc = readFileSync(new URL('../docs/troubleshooting.md', import.meta.url), 'utf8');
+    for (const [code, { transient }] of Object.entries(ERROR_CODES)) {
+      const row = doc.split('\n').find((line) => line.startsWith(`| \`${code}\` |`));
+      expect(row, `${code} has a row`).toBeDefined();
+      expect(row?.split('|').map((c) => c.trim()), `${code} transient flag`).toContain(transient ? 'yes' : 'no');
+    }
+  });
+});

@@ -1,0 +1,108 @@
+/** Starts Azurite (Blob, Queue, Table) in memory on free loopback ports, with telemetry off, for tests and `npm run dev`. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+/** Azurite's well-known development account (public, documented by Microsoft; not a secret). */
+export const DEV_ACCOUNT = 'devstoreaccount1';
+export const DEV_ACCOUNT_KEY =
+  'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+const START_TIMEOUT_MS = 30_000;
+const HOST = '127.0.0.1';
+
+export interface AzuriteInstance {
+  /** A full connection string (for AzureWebJobsStorage). */
+  connectionString: string;
+  ports: { blob: number; queue: number; table: number };
+  pid: number | undefined;
+  stop(): Promise<void>;
+}
+
+/** Asks the OS for a free port on loopback. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, HOST, () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, HOST);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** Starts Azurite as a child process and waits until all three services accept connections. */
+export async function startAzurite(options: { silent?: boolean } = {}): Promise<AzuriteInstance> {
+  const [blob, queue, table] = [await freePort(), await freePort(), await freePort()];
+  // In-memory persistence: only the debug log and extent metadata would touch the working directory.
+  const location = mkdtempSync(path.join(tmpdir(), 'azurite-'));
+  const entry = path.join(path.dirname(require.resolve('azurite/package.json')), 'dist/src/azurite.js');
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      entry,
+      '--inMemoryPersistence',
+      '--disableTelemetry',
+      '--skipApiVersionCheck',
+      '--silent',
+      '--blobHost',
+      HOST,
+      '--blobPort',
+      String(blob),
+      '--queueHost',
+      HOST,
+      '--queuePort',
+      String(queue),
+      '--tableHost',
+      HOST,
+      '--tablePort',
+      String(table),
+    ],
+    { stdio: options.silent === false ? 'inherit' : 'ignore', cwd: location },
+  );
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  const stop = async () => {
+    if (!exited) {
+      await new Promise<void>((resolve) => {
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+        setTimeout(() => child.kill('SIGKILL'), 5_000).unref();
+      });
+    }
+    rmSync(location, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    if (exited) throw new Error('Azurite exited during start-up');
+    const ready = await Promise.all([canConnect(blob), canConnect(queue), canConnect(table)]);
+    if (ready.every(Boolean)) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`Azurite did not start within ${START_TIMEOUT_MS} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const base = `http://${HOST}`;
+  return {
+    connectionString:
+      `DefaultEndpointsProtocol=http;AccountName=${DEV_ACCOUNT};AccountKey=${DEV_ACCOUNT_KEY};` +
+      `BlobEndpoint=${base}:${blob}/${DEV_ACCOUNT};QueueEndpoint=${base}:${queue}/${DEV_ACCOUNT};TableEndpoint=${base}:${table}/${DEV_ACCOUNT};`,
+    ports: { blob, queue, table },
+    pid: child.pid,
+    stop,
+  };
+}
