@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { ERROR_CODES } from '../src/errors';
 import { classifyKeyVaultError, classifySmtpError, classifyTokenError, parseSmtpReply } from '../src/classify';
 
 /** Builds an error the way nodemailer reports a server reply. */
@@ -154,14 +157,15 @@ describe('classifyKeyVaultError', () => {
 });
 
 describe('docs/troubleshooting.md', () => {
-  it('documents every error code of the table, with its transient flag', async () => {
-    const { readFileSync } = await import('node:fs');
-    const { ERROR_CODES } = await import('../src/errors');
-    const doc = readFileSync(new URL('../docs/troubleshooting.md', import.meta.url), 'utf8');
+  it('documents every error code of the table, with its transient flag', () => {
+    const doc = readFileSync(path.join(__dirname, '../docs/troubleshooting.md'), 'utf8');
     for (const [code, { transient }] of Object.entries(ERROR_CODES)) {
       const row = doc.split('\n').find((line) => line.startsWith(`| \`${code}\` |`));
       expect(row, `${code} has a row`).toBeDefined();
-      expect(row?.split('|').map((c) => c.trim()), `${code} transient flag`).toContain(transient ? 'yes' : 'no');
+      expect(
+        row?.split('|').map((c) => c.trim()),
+        `${code} transient flag`,
+      ).toContain(transient ? 'yes' : 'no');
     }
   });
 });
