@@ -14,11 +14,14 @@ async function main(): Promise<void> {
   const sandbox = await startSandbox();
   const settings = sandbox.settings();
   // As App Service does: the Azure SDK reads the managed identity endpoint from the environment.
-  for (const key of ['AZURE_CLIENT_ID', 'IDENTITY_ENDPOINT', 'IDENTITY_HEADER'] as const) process.env[key] = settings[key];
+  for (const key of ['AZURE_CLIENT_ID', 'IDENTITY_ENDPOINT', 'IDENTITY_HEADER'] as const)
+    process.env[key] = settings[key];
   const redactor = new Redactor();
   const mailer = createMailer(loadConfig(settings), { redactor, logger: createLogger({ redactor, level: 'warn' }) });
   try {
-    out(`Sandbox up: Entra ID ${sandbox.entra.url}, Key Vault ${sandbox.keyVault.url}, SMTP ${sandbox.smtp.host}:${sandbox.smtp.port}`);
+    out(
+      `Sandbox up: Entra ID ${sandbox.entra.url}, Key Vault ${sandbox.keyVault.url}, SMTP ${sandbox.smtp.host}:${sandbox.smtp.port}`,
+    );
     const renderer = new TemplateRenderer(templateBundle());
     const rendered = renderer.render('order-shipped', renderer.sample('order-shipped'));
     const message = parseMessage(
@@ -44,8 +47,10 @@ async function main(): Promise<void> {
     for (const line of transcript.slice(0, 16)) out(`    ${line.slice(0, 110)}`);
     out();
     out('What Application Insights (the sandbox) received:');
-    for (const event of sandbox.ingestion.events()) out(`  customEvent ${event.name} ${JSON.stringify(event.properties)}`);
-    for (const metric of sandbox.ingestion.metrics()) out(`  customMetric ${metric.name} count=${metric.count ?? 1} sum=${metric.value}`);
+    for (const event of sandbox.ingestion.events())
+      out(`  customEvent ${event.name} ${JSON.stringify(event.properties)}`);
+    for (const metric of sandbox.ingestion.metrics())
+      out(`  customMetric ${metric.name} count=${metric.count ?? 1} sum=${metric.value}`);
     out();
     out('Text part as sent:');
     for (const line of (received.parsed.text ?? '').split('\n').slice(0, 20)) out(`  | ${line}`);
