@@ -2,6 +2,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { decodeJwt } from 'jose';
 import { MailError } from '../src/errors';
+import { IDLE_CLOSE_MS } from '../src/sender';
 import { SMTP_SEND_AS_APP_ROLE } from '../sandbox/tenant';
 import { leakedSecrets, message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
@@ -119,6 +120,18 @@ describe('happy path (client secret)', () => {
     expect(sandbox.smtp.messages).toHaveLength(5);
     expect(new Set(sandbox.smtp.messages.map((x) => x.sessionId)).size).toBe(1);
     expect(sandbox.entra.requests.length - before).toBe(1);
+  });
+});
+
+describe('connection hygiene', () => {
+  it('closes an idle pooled connection quickly (idle sessions count against the 3-connection limit)', async () => {
+    const m = mailer();
+    await m.sender.send(message(m), { source: 'cli' });
+    const session = sandbox.smtp.sessions.find((s) => s.id === sandbox.smtp.messages[0]?.sessionId);
+    expect(session?.open).toBe(true);
+    await new Promise((r) => setTimeout(r, IDLE_CLOSE_MS + 1_000));
+    expect(session?.open).toBe(false);
+    expect(session?.transcript.some((l) => /^C: QUIT/.test(l))).toBe(true);
   });
 });
 
