@@ -18,10 +18,20 @@ const common = {
   logLevel: 'warning',
   // The Functions host injects this module; it is never on disk.
   external: ['@azure/functions-core'],
+  // esbuild resolves `import` statements to packages' ESM builds, and some (@azure/storage-common's crc64) read
+  // import.meta.url, which CommonJS output leaves empty: give them this file's URL (see the banner below).
+  define: { 'import.meta.url': '__bundleFileUrl' },
   plugins: [templatesPlugin({ templatesDir: 'templates' })],
 };
 
 const entryPoints = { cli: 'src/bin.ts' };
 if (existsSync('functions/index.ts')) entryPoints['functions/index'] = 'functions/index.ts';
 
-await build({ ...common, entryPoints, outdir: 'dist', banner: { js: '/* m365-mailer bundle */' } });
+await build({
+  ...common,
+  entryPoints,
+  outdir: 'dist',
+  banner: {
+    js: "/* m365-mailer bundle */\nconst __bundleFileUrl = require('node:url').pathToFileURL(__filename).href;",
+  },
+});

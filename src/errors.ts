@@ -124,6 +124,28 @@ export const ERROR_CODES = {
     transient: false,
     hint: 'No identity could get a token for Key Vault. In Azure, assign a managed identity (AZURE_CLIENT_ID for user-assigned); locally, run the sandbox or sign in with az login.',
   },
+  IDEMPOTENCY_CONFLICT: {
+    transient: false,
+    hint: 'This idempotency key was already used with a different message. Reuse a key only to retry the same request; use a new key for a new message.',
+  },
+  PAYLOAD_TOO_LARGE: {
+    transient: false,
+    hint: 'The request body is over the limit (MAIL_MAX_MESSAGE_BYTES × 4/3 for base64, plus JSON overhead). Send smaller attachments.',
+  },
+  UNSUPPORTED_MEDIA_TYPE: { transient: false, hint: 'Send the body as JSON with Content-Type: application/json.' },
+  NOT_FOUND: { transient: false, hint: 'Nothing by that id or name exists here; check the path.' },
+  STORAGE_UNAVAILABLE: {
+    transient: true,
+    hint: "Azure Storage (AzureWebJobsStorage: queue, table or blob) did not answer or refused the request; retry later. If it persists, check the account, and with identity-based connections the app identity's roles: Storage Queue Data Contributor, Storage Table Data Contributor and Storage Blob Data Owner.",
+  },
+  PAYLOAD_MISSING: {
+    transient: false,
+    hint: "The message's payload blob (mail-payloads/<id>.json) is gone, so it cannot be sent: it was deleted by hand or by a lifecycle rule shorter than the outbox's retry window. Send the message again.",
+  },
+  POISON_MESSAGE: {
+    transient: false,
+    hint: 'The outbox worker failed on this message maxDequeueCount times (host.json extensions.queues) without recording an SMTP outcome, usually because storage was unreachable. See the function logs for the invocations of outboxDeliver, then send the message again.',
+  },
   UNKNOWN: { transient: true, hint: 'Unexpected error; the message is retried. Report it with the error id.' },
 } as const satisfies Record<string, { transient: boolean; hint: string }>;
 

@@ -1,0 +1,81 @@
+/** Cold start: the deployed esbuild bundle vs the unbundled tsc output plus node_modules, each loaded in fresh processes. */
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, cpSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { build } from 'esbuild';
+
+export interface ColdStartFigures {
+  runs: number;
+  bundle: { importMs: number; firstResponseMs: number; sinceProcessStartMs: number; bytes: number };
+  unbundled: { importMs: number; firstResponseMs: number; sinceProcessStartMs: number };
+  ratioFirstResponse: number;
+}
+
+const ROOT = path.resolve(__dirname, '..');
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+const round = (n: number) => Math.round(n * 10) / 10;
+
+/** Builds both artefacts and the child, then alternates fresh processes of each `runs` times. */
+export async function runColdStartBench(
+  env: Record<string, string>,
+  options: { runs?: number } = {},
+): Promise<ColdStartFigures> {
+  const runs = options.runs ?? 7;
+  execFileSync(process.execPath, [path.join(ROOT, 'scripts/build.mjs')], { cwd: ROOT, stdio: 'inherit' });
+  rmSync(path.join(ROOT, 'out/tsc'), { recursive: true, force: true });
+  execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
+    cwd: ROOT,
+    stdio: 'inherit',
+  });
+  // The unbundled app reads templates/ next to its sources, as under tsx.
+  cpSync(path.join(ROOT, 'templates'), path.join(ROOT, 'out/tsc/templates'), { recursive: true });
+  const childDir = path.join(ROOT, 'out/bench');
+  mkdirSync(childDir, { recursive: true });
+  await build({
+    entryPoints: [path.join(ROOT, 'bench/coldStartChild.ts')],
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    outfile: path.join(childDir, 'coldStartChild.js'),
+    logLevel: 'warning',
+  });
+  copyFileSync(path.join(ROOT, 'dev/functionsCoreModule.cjs'), path.join(childDir, 'functionsCoreModule.cjs'));
+
+  const entries = {
+    bundle: path.join(ROOT, 'dist/functions/index.js'),
+    unbundled: path.join(ROOT, 'out/tsc/functions/index.js'),
+  };
+  const samples = { bundle: [] as Array<Record<string, number>>, unbundled: [] as Array<Record<string, number>> };
+  for (let i = 0; i < runs; i++) {
+    for (const variant of ['bundle', 'unbundled'] as const) {
+      const output = execFileSync(process.execPath, [path.join(childDir, 'coldStartChild.js'), entries[variant]], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH ?? '', ...env },
+        encoding: 'utf8',
+      });
+      const result = JSON.parse(output.trim().split('\n').at(-1) as string) as Record<string, number>;
+      if (result.status !== 202) throw new Error(`cold start ${variant}: POST /api/messages answered ${result.status}`);
+      samples[variant].push(result);
+    }
+  }
+  const summary = (list: Array<Record<string, number>>) => ({
+    importMs: round(median(list.map((s) => s.importMs as number))),
+    firstResponseMs: round(median(list.map((s) => s.firstResponseMs as number))),
+    sinceProcessStartMs: round(median(list.map((s) => s.sinceProcessStartMs as number))),
+  });
+  const bundle = { ...summary(samples.bundle), bytes: statSync(entries.bundle).size };
+  const unbundled = summary(samples.unbundled);
+  return {
+    runs,
+    bundle,
+    unbundled,
+    ratioFirstResponse: Math.round((bundle.firstResponseMs / unbundled.firstResponseMs) * 100) / 100,
+  };
+}

@@ -1,0 +1,47 @@
+/** One cold start, in a fresh process: load an app entry the way the worker does and answer one POST /api/messages. */
+import { performance } from 'node:perf_hooks';
+import { captureRegistrations } from '../dev/functionsCore';
+import { Invoker } from '../dev/invoker';
+import { normalise } from '../dev/registrations';
+
+async function main(): Promise<void> {
+  const entry = process.argv[2];
+  if (!entry) throw new Error('usage: coldStartChild <entry>');
+  const started = performance.now();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const registrations = captureRegistrations(() => require(entry));
+  const imported = performance.now();
+  const fn = registrations.functions
+    .map((f) => normalise(f.metadata, f.callback, process.env))
+    .find((f) => f.kind === 'http' && f.route === 'messages' && f.methods.includes('POST'));
+  if (!fn) throw new Error('no POST messages function in the entry');
+  const invoker = new Invoker(registrations, () => {});
+  const body = JSON.stringify({ to: 'cold@example.com', subject: 'Cold start', text: 'first request' });
+  const response = await invoker.invoke(fn, {
+    trigger: {
+      http: {
+        method: 'POST',
+        url: 'http://127.0.0.1:7071/api/messages',
+        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+        query: {},
+        params: {},
+        body: { bytes: Buffer.from(body) },
+      },
+    },
+  });
+  const answered = performance.now();
+  process.stdout.write(
+    `${JSON.stringify({
+      status: Number(response.returnValue?.http?.statusCode ?? 0),
+      importMs: imported - started,
+      firstResponseMs: answered - started,
+      sinceProcessStartMs: answered,
+    })}\n`,
+  );
+  process.exit(0);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,30 @@
+/** Adapts @azure/functions HTTP triggers to the trigger-agnostic API handlers of src/api. */
+import type { HttpHandler, HttpRequest, HttpResponseInit } from '@azure/functions';
+import type { ApiRequest } from '../src/api/apiTypes';
+import { runApi, type ApiHandler } from '../src/api/runApi';
+import { getRuntime, type Runtime } from '../src/runtime';
+
+/** The HttpRequest as the handlers see it (its headers, query, params and body stream fit as they are). */
+export function toApiRequest(request: HttpRequest): ApiRequest {
+  return {
+    method: request.method,
+    url: request.url,
+    headers: request.headers,
+    query: request.query,
+    params: request.params,
+    body: request.body as ReadableStream<Uint8Array> | null,
+  };
+}
+
+/** An HttpHandler running `handler` with the process Runtime (or `runtime`, in tests); it never throws. */
+export function httpHandler(handler: ApiHandler, runtime: () => Runtime = getRuntime): HttpHandler {
+  return async (request: HttpRequest): Promise<HttpResponseInit> => {
+    const response = await runApi(handler, toApiRequest(request), runtime);
+    return {
+      status: response.status,
+      ...(response.headers ? { headers: response.headers } : {}),
+      ...(response.jsonBody !== undefined ? { jsonBody: response.jsonBody } : {}),
+      ...(response.body !== undefined ? { body: response.body } : {}),
+    };
+  };
+}

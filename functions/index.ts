@@ -1,0 +1,11 @@
+/** The Functions entry (package.json main, bundled by scripts/build.mjs): importing each file registers its function. */
+import { app } from '@azure/functions';
+import { closeRuntime } from '../src/runtime';
+import './messagesPost';
+import './messagesGet';
+import './templatesPreview';
+import './outboxDeliver';
+import './outboxPoison';
+
+// Close the SMTP pool and flush telemetry when the host shuts the worker down.
+app.hook.appTerminate(() => closeRuntime());

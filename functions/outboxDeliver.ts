@@ -1,0 +1,28 @@
+/** Queue mail-outbox: delivers one outbox message; a storage failure throws, so the host retries and finally poisons it. */
+import { app, type InvocationContext } from '@azure/functions';
+import { deliver } from '../src/deliver';
+import { parseOutboxMessage } from '../src/outboxQueue';
+import { OUTBOX_MAX_DEQUEUE_COUNT, getRuntime } from '../src/runtime';
+import { OUTBOX_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { dequeueCountOf } from './queue';
+
+export async function outboxDeliver(message: unknown, context: InvocationContext): Promise<void> {
+  const rt = getRuntime();
+  const parsed = parseOutboxMessage(message);
+  if (!parsed) {
+    // Retrying cannot fix a message that is not { id }: log it and let it go.
+    rt.logger.error('mail-outbox message is not { id }; dropped', { invocationId: context.invocationId });
+    return;
+  }
+  await deliver(
+    parsed.id,
+    {
+      dequeueCount: dequeueCountOf(context),
+      maxDequeueCount: OUTBOX_MAX_DEQUEUE_COUNT,
+      invocationId: context.invocationId,
+    },
+    rt.deliverDeps,
+  );
+}
+
+app.storageQueue('outboxDeliver', { queueName: OUTBOX_QUEUE, connection: STORAGE_SETTING, handler: outboxDeliver });

@@ -1,0 +1,23 @@
+/** Queue mail-outbox-poison: the host gave up on an outbox message; its status becomes `failed` with reason "poison: …". */
+import { app, type InvocationContext } from '@azure/functions';
+import { markPoisoned } from '../src/deliver';
+import { parseOutboxMessage } from '../src/outboxQueue';
+import { getRuntime } from '../src/runtime';
+import { OUTBOX_POISON_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { dequeueCountOf } from './queue';
+
+export async function outboxPoison(message: unknown, context: InvocationContext): Promise<void> {
+  const rt = getRuntime();
+  const parsed = parseOutboxMessage(message);
+  if (!parsed) {
+    rt.logger.error('mail-outbox-poison message is not { id }; dropped', { invocationId: context.invocationId });
+    return;
+  }
+  await markPoisoned(parsed.id, { dequeueCount: dequeueCountOf(context) }, rt.deliverDeps);
+}
+
+app.storageQueue('outboxPoison', {
+  queueName: OUTBOX_POISON_QUEUE,
+  connection: STORAGE_SETTING,
+  handler: outboxPoison,
+});

@@ -1,0 +1,24 @@
+/** GET /api/messages/{id}: a message's status record, as PRODUCT.md F2 shows it. */
+import { MailError } from '../errors';
+import { OUTBOX_ID } from '../outboxQueue';
+import type { Runtime } from '../runtime';
+import { statusView } from '../statusStore';
+import type { ApiRequest, ApiResponse } from './apiTypes';
+
+/** Handles GET /api/messages/{id}. */
+export async function getMessage(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
+  const id = request.params.id ?? '';
+  if (!OUTBOX_ID.test(id)) {
+    throw new MailError('INVALID_MESSAGE', 'The message id is malformed', {
+      details: [{ path: 'id', message: 'must be a message id as returned by POST /api/messages (a lower-case UUID)' }],
+    });
+  }
+  await rt.storage.ensureResources();
+  const record = await rt.status.get(id);
+  if (!record) {
+    throw new MailError('NOT_FOUND', `No message with id ${id}`, {
+      details: [{ path: 'id', message: 'no message with this id' }],
+    });
+  }
+  return { status: 200, jsonBody: statusView(record) };
+}

@@ -1,0 +1,44 @@
+/** GET /api/templates/{name}/preview: renders a template with its sample.json or `?data=`, as JSON or as the HTML itself. */
+import { MailError } from '../errors';
+import type { Runtime } from '../runtime';
+import type { ApiRequest, ApiResponse } from './apiTypes';
+
+/** The preview is served from the app's own origin: forbid scripts and remote loads, as a sandboxed iframe would. */
+const PREVIEW_CSP = "sandbox; default-src 'none'; img-src data: https:; style-src 'unsafe-inline'";
+
+const invalid = (path: string, message: string) =>
+  new MailError('INVALID_MESSAGE', `Invalid preview request: ${path}: ${message}`, { details: [{ path, message }] });
+
+function previewData(request: ApiRequest, rt: Runtime, name: string): unknown {
+  const raw = request.query.get('data');
+  if (raw === null) return rt.renderer.sample(name) ?? {};
+  let data: unknown;
+  try {
+    data = JSON.parse(raw);
+  } catch {
+    throw invalid('data', 'must be a JSON object (URL-encoded)');
+  }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) throw invalid('data', 'must be a JSON object');
+  return data;
+}
+
+/** Handles GET /api/templates/{name}/preview[?data=<json>][&format=html]. */
+export async function previewTemplate(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
+  const name = request.params.name ?? '';
+  if (!rt.renderer.has(name)) {
+    throw new MailError('NOT_FOUND', `No template named ${JSON.stringify(name.slice(0, 80))}`, {
+      details: [{ path: 'template', message: `unknown template; known: ${rt.renderer.names().join(', ')}` }],
+    });
+  }
+  const format = request.query.get('format') ?? 'json';
+  if (format !== 'json' && format !== 'html') throw invalid('format', 'must be json or html');
+  const rendered = rt.renderer.render(name, previewData(request, rt, name));
+  if (format === 'html') {
+    return {
+      status: 200,
+      headers: { 'Content-Type': 'text/html; charset=utf-8', 'Content-Security-Policy': PREVIEW_CSP },
+      body: rendered.html,
+    };
+  }
+  return { status: 200, jsonBody: rendered };
+}

@@ -1,0 +1,231 @@
+/**
+ * The outbox: accepts a message (validate → render → check → idempotency → store → enqueue) so that `deliver`
+ * can send it later, exactly once as far as storage can promise.
+ *
+ * Write order, and what a crash between two writes leaves behind:
+ *
+ * 1. idempotency claim (only with a key) — a crash after it: the client's retry with the same key finds the claim,
+ *    finds no record, and completes the accept with the claimed id.
+ * 2. payload blob `mail-payloads/<id>.json` — a crash after it leaves an orphan blob that nothing points at
+ *    (harmless; a lifecycle rule on the container removes old blobs).
+ * 3. status record (`queued` or `scheduled`, `dueAt` = when its queue message becomes visible).
+ * 4. queue message `{ id }` — a crash between 3 and 4 is the one leftover: a record with no queue message. It is
+ *    detected as a `queued`/`scheduled` record whose `dueAt` is well in the past (`StatusStore.overdue`) and
+ *    repaired by `requeueOverdue`, or by the client's retry with the same idempotency key. Re-enqueueing is always
+ *    safe, because delivery completes idempotently.
+ *
+ * So a queue message never exists without its blob and record.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { Config } from './config';
+import { MailError } from './errors';
+import type { IdempotencyStore } from './idempotencyStore';
+import { silentLogger, type Logger } from './logger';
+import { parseMessage, type MailMessage } from './message';
+import { enqueueOutbox } from './outboxQueue';
+import type { PayloadStore } from './payloadStore';
+import { isAllowedFrom } from './sender';
+import { parseSendRequest, type SendRequest } from './sendRequest';
+import type { StatusStore, StoredRecord, OutboxSource } from './statusStore';
+import type { StorageClients } from './storage';
+import type { TemplateRenderer } from './templates';
+
+/** A replayed accept whose record is still waiting this long after it was due re-enqueues its message (see above). */
+export const STRANDED_AFTER_MS = 5 * 60 * 1000;
+
+export interface OutboxDeps {
+  config: Config;
+  renderer: TemplateRenderer;
+  storage: Pick<StorageClients, 'outboxQueue' | 'ensureResources'>;
+  status: StatusStore;
+  payloads: PayloadStore;
+  idempotency: IdempotencyStore;
+  logger?: Logger;
+  now?: () => number;
+  newId?: () => string;
+}
+
+export interface AcceptOptions {
+  source: OutboxSource;
+  /** The `Idempotency-Key` header, when the request had one. */
+  idempotencyKeyHeader?: string | null;
+  batchId?: string;
+  /**
+   * Keep the queue message invisible this long even when the message is due now: `?wait=true` delivers inline and
+   * the queue message is only the safety net should this process die mid-send.
+   */
+  holdSeconds?: number;
+}
+
+export interface AcceptResult {
+  id: string;
+  record: StoredRecord;
+  /** True when an earlier request with the same idempotency key and payload created the message. */
+  replayed: boolean;
+}
+
+/** JSON with object keys sorted, so that equal requests hash equally whatever their key order. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v) && !Buffer.isBuffer(v)
+      ? Object.fromEntries(
+          Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        )
+      : v,
+  );
+}
+
+/** The hash an idempotent replay must match: the whole validated request except the key itself. */
+export function payloadHash(request: SendRequest): string {
+  const { idempotencyKey: _key, sendAt, ...rest } = request;
+  return createHash('sha256')
+    .update(canonicalJson({ ...rest, ...(sendAt ? { sendAt: sendAt.toISOString() } : {}) }))
+    .digest('hex');
+}
+
+export class Outbox {
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly newId: () => string;
+
+  constructor(private readonly deps: OutboxDeps) {
+    this.logger = deps.logger ?? silentLogger;
+    this.now = deps.now ?? Date.now;
+    this.newId = deps.newId ?? randomUUID;
+  }
+
+  /**
+   * Accepts a POST /api/messages body. Throws MailError: INVALID_MESSAGE, TEMPLATE_NOT_FOUND or SENDER_NOT_ALLOWED
+   * (each with details naming the field), IDEMPOTENCY_CONFLICT; storage failures are thrown as the SDK raised them.
+   */
+  async accept(body: unknown, options: AcceptOptions): Promise<AcceptResult> {
+    const request = parseSendRequest(body, { now: this.now(), idempotencyKeyHeader: options.idempotencyKeyHeader });
+    return this.acceptRequest(request, options);
+  }
+
+  /** Renders a template, or takes the literal content, and validates the message the sender will get. */
+  render(request: SendRequest): { message: MailMessage; template?: string } {
+    const { config, renderer } = this.deps;
+    const content =
+      request.content.kind === 'template'
+        ? renderer.render(request.content.template, request.content.data)
+        : request.content;
+    const message = parseMessage(
+      {
+        ...(request.from ? { from: request.from } : {}),
+        to: request.to,
+        cc: request.cc,
+        bcc: request.bcc,
+        ...(request.replyTo ? { replyTo: request.replyTo } : {}),
+        subject: content.subject,
+        ...(content.text !== undefined ? { text: content.text } : {}),
+        ...(content.html !== undefined ? { html: content.html } : {}),
+        attachments: request.attachments,
+        headers: request.headers,
+      },
+      {
+        defaultFrom: config.sender,
+        maxRecipients: config.limits.maxRecipients,
+        maxMessageBytes: config.limits.maxMessageBytes,
+      },
+    );
+    // SendAs is checked here too, so the caller hears about it now rather than in a failed status later.
+    if (!isAllowedFrom(message.from.address, config.allowedFrom)) {
+      throw new MailError(
+        'SENDER_NOT_ALLOWED',
+        'From address is not MAIL_SENDER and not allowed by MAIL_ALLOWED_FROM',
+        {
+          details: [
+            { path: 'from', message: 'not an allowed sender for this mailbox (MAIL_SENDER, MAIL_ALLOWED_FROM)' },
+          ],
+        },
+      );
+    }
+    return { message, ...(request.content.kind === 'template' ? { template: request.content.template } : {}) };
+  }
+
+  /** Accepts an already validated request (the HTTP body, a notification recipient, a digest). */
+  async acceptRequest(request: SendRequest, options: AcceptOptions): Promise<AcceptResult> {
+    const { message, template } = this.render(request);
+    const { storage, status, payloads, idempotency, config } = this.deps;
+    await storage.ensureResources();
+    const hash = payloadHash(request);
+    const now = this.now();
+    let id = this.newId();
+
+    if (request.idempotencyKey !== undefined) {
+      const claim = await idempotency.claim(config.sender, request.idempotencyKey, {
+        id,
+        payloadHash: hash,
+        createdAt: new Date(now).toISOString(),
+      });
+      if (!claim.created) {
+        if (claim.existing.payloadHash !== hash) {
+          throw new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
+            details: [{ path: 'idempotencyKey', message: 'already used for a different message' }],
+          });
+        }
+        id = claim.existing.id;
+        const existing = await status.get(id);
+        if (existing) return { id, record: await this.healIfStranded(existing), replayed: true };
+        // The first request claimed the key and has not written its record yet (it is in flight, or it died):
+        // finish the accept under the claimed id. Every write below tolerates the other request doing the same.
+        this.logger.info('completing an idempotent accept whose record was missing', { id });
+      }
+    }
+
+    await payloads.put(id, { message });
+    const sendAt = request.sendAt && request.sendAt.getTime() > now ? request.sendAt.getTime() : undefined;
+    const dueAt = Math.max(sendAt ?? now, now + (options.holdSeconds ?? 0) * 1000);
+    const record = {
+      id,
+      status: sendAt ? ('scheduled' as const) : ('queued' as const),
+      source: options.source,
+      ...(options.batchId ? { batchId: options.batchId } : {}),
+      ...(template ? { template } : {}),
+      attempts: 0,
+      createdAt: new Date(now).toISOString(),
+      ...(sendAt ? { scheduledFor: new Date(sendAt).toISOString() } : {}),
+      dueAt: new Date(dueAt).toISOString(),
+      payloadHash: hash,
+      ...(request.idempotencyKey !== undefined ? { idempotencyKey: request.idempotencyKey } : {}),
+    };
+    const created = await status.create(record);
+    if (!created) {
+      // A concurrent request with the same key created it, and enqueues it.
+      const existing = await status.get(id);
+      if (!existing) throw new Error(`Status record ${id} was reported to exist but cannot be read`);
+      return { id, record: existing, replayed: true };
+    }
+    await enqueueOutbox(storage.outboxQueue, id, (dueAt - now) / 1000);
+    return { id, record: created, replayed: false };
+  }
+
+  /** A replay of a record whose queue message should long have been seen re-enqueues it (crash between 3 and 4). */
+  private async healIfStranded(record: StoredRecord): Promise<StoredRecord> {
+    if (record.status !== 'queued' && record.status !== 'scheduled') return record;
+    if (Date.parse(record.dueAt) > this.now() - STRANDED_AFTER_MS) return record;
+    return (await this.requeue(record)) ?? record;
+  }
+
+  /**
+   * Re-enqueues every `queued`/`scheduled` record due more than `graceMs` ago: repairs the one leftover a crash can
+   * leave (a record without its queue message). Run it from a timer with a grace well above the queue's normal
+   * latency; a message that is merely late gets a duplicate queue message, which delivery drops idempotently.
+   */
+  async requeueOverdue(graceMs = STRANDED_AFTER_MS): Promise<string[]> {
+    await this.deps.storage.ensureResources();
+    const ids: string[] = [];
+    for await (const record of this.deps.status.overdue(new Date(this.now() - graceMs))) {
+      if (await this.requeue(record)) ids.push(record.id);
+    }
+    return ids;
+  }
+
+  /** Enqueues first, then records the new due time: a queue message must exist for every `dueAt` (see deliver). */
+  private async requeue(record: StoredRecord): Promise<StoredRecord | undefined> {
+    this.logger.warn('re-enqueueing an overdue outbox record', { id: record.id, status: record.status });
+    await enqueueOutbox(this.deps.storage.outboxQueue, record.id, 0);
+    return this.deps.status.transition(record, { dueAt: new Date(this.now()).toISOString() });
+  }
+}

@@ -1,0 +1,46 @@
+/** The outbox queue's messages: `{ id }` only, base64-encoded JSON as host.json's `messageEncoding: "base64"` expects. */
+import type { QueueClient } from '@azure/storage-queue';
+
+/** Azure Storage queues hide a message for at most 7 days. */
+export const MAX_VISIBILITY_SECONDS = 7 * 24 * 60 * 60;
+/** Never expire: a message scheduled 7 days ahead would otherwise expire (default TTL 7 days) as it becomes visible. */
+const NEVER_EXPIRES = -1;
+/** Outbox ids are UUIDs (crypto.randomUUID). */
+export const OUTBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export interface OutboxMessage {
+  id: string;
+}
+
+/** Encodes `{ id }` for the queue. */
+export function encodeOutboxMessage(message: OutboxMessage): string {
+  return Buffer.from(JSON.stringify({ id: message.id })).toString('base64');
+}
+
+/**
+ * Reads the trigger's payload: the host hands over the decoded JSON (an object) or text; a raw queue text may still
+ * be base64. Returns undefined for anything that is not `{ id: <uuid> }`.
+ */
+export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
+  let candidate = value;
+  if (Buffer.isBuffer(candidate)) candidate = candidate.toString('utf8');
+  if (typeof candidate === 'string') {
+    const text = candidate.trim().startsWith('{') ? candidate : Buffer.from(candidate, 'base64').toString('utf8');
+    try {
+      candidate = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+  }
+  const id = (candidate as { id?: unknown } | null)?.id;
+  return typeof id === 'string' && OUTBOX_ID.test(id) ? { id } : undefined;
+}
+
+/** Sends `{ id }` to `queue`, invisible for `delaySeconds` (clamped to 0…7 days). */
+export async function enqueueOutbox(queue: QueueClient, id: string, delaySeconds = 0): Promise<void> {
+  const visibilityTimeout = Math.max(0, Math.min(MAX_VISIBILITY_SECONDS, Math.ceil(delaySeconds)));
+  await queue.sendMessage(encodeOutboxMessage({ id }), {
+    ...(visibilityTimeout > 0 ? { visibilityTimeout } : {}),
+    messageTimeToLive: NEVER_EXPIRES,
+  });
+}

@@ -1,0 +1,79 @@
+/** Rendered outbox messages in Blob storage (`mail-payloads/<id>.json`), so that queue messages carry only an id (Azure caps them at 64 KB). */
+import type { ContainerClient } from '@azure/storage-blob';
+import type { MailMessage } from './message';
+import { storageStatusCode } from './storage';
+
+const FORMAT_VERSION = 1;
+
+/** What the worker needs to send: the validated, rendered message. */
+export interface StoredPayload {
+  message: MailMessage;
+}
+
+interface PayloadJson {
+  version: number;
+  message: Omit<MailMessage, 'attachments'> & {
+    attachments: Array<{ filename: string; contentType?: string; contentBase64: string }>;
+  };
+}
+
+export class PayloadStore {
+  constructor(private readonly container: ContainerClient) {}
+
+  static blobName(id: string): string {
+    return `${id}.json`;
+  }
+
+  /**
+   * Writes the payload once. Returns false when it already exists (an idempotent retry of the same accept
+   * wrote it first): payloads are immutable, so a worker never reads a half-replaced one.
+   */
+  async put(id: string, payload: StoredPayload): Promise<boolean> {
+    const { message } = payload;
+    const json: PayloadJson = {
+      version: FORMAT_VERSION,
+      message: {
+        ...message,
+        attachments: message.attachments.map((a) => ({
+          filename: a.filename,
+          ...(a.contentType ? { contentType: a.contentType } : {}),
+          contentBase64: a.content.toString('base64'),
+        })),
+      },
+    };
+    const body = Buffer.from(JSON.stringify(json));
+    try {
+      await this.container.getBlockBlobClient(PayloadStore.blobName(id)).uploadData(body, {
+        blobHTTPHeaders: { blobContentType: 'application/json' },
+        conditions: { ifNoneMatch: '*' },
+      });
+      return true;
+    } catch (error) {
+      const status = storageStatusCode(error);
+      if (status === 409 || status === 412) return false;
+      throw error;
+    }
+  }
+
+  /** The payload, or undefined when the blob does not exist. */
+  async get(id: string): Promise<StoredPayload | undefined> {
+    let buffer: Buffer;
+    try {
+      buffer = await this.container.getBlockBlobClient(PayloadStore.blobName(id)).downloadToBuffer();
+    } catch (error) {
+      if (storageStatusCode(error) === 404) return undefined;
+      throw error;
+    }
+    const json = JSON.parse(buffer.toString('utf8')) as PayloadJson;
+    return {
+      message: {
+        ...json.message,
+        attachments: json.message.attachments.map((a) => ({
+          filename: a.filename,
+          ...(a.contentType ? { contentType: a.contentType } : {}),
+          content: Buffer.from(a.contentBase64, 'base64'),
+        })),
+      },
+    };
+  }
+}

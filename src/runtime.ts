@@ -1,0 +1,118 @@
+/** The process-wide dependencies of the function app, built once from the app settings on first use. */
+import { exportSettings, loadConfig, readSettings, type Config } from './config';
+import type { DeliverDeps } from './deliver';
+import { ensureError } from './errors';
+import { IdempotencyStore } from './idempotencyStore';
+import { createLogger, type Logger } from './logger';
+import { createMailer, type Mailer } from './mailer';
+import { Outbox } from './outbox';
+import { PayloadStore } from './payloadStore';
+import { StatusStore } from './statusStore';
+import { createStorage, storageTargetFromSettings, type StorageClients } from './storage';
+import { templateBundle } from './templateBundle';
+import { TemplateRenderer } from './templates';
+import type { Telemetry } from './telemetry';
+
+/** Must equal host.json `extensions.queues.maxDequeueCount`: after this many failed dequeues the host poisons a message. */
+export const OUTBOX_MAX_DEQUEUE_COUNT = 5;
+
+/** Everything the HTTP handlers and the outbox worker use. */
+export interface Runtime {
+  config: Config;
+  mailer: Mailer;
+  storage: StorageClients;
+  status: StatusStore;
+  payloads: PayloadStore;
+  renderer: TemplateRenderer;
+  outbox: Outbox;
+  deliverDeps: DeliverDeps;
+  logger: Logger;
+  now: () => number;
+  close(): Promise<void>;
+}
+
+export interface RuntimeOptions {
+  logger?: Logger;
+  telemetry?: Telemetry;
+  /** Use this mailer instead of building one (tests share one sandbox mailer). */
+  mailer?: Mailer;
+  now?: () => number;
+  /** Delivery tuning (lease, attempts, back-off) for tests. */
+  delivery?: Pick<DeliverDeps, 'leaseMs' | 'maxAttempts' | 'backoffSeconds'>;
+}
+
+/** Builds a Runtime from `settings` (no network). Throws ConfigError naming each bad setting. */
+export function createRuntime(settings: Record<string, string | undefined>, options: RuntimeOptions = {}): Runtime {
+  const config = loadConfig(settings);
+  const storage = createStorage(storageTargetFromSettings(settings));
+  const logger = options.logger ?? createLogger({ component: 'm365-mailer' });
+  const mailer =
+    options.mailer ?? createMailer(config, { logger, ...(options.telemetry ? { telemetry: options.telemetry } : {}) });
+  const now = options.now ?? Date.now;
+  const renderer = new TemplateRenderer(templateBundle());
+  const status = new StatusStore(storage.statusTable);
+  const payloads = new PayloadStore(storage.payloads);
+  const outbox = new Outbox({
+    config,
+    renderer,
+    storage,
+    status,
+    payloads,
+    idempotency: new IdempotencyStore(storage.idempotencyTable),
+    logger,
+    now,
+  });
+  const deliverDeps: DeliverDeps = {
+    sender: mailer.sender,
+    status,
+    payloads,
+    storage,
+    telemetry: options.telemetry ?? mailer.telemetry,
+    logger,
+    now,
+    ...options.delivery,
+  };
+  return {
+    config,
+    mailer,
+    storage,
+    status,
+    payloads,
+    renderer,
+    outbox,
+    deliverDeps,
+    logger,
+    now,
+    close: () => mailer.close(),
+  };
+}
+
+let built: Runtime | undefined;
+let failure: Error | undefined;
+
+/**
+ * The process's Runtime, from process.env (and local.settings.json when run locally). A settings error is logged
+ * once, in full, and then thrown again (the same error, without a new stack) on every call: the triggers answer
+ * with a short message instead of a stack trace per request.
+ */
+export function getRuntime(): Runtime {
+  if (built) return built;
+  if (failure) throw failure;
+  try {
+    const settings = readSettings(process.env);
+    exportSettings(settings);
+    built = createRuntime(settings);
+    return built;
+  } catch (error) {
+    failure = ensureError(error);
+    createLogger({ component: 'm365-mailer' }).error(`The app cannot start: ${failure.message}`);
+    throw failure;
+  }
+}
+
+/** Closes the SMTP pool and flushes telemetry of the process Runtime, if one was built (the host's appTerminate hook). */
+export async function closeRuntime(): Promise<void> {
+  const runtime = built;
+  built = undefined;
+  await runtime?.close();
+}

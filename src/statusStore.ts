@@ -1,0 +1,217 @@
+/** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
+import type { TableClient } from '@azure/data-tables';
+import type { ClassifiedError } from './errors';
+import { storageStatusCode } from './storage';
+
+export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
+export type MailStatus = (typeof MAIL_STATUSES)[number];
+export type OutboxSource = 'http' | 'notification' | 'digest';
+/** Statuses no delivery changes any more. */
+export const TERMINAL_STATUSES: ReadonlySet<MailStatus> = new Set(['sent', 'failed', 'suppressed']);
+/** The one row of a message's partition. */
+const ROW_KEY = 'status';
+
+/** A message's status as stored. Dates are ISO 8601 strings. */
+export interface StatusRecord {
+  id: string;
+  status: MailStatus;
+  source: OutboxSource;
+  batchId?: string;
+  template?: string;
+  attempts: number;
+  createdAt: string;
+  scheduledFor?: string;
+  /** When the message is next expected to be dequeued (accept, deferral): finds records whose queue message was lost. */
+  dueAt: string;
+  sentAt?: string;
+  messageId?: string;
+  smtp?: { code: number; response: string };
+  error?: ClassifiedError;
+  /** SHA-256 of the canonical request: an idempotent replay must match it. */
+  payloadHash: string;
+  idempotencyKey?: string;
+  /** While `sending`: the worker holding the lease owns the record until then. */
+  leaseUntil?: string;
+}
+
+/** A stored record with the ETag that guards its next transition. */
+export type StoredRecord = StatusRecord & { etag: string };
+
+/** What GET /api/messages/{id} shows: no hashes, keys or leases. */
+export interface StatusView {
+  id: string;
+  status: MailStatus;
+  source: OutboxSource;
+  batchId?: string;
+  attempts: number;
+  createdAt: string;
+  scheduledFor?: string;
+  sentAt?: string;
+  messageId?: string;
+  error?: ClassifiedError;
+}
+
+/** The public view of a record. */
+export function statusView(record: StatusRecord): StatusView {
+  return {
+    id: record.id,
+    status: record.status,
+    source: record.source,
+    ...(record.batchId !== undefined ? { batchId: record.batchId } : {}),
+    attempts: record.attempts,
+    createdAt: record.createdAt,
+    ...(record.scheduledFor !== undefined ? { scheduledFor: record.scheduledFor } : {}),
+    ...(record.sentAt !== undefined ? { sentAt: record.sentAt } : {}),
+    ...(record.messageId !== undefined ? { messageId: record.messageId } : {}),
+    ...(record.error !== undefined ? { error: record.error } : {}),
+  };
+}
+
+type Entity = {
+  partitionKey: string;
+  rowKey: string;
+  status: string;
+  source: string;
+  attempts: number;
+  createdAt: string;
+  dueAt: string;
+  payloadHash: string;
+  batchId?: string;
+  template?: string;
+  scheduledFor?: string;
+  sentAt?: string;
+  messageId?: string;
+  smtpCode?: number;
+  smtpResponse?: string;
+  /** ClassifiedError as JSON: Table storage has no nested values. */
+  error?: string;
+  idempotencyKey?: string;
+  leaseUntil?: string;
+};
+
+/** Table properties hold at most 32K UTF-16 characters; SMTP replies and messages are far shorter, but never fail a write on it. */
+const MAX_PROPERTY_CHARS = 30_000;
+const clip = (value: string) => (value.length > MAX_PROPERTY_CHARS ? value.slice(0, MAX_PROPERTY_CHARS) : value);
+
+function toEntity(record: StatusRecord): Entity {
+  const optional = <K extends keyof StatusRecord>(key: K) => (record[key] !== undefined ? { [key]: record[key] } : {});
+  return {
+    partitionKey: record.id,
+    rowKey: ROW_KEY,
+    status: record.status,
+    source: record.source,
+    attempts: record.attempts,
+    createdAt: record.createdAt,
+    dueAt: record.dueAt,
+    payloadHash: record.payloadHash,
+    ...optional('batchId'),
+    ...optional('template'),
+    ...optional('scheduledFor'),
+    ...optional('sentAt'),
+    ...optional('messageId'),
+    ...optional('idempotencyKey'),
+    ...optional('leaseUntil'),
+    ...(record.smtp ? { smtpCode: record.smtp.code, smtpResponse: clip(record.smtp.response) } : {}),
+    ...(record.error ? { error: clip(JSON.stringify(record.error)) } : {}),
+  };
+}
+
+function fromEntity(entity: Entity & { etag: string }): StoredRecord {
+  const optional = <K extends keyof Entity>(key: K) =>
+    entity[key] !== undefined && entity[key] !== null ? { [key]: entity[key] } : {};
+  let error: ClassifiedError | undefined;
+  if (entity.error) {
+    try {
+      error = JSON.parse(entity.error) as ClassifiedError;
+    } catch {
+      error = { code: 'UNKNOWN', message: entity.error.slice(0, 500), transient: true, hint: '' };
+    }
+  }
+  return {
+    id: entity.partitionKey,
+    status: entity.status as MailStatus,
+    source: entity.source as OutboxSource,
+    attempts: entity.attempts,
+    createdAt: entity.createdAt,
+    dueAt: entity.dueAt,
+    payloadHash: entity.payloadHash,
+    ...optional('batchId'),
+    ...optional('template'),
+    ...optional('scheduledFor'),
+    ...optional('sentAt'),
+    ...optional('messageId'),
+    ...optional('idempotencyKey'),
+    ...optional('leaseUntil'),
+    ...(entity.smtpCode !== undefined && entity.smtpCode !== null
+      ? { smtp: { code: entity.smtpCode, response: entity.smtpResponse ?? '' } }
+      : {}),
+    ...(error ? { error } : {}),
+    etag: entity.etag,
+  } as StoredRecord;
+}
+
+/** The fields a transition may change; `undefined` removes an optional field. */
+export type RecordChanges = Partial<Omit<StatusRecord, 'id' | 'source' | 'createdAt' | 'payloadHash'>>;
+
+/** Reads and moves status records. Every method but `create` and `get` is guarded by the record's ETag. */
+export class StatusStore {
+  constructor(private readonly table: TableClient) {}
+
+  /** Creates the record. Returns undefined (and writes nothing) when a record with this id already exists. */
+  async create(record: StatusRecord): Promise<StoredRecord | undefined> {
+    try {
+      const response = await this.table.createEntity(toEntity(record));
+      return { ...record, etag: response.etag ?? '' };
+    } catch (error) {
+      if (storageStatusCode(error) === 409) return undefined;
+      throw error;
+    }
+  }
+
+  /** The record, or undefined when there is none. */
+  async get(id: string): Promise<StoredRecord | undefined> {
+    try {
+      const entity = await this.table.getEntity<Entity>(id, ROW_KEY);
+      return fromEntity(entity as Entity & { etag: string });
+    } catch (error) {
+      if (storageStatusCode(error) === 404) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Applies `changes` to `current` if nobody has moved the record since it was read. Returns the new record, or
+   * undefined when the ETag no longer matches (412: another worker moved it; re-read and decide again).
+   */
+  async transition(current: StoredRecord, changes: RecordChanges): Promise<StoredRecord | undefined> {
+    const { etag, ...rest } = current;
+    // An empty ETag would make the write unconditional: never let that happen.
+    if (!etag) throw new Error(`Status record ${current.id} has no ETag; re-read it before moving it`);
+    const next: StatusRecord = { ...rest, ...changes };
+    for (const key of Object.keys(changes) as Array<keyof RecordChanges>) {
+      if (changes[key] === undefined) delete next[key];
+    }
+    try {
+      const response = await this.table.updateEntity(toEntity(next), 'Replace', { etag });
+      return { ...next, etag: response.etag ?? '' };
+    } catch (error) {
+      if (storageStatusCode(error) === 412) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Records that are `queued` or `scheduled` but were due before `before`, or `sending` under a lease that ended
+   * before it: their queue message was lost (see Outbox: a crash between creating the record and enqueueing it)
+   * or is stuck behind a long backlog.
+   */
+  async *overdue(before: Date): AsyncIterable<StoredRecord> {
+    const cutoff = before.toISOString();
+    const filter =
+      `((status eq 'queued' or status eq 'scheduled') and dueAt lt '${cutoff}')` +
+      ` or (status eq 'sending' and leaseUntil lt '${cutoff}')`;
+    for await (const entity of this.table.listEntities<Entity>({ queryOptions: { filter } })) {
+      yield fromEntity(entity as Entity & { etag: string });
+    }
+  }
+}

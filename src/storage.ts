@@ -1,0 +1,176 @@
+/** Azure Storage clients for the outbox (queue, tables, blob container), built from the Functions `AzureWebJobsStorage` convention. */
+import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
+import { TableClient } from '@azure/data-tables';
+import { QueueServiceClient, type QueueClient } from '@azure/storage-queue';
+import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
+import { ConfigError } from './config';
+import { MailError } from './errors';
+
+/** The queue the outbox worker (outboxDeliver) listens to; the host moves failing messages to `<name>-poison`. */
+export const OUTBOX_QUEUE = 'mail-outbox';
+export const OUTBOX_POISON_QUEUE = `${OUTBOX_QUEUE}-poison`;
+/** Status records, one entity per message. */
+export const STATUS_TABLE = 'MailStatus';
+/** Idempotency keys, one entity per (mailbox, key). */
+export const IDEMPOTENCY_TABLE = 'MailIdempotency';
+/** Rendered messages (attachments included): `<id>.json`. */
+export const PAYLOAD_CONTAINER = 'mail-payloads';
+/** The app setting (and prefix of the identity-based settings) the Functions host uses for its own storage. */
+export const STORAGE_SETTING = 'AzureWebJobsStorage';
+
+/** Storage calls are retried a little by the SDK, then fail fast: an HTTP caller gets 503, the queue host retries. */
+const STORAGE_MAX_TRIES = 3;
+const STORAGE_RETRY_DELAY_MS = 200;
+const STORAGE_MAX_RETRY_DELAY_MS = 2_000;
+const STORAGE_TRY_TIMEOUT_MS = 30_000;
+
+export interface StorageClients {
+  outboxQueue: QueueClient;
+  poisonQueue: QueueClient;
+  statusTable: TableClient;
+  idempotencyTable: TableClient;
+  payloads: ContainerClient;
+  /** Creates the queues, tables and container. Once per process; a failed attempt is retried on the next call. */
+  ensureResources(): Promise<void>;
+}
+
+/** How to reach storage: a connection string (Azurite, shared keys) or service URIs with a token credential. */
+export type StorageTarget =
+  | { kind: 'connectionString'; connectionString: string }
+  | {
+      kind: 'identity';
+      queueServiceUri: string;
+      tableServiceUri: string;
+      blobServiceUri: string;
+      credential: TokenCredential;
+    };
+
+/**
+ * Reads the storage target from app settings the way the Functions host does: `AzureWebJobsStorage` (a connection
+ * string), or the identity-based `AzureWebJobsStorage__queueServiceUri` / `__tableServiceUri` / `__blobServiceUri`
+ * (or `__accountName`) with `__clientId` selecting a user-assigned identity. Throws ConfigError naming the setting.
+ */
+export function storageTargetFromSettings(settings: Record<string, string | undefined>): StorageTarget {
+  const get = (suffix: string) => settings[`${STORAGE_SETTING}${suffix}`]?.trim() || undefined;
+  const connectionString = get('');
+  if (connectionString) return { kind: 'connectionString', connectionString };
+  const account = get('__accountName');
+  const queueServiceUri =
+    get('__queueServiceUri') ?? (account ? `https://${account}.queue.core.windows.net` : undefined);
+  const tableServiceUri =
+    get('__tableServiceUri') ?? (account ? `https://${account}.table.core.windows.net` : undefined);
+  const blobServiceUri = get('__blobServiceUri') ?? (account ? `https://${account}.blob.core.windows.net` : undefined);
+  if (!queueServiceUri && !tableServiceUri && !blobServiceUri) {
+    throw new ConfigError([
+      `${STORAGE_SETTING} is required: a storage connection string (locally "UseDevelopmentStorage=true" or Azurite's), or the identity-based ${STORAGE_SETTING}__queueServiceUri, ${STORAGE_SETTING}__tableServiceUri and ${STORAGE_SETTING}__blobServiceUri (with ${STORAGE_SETTING}__credential=managedidentity and ${STORAGE_SETTING}__clientId)`,
+    ]);
+  }
+  const missing = [
+    ['__queueServiceUri', queueServiceUri],
+    ['__tableServiceUri', tableServiceUri],
+    ['__blobServiceUri', blobServiceUri],
+  ]
+    .filter(([, value]) => !value)
+    .map(
+      ([suffix]) =>
+        `${STORAGE_SETTING}${suffix} is required with identity-based storage: the outbox uses queues, tables and blobs`,
+    );
+  if (missing.length) throw new ConfigError(missing);
+  const clientId = get('__clientId');
+  return {
+    kind: 'identity',
+    queueServiceUri: queueServiceUri as string,
+    tableServiceUri: tableServiceUri as string,
+    blobServiceUri: blobServiceUri as string,
+    credential: new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {}),
+  };
+}
+
+const isLocalHttp = (connectionString: string) =>
+  /UseDevelopmentStorage=true/i.test(connectionString) || /Endpoint=http:\/\//i.test(connectionString);
+
+/** Builds the clients (no network). Call `ensureResources()` before first use. */
+export function createStorage(target: StorageTarget): StorageClients {
+  const queueRetry = {
+    retryOptions: {
+      maxTries: STORAGE_MAX_TRIES,
+      retryDelayInMs: STORAGE_RETRY_DELAY_MS,
+      maxRetryDelayInMs: STORAGE_MAX_RETRY_DELAY_MS,
+      tryTimeoutInMs: STORAGE_TRY_TIMEOUT_MS,
+    },
+  };
+  const tableOptions = {
+    retryOptions: {
+      maxRetries: STORAGE_MAX_TRIES - 1,
+      retryDelayInMs: STORAGE_RETRY_DELAY_MS,
+      maxRetryDelayInMs: STORAGE_MAX_RETRY_DELAY_MS,
+    },
+  };
+  let queues: QueueServiceClient;
+  let blobs: BlobServiceClient;
+  let table: (name: string) => TableClient;
+  if (target.kind === 'connectionString') {
+    const cs = target.connectionString;
+    queues = QueueServiceClient.fromConnectionString(cs, queueRetry);
+    blobs = BlobServiceClient.fromConnectionString(cs, queueRetry);
+    // Azurite speaks plain http; the tables SDK refuses that unless told.
+    const insecure = isLocalHttp(cs) ? { allowInsecureConnection: true } : {};
+    table = (name) => TableClient.fromConnectionString(cs, name, { ...tableOptions, ...insecure });
+  } else {
+    queues = new QueueServiceClient(target.queueServiceUri, target.credential, queueRetry);
+    blobs = new BlobServiceClient(target.blobServiceUri, target.credential, queueRetry);
+    table = (name) => new TableClient(target.tableServiceUri, name, target.credential, tableOptions);
+  }
+  const clients = {
+    outboxQueue: queues.getQueueClient(OUTBOX_QUEUE),
+    poisonQueue: queues.getQueueClient(OUTBOX_POISON_QUEUE),
+    statusTable: table(STATUS_TABLE),
+    idempotencyTable: table(IDEMPOTENCY_TABLE),
+    payloads: blobs.getContainerClient(PAYLOAD_CONTAINER),
+  };
+  let ready: Promise<void> | undefined;
+  return {
+    ...clients,
+    ensureResources() {
+      ready ??= Promise.all([
+        clients.outboxQueue.createIfNotExists(),
+        clients.poisonQueue.createIfNotExists(),
+        clients.statusTable.createTable(),
+        clients.idempotencyTable.createTable(),
+        clients.payloads.createIfNotExists(),
+      ]).then(
+        () => undefined,
+        (error: unknown) => {
+          ready = undefined;
+          throw error;
+        },
+      );
+      return ready;
+    },
+  };
+}
+
+/** The HTTP status of an Azure SDK RestError (undefined for a network failure or anything else). */
+export function storageStatusCode(error: unknown): number | undefined {
+  const code = (error as { statusCode?: unknown } | null)?.statusCode;
+  return typeof code === 'number' ? code : undefined;
+}
+
+/** True for errors raised by the Azure Storage SDKs (RestError), including network failures they wrap. */
+export function isStorageError(error: unknown): boolean {
+  return error instanceof Error && error.name === 'RestError';
+}
+
+/** Turns a storage SDK failure into STORAGE_UNAVAILABLE (transient), keeping the cause; anything else is returned as is. */
+export function asStorageUnavailable(error: unknown): MailError | undefined {
+  if (error instanceof MailError) return error.code === 'STORAGE_UNAVAILABLE' ? error : undefined;
+  if (!isStorageError(error)) return undefined;
+  const status = storageStatusCode(error);
+  const what =
+    status === 403 || status === 401
+      ? `storage refused the request (${status}): check the app identity's storage roles or the account key`
+      : status
+        ? `storage answered ${status}`
+        : `storage could not be reached (${(error as { code?: string }).code ?? 'network error'})`;
+  return new MailError('STORAGE_UNAVAILABLE', `Storage unavailable: ${what}`, { cause: error });
+}
