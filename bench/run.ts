@@ -2,56 +2,110 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { startAzurite } from '../dev/azurite';
 import { startSandbox } from '../sandbox';
+import { applySandboxEnv } from '../test/support';
+import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
+import { runHttpAcceptBench } from './httpAccept';
 
 const HUGE = 1_000_000_000;
 
+function table(rows: string[][]): void {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join('  ')}\n`);
+  process.stdout.write('\n');
+}
+
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
-  const sandbox = await startSandbox({
+  const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length);
+  const want = (name: string) => !only || only.split(',').includes(name);
+  const [sandbox, azurite] = await Promise.all([
     // The sandbox must not throttle the benchmark: pacing is measured on its own.
-    smtpLimits: { dailyRecipients: HUGE, ratePerMinute: HUGE },
-  });
+    startSandbox({ smtpLimits: { dailyRecipients: HUGE, ratePerMinute: HUGE } }),
+    startAzurite(),
+  ]);
+  applySandboxEnv(sandbox);
+  const env = { ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString };
+  const results: Record<string, unknown> = {
+    when: new Date().toISOString(),
+    command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+    machine: {
+      cpus: os.cpus().length,
+      model: os.cpus()[0]?.model,
+      node: process.version,
+      memGiB: Math.round(os.totalmem() / 2 ** 30),
+    },
+  };
   try {
-    const delivery = await runDeliveryBench(sandbox, quick ? { messages: 300, naiveMessages: 60, rounds: 1 } : {});
-    const results = {
-      when: new Date().toISOString(),
-      command: `npm run bench${quick ? ' -- --quick' : ''}`,
-      machine: {
-        cpus: os.cpus().length,
-        model: os.cpus()[0]?.model,
-        node: process.version,
-        memGiB: Math.round(os.totalmem() / 2 ** 30),
-      },
-      delivery,
-    };
-    const rows = [
-      ['Delivery (msg/s, median of ' + delivery.rounds + ')', 'value', 'ratio'],
-      [`core sender, ${delivery.messages} messages`, String(delivery.coreSender.msgPerSec), '1.00'],
-      [
-        `raw pooled nodemailer, fixed token`,
-        String(delivery.rawPooled.msgPerSec),
-        `core/raw = ${delivery.ratioCoreVsRaw}`,
-      ],
-      [
-        `naive: new transport + token per message (${delivery.naiveMessages})`,
-        String(delivery.naive.msgPerSec),
-        `core/naive = ${delivery.ratioCoreVsNaive}`,
-      ],
-    ];
-    const widths = [0, 1, 2].map((c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
-    for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join('  ')}\n`);
+    if (want('delivery')) {
+      const d = await runDeliveryBench(sandbox, quick ? { messages: 300, naiveMessages: 60, rounds: 1 } : {});
+      results.delivery = d;
+      table([
+        [`Delivery (msg/s, median of ${d.rounds})`, 'value', 'ratio'],
+        [`core sender, ${d.messages} messages`, String(d.coreSender.msgPerSec), '1.00'],
+        ['raw pooled nodemailer, fixed token', String(d.rawPooled.msgPerSec), `core/raw = ${d.ratioCoreVsRaw}`],
+        [
+          `naive: new transport + token per message (${d.naiveMessages})`,
+          String(d.naive.msgPerSec),
+          `core/naive = ${d.ratioCoreVsNaive}`,
+        ],
+      ]);
+    }
+    if (want('http')) {
+      const h = await runHttpAcceptBench(env, quick ? { requests: 200 } : {});
+      results.httpAccept = h;
+      table([
+        [`HTTP at ${h.concurrency} concurrent, ${h.requests} requests`, 'p50 ms', 'p99 ms', 'req/s'],
+        [
+          'POST /api/messages (accept: blob + table + queue)',
+          String(h.post.p50Ms),
+          String(h.post.p99Ms),
+          String(h.post.perSec),
+        ],
+        ['GET /api/messages/{id} (one table read)', String(h.get.p50Ms), String(h.get.p99Ms), String(h.get.perSec)],
+        ['ratio POST/GET p50', String(h.ratioPostVsGetP50), '', ''],
+      ]);
+    }
+    if (want('coldstart')) {
+      const c = await runColdStartBench(env, quick ? { runs: 3 } : {});
+      results.coldStart = c;
+      table([
+        [
+          `Cold start (median of ${c.runs} fresh processes)`,
+          'import ms',
+          'first POST answered ms',
+          'since process start ms',
+        ],
+        [
+          `esbuild bundle (${Math.round(c.bundle.bytes / 1024)} KiB)`,
+          String(c.bundle.importMs),
+          String(c.bundle.firstResponseMs),
+          String(c.bundle.sinceProcessStartMs),
+        ],
+        [
+          'tsc output + node_modules',
+          String(c.unbundled.importMs),
+          String(c.unbundled.firstResponseMs),
+          String(c.unbundled.sinceProcessStartMs),
+        ],
+        ['ratio bundle/unbundled (first POST)', '', String(c.ratioFirstResponse), ''],
+      ]);
+    }
     const out = path.resolve('bench/results/latest.json');
     mkdirSync(path.dirname(out), { recursive: true });
     writeFileSync(out, `${JSON.stringify(results, null, 2)}\n`);
-    process.stdout.write(`\nWrote ${path.relative(process.cwd(), out)}\n`);
+    process.stdout.write(`Wrote ${path.relative(process.cwd(), out)}\n`);
   } finally {
-    await sandbox.close();
+    await Promise.all([sandbox.close(), azurite.stop()]);
   }
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(`bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    process.stderr.write(`bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,38 +1,48 @@
-/** `npm run demo`: starts the sandbox, sends through the real core sender, prints what Exchange and App Insights received, exits 0. */
-import { loadConfig } from '../src/config';
-import { createLogger } from '../src/logger';
-import { createMailer } from '../src/mailer';
-import { parseMessage } from '../src/message';
-import { Redactor } from '../src/redact';
-import { templateBundle } from '../src/templateBundle';
-import { TemplateRenderer } from '../src/templates';
+/** `npm run demo`: starts the whole stack, sends through the HTTP API and the outbox, prints what Exchange and App Insights received, exits 0. */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { startAzurite } from '../dev/azurite';
+import { startDevHost } from '../dev/host';
 import { startSandbox } from '../sandbox';
 
+const ROOT = path.resolve(__dirname, '..');
 const out = (line = '') => process.stdout.write(`${line}\n`);
 
 async function main(): Promise<void> {
-  const sandbox = await startSandbox();
-  const settings = sandbox.settings();
-  // As App Service does: the Azure SDK reads the managed identity endpoint from the environment.
-  for (const key of ['AZURE_CLIENT_ID', 'IDENTITY_ENDPOINT', 'IDENTITY_HEADER'] as const)
-    process.env[key] = settings[key];
-  const redactor = new Redactor();
-  const mailer = createMailer(loadConfig(settings), { redactor, logger: createLogger({ redactor, level: 'warn' }) });
+  out('Building the bundle the Functions host would load…');
+  execFileSync(process.execPath, [path.join(ROOT, 'scripts/build.mjs')], { cwd: ROOT, stdio: 'inherit' });
+  const [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
+  const host = await startDevHost({
+    entry: path.join(ROOT, 'dist/functions/index.js'),
+    env: { ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString },
+    port: 0,
+    pollIntervalMs: 200,
+    log: () => {},
+  });
   try {
     out(
-      `Sandbox up: Entra ID ${sandbox.entra.url}, Key Vault ${sandbox.keyVault.url}, SMTP ${sandbox.smtp.host}:${sandbox.smtp.port}`,
+      `Stack up: dev host ${host.url}, Azurite, sandbox (Entra ID ${sandbox.entra.url}, SMTP ${sandbox.smtp.host}:${sandbox.smtp.port})`,
     );
-    const renderer = new TemplateRenderer(templateBundle());
-    const rendered = renderer.render('order-shipped', renderer.sample('order-shipped'));
-    const message = parseMessage(
-      { to: 'customer@example.com', subject: rendered.subject, text: rendered.text, html: rendered.html },
-      { defaultFrom: mailer.config.sender, maxRecipients: 500, maxMessageBytes: mailer.config.limits.maxMessageBytes },
-    );
-    const result = await mailer.sender.send(message, { source: 'cli', id: 'demo-1', template: 'order-shipped' });
-    out(`Sent ${result.messageId} in ${result.durationMs} ms: ${result.smtp.response}`);
-    await mailer.telemetry.flush();
+    const data = JSON.parse(readFileSync(path.join(ROOT, 'templates/order-shipped/sample.json'), 'utf8')) as unknown;
+    const url = (route: string) => `${host.url}/api/${route}?code=${host.functionKey}`;
+    const accepted = await fetch(url('messages'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': 'demo-order-A-10492-shipped' },
+      body: JSON.stringify({ to: 'customer@example.com', template: 'order-shipped', data }),
+    });
+    const body = (await accepted.json()) as { id: string; status: string };
+    out(`POST /api/messages → ${accepted.status} ${JSON.stringify(body)}`);
 
-    const received = sandbox.smtp.messages.at(-1);
+    let status: { status: string; messageId?: string; error?: unknown } = { status: body.status };
+    for (let i = 0; i < 100 && !['sent', 'failed'].includes(status.status); i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      status = (await (await fetch(url(`messages/${body.id}`))).json()) as typeof status;
+    }
+    out(`GET /api/messages/${body.id} → ${JSON.stringify(status)}`);
+    if (status.status !== 'sent') throw new Error(`the message ended ${status.status}`);
+
+    const received = sandbox.smtp.messages.find((m) => m.parsed.messageId === status.messageId);
     if (!received) throw new Error('the sandbox received nothing');
     const session = sandbox.smtp.sessions.find((s) => s.id === received.sessionId);
     out();
@@ -45,18 +55,18 @@ async function main(): Promise<void> {
     // Commands and final replies; EHLO continuation lines and the message body are left out.
     const transcript = (session?.transcript ?? []).filter((l) => !/^S: \d{3}-/.test(l) && !/^C: (?![A-Z]{4})/.test(l));
     for (const line of transcript.slice(0, 16)) out(`    ${line.slice(0, 110)}`);
+
+    await sandbox.ingestion.waitFor(() => sandbox.ingestion.events('MailSent').length > 0, 10_000);
     out();
     out('What Application Insights (the sandbox) received:');
     for (const event of sandbox.ingestion.events())
       out(`  customEvent ${event.name} ${JSON.stringify(event.properties)}`);
-    for (const metric of sandbox.ingestion.metrics())
-      out(`  customMetric ${metric.name} count=${metric.count ?? 1} sum=${metric.value}`);
     out();
     out('Text part as sent:');
-    for (const line of (received.parsed.text ?? '').split('\n').slice(0, 20)) out(`  | ${line}`);
+    for (const line of (received.parsed.text ?? '').split('\n').slice(0, 16)) out(`  | ${line}`);
   } finally {
-    await mailer.close();
-    await sandbox.close();
+    await host.stop();
+    await Promise.all([sandbox.close(), azurite.stop()]);
   }
 }
 
