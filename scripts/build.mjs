@@ -1,12 +1,11 @@
 // Bundles the Functions app and the CLI with esbuild: CommonJS, Node 20, @azure/functions-core left to the host.
 import { build } from 'esbuild';
-import { rmSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
 import { tsImport } from 'tsx/esm/api';
 
 // templates/ is embedded into the bundle (src/templateBundle.ts is swapped for the JSON), so nothing reads it at run time.
 const { templatesPlugin } = await tsImport('./templatesPlugin.ts', import.meta.url);
-
-rmSync('dist', { recursive: true, force: true });
 
 const common = {
   bundle: true,
@@ -27,11 +26,24 @@ const common = {
 const entryPoints = { cli: 'src/bin.ts' };
 if (existsSync('functions/index.ts')) entryPoints['functions/index'] = 'functions/index.ts';
 
+// Build beside dist/ and move each file in with an atomic rename: a process loading dist/ while another build runs
+// (tests, npm run dev, the demo) never sees a half-written file.
+const staging = `dist.staging-${process.pid}`;
+rmSync(staging, { recursive: true, force: true });
 await build({
   ...common,
   entryPoints,
-  outdir: 'dist',
+  outdir: staging,
   banner: {
     js: "/* m365-mailer bundle */\nconst __bundleFileUrl = require('node:url').pathToFileURL(__filename).href;",
   },
 });
+
+for (const entry of readdirSync(staging, { recursive: true, withFileTypes: true })) {
+  if (!entry.isFile()) continue;
+  const from = path.join(entry.parentPath, entry.name);
+  const to = path.join('dist', path.relative(staging, from));
+  mkdirSync(path.dirname(to), { recursive: true });
+  renameSync(from, to);
+}
+rmSync(staging, { recursive: true, force: true });
