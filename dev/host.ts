@@ -5,7 +5,7 @@ import path from 'node:path';
 import { require as tsxRequire } from 'tsx/cjs/api';
 import { captureRegistrations, installFunctionsCore, type Registrations } from './functionsCore';
 import { readHostJson, type HostSettings } from './hostJson';
-import { startHttpListener, type HttpFunction, type HttpListener } from './httpListener';
+import { requestBodyLimit, startHttpListener, type HttpFunction, type HttpListener } from './httpListener';
 import { Invoker } from './invoker';
 import { startQueueListener, storageConnectionString, type QueueListener } from './queueListener';
 import { normalise, type DevFunction } from './registrations';
@@ -23,7 +23,10 @@ const DEFAULT_BIND_HOST = '127.0.0.1';
 export interface DevHostOptions {
   /** The app entry: package.json `main` (the esbuild bundle), or a TypeScript file, loaded through tsx. */
   entry: string;
-  /** App settings, applied to process.env before the entry loads (as the host applies local.settings.json); restored on stop. */
+  /**
+   * App settings, applied to process.env before the entry loads (as the host applies local.settings.json); restored on
+   * stop. The host reads `FUNCTIONS_REQUEST_BODY_SIZE_LIMIT` (bytes, default 100 MB) from them, as in Azure.
+   */
   env?: Record<string, string | undefined>;
   /** Default 7071; 0 picks a free port. */
   port?: number;
@@ -35,6 +38,11 @@ export interface DevHostOptions {
   functionKey?: string;
   /** The longest wait between polls of an empty queue; default min(host.json maxPollingInterval, 2 s). */
   pollIntervalMs?: number;
+  /**
+   * How long a queue message stays hidden while its invocation runs (the host's 10 min): a process killed mid-run
+   * leaves its messages hidden this long. Tests of killed instances shorten it.
+   */
+  messageLeaseSeconds?: number;
   /** Where invocation logs go; default stderr. */
   log?: (line: string) => void;
 }
@@ -45,6 +53,8 @@ export interface DevHost {
   port: number;
   routePrefix: string;
   functionKey: string;
+  /** Request bodies over this many bytes are answered 413 by the host, before the function runs. */
+  maxRequestBodyBytes: number;
   /** The registrations captured from the entry, normalised. */
   functions: DevFunction[];
   settings: HostSettings;
@@ -96,6 +106,7 @@ export async function startDevHost(options: DevHostOptions): Promise<DevHost> {
   };
 
   try {
+    const maxRequestBodyBytes = requestBodyLimit(process.env);
     const { registrations, loadedModules } = loadEntry(entry);
     // Unload what the entry loaded, so a later host in this process runs it (and its registrations) afresh.
     cleanups.splice(1, 0, () => {
@@ -133,7 +144,14 @@ export async function startDevHost(options: DevHostOptions): Promise<DevHost> {
       if (fn.kind !== 'queue') continue;
       const connectionString = storageConnectionString(fn.connection, process.env);
       queues.push(
-        await startQueueListener({ fn, settings: settings.queues, connectionString, invoker, pollIntervalMs }),
+        await startQueueListener({
+          fn,
+          settings: settings.queues,
+          connectionString,
+          invoker,
+          pollIntervalMs,
+          ...(options.messageLeaseSeconds ? { messageLeaseSeconds: options.messageLeaseSeconds } : {}),
+        }),
       );
     }
 
@@ -146,6 +164,7 @@ export async function startDevHost(options: DevHostOptions): Promise<DevHost> {
       invoker,
       port: options.port ?? DEFAULT_PORT,
       host: options.bindHost ?? DEFAULT_BIND_HOST,
+      maxRequestBodyBytes,
     });
     cleanups.push(() => http.close());
 
@@ -162,6 +181,7 @@ export async function startDevHost(options: DevHostOptions): Promise<DevHost> {
       port: http.port,
       routePrefix: settings.http.routePrefix,
       functionKey,
+      maxRequestBodyBytes,
       functions,
       settings,
       functionUrl(name) {

@@ -1,6 +1,7 @@
-/** Serves HTTP-triggered functions like the Functions host: route prefix, route templates, methods, function keys, 401/404/500 without bodies. */
+/** Serves HTTP-triggered functions like the Functions host: route prefix, route templates, methods, function keys, 401/404/500 without bodies, 413 over the body limit. */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { ApiErrorBody } from '../src/api/apiTypes';
 import type { RpcHttpCookie, RpcHttpData, RpcInvocationResponse, RpcTypedData } from './functionsCore';
 import type { Invoker } from './invoker';
 import type { DevFunction } from './registrations';
@@ -8,8 +9,15 @@ import { compareRoutes, compileRoute, type CompiledRoute } from './routes';
 
 export type HttpFunction = Extract<DevFunction, { kind: 'http' }>;
 
-/** The host's default request body limit (`maxRequestBodySize`, 100 MB) before it answers 413. */
+/** The host's default request body limit (100 MB) before it answers 413. */
 export const MAX_REQUEST_BODY_BYTES = 104_857_600;
+/** The app setting the Functions host takes its request body limit from, in bytes. */
+export const BODY_SIZE_LIMIT_SETTING = 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT';
+/**
+ * After a 413, the longest the rest of the upload is read and thrown away before the connection closes, in ms. A
+ * client still sending when the socket closes gets a reset, which can overtake the 413 it has not read yet.
+ */
+export const LINGER_AFTER_413_MS = 2_000;
 const HOP_BY_HOP = new Set([
   'connection',
   'keep-alive',
@@ -27,6 +35,8 @@ export interface HttpListenerOptions {
   invoker: Invoker;
   port: number;
   host: string;
+  /** Bodies over this many bytes are answered 413 before the function runs (see requestBodyLimit). */
+  maxRequestBodyBytes: number;
 }
 
 export interface HttpListener {
@@ -40,24 +50,71 @@ interface Route {
   compiled: CompiledRoute;
 }
 
-class BodyTooLarge extends Error {}
+/**
+ * The request body limit from the app settings, as the Functions host reads it: `FUNCTIONS_REQUEST_BODY_SIZE_LIMIT`
+ * bytes, 100 MB when unset.
+ *
+ * Without `app.setup({ enableHttpStream: true })` (which the dev host does not serve) the host buffers the whole body
+ * and hands it to the worker as bytes: `HttpRequest.body` is a stream over a complete buffer, so a function's own,
+ * smaller cap (readJsonBody) applies only once the host has read up to this limit. Setting it to the app's own cap
+ * makes the host refuse larger bodies as they arrive, locally and in Azure alike.
+ */
+export function requestBodyLimit(env: Record<string, string | undefined>): number {
+  const value = env[BODY_SIZE_LIMIT_SETTING]?.trim();
+  if (value === undefined || value === '') return MAX_REQUEST_BODY_BYTES;
+  const bytes = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(bytes) || bytes <= 0) {
+    throw new Error(
+      `${BODY_SIZE_LIMIT_SETTING} must be a whole number of bytes above 0, not "${value}"; ` +
+        `unset it for the host's default (${MAX_REQUEST_BODY_BYTES}, 100 MB)`,
+    );
+  }
+  return bytes;
+}
 
-function readBody(req: http.IncomingMessage): Promise<Buffer> {
+/** The body, or undefined once more than `limit` bytes arrived (the rest is left unread, for refuseBody). */
+function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | undefined> {
   return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > MAX_REQUEST_BODY_BYTES) return reject(new BodyTooLarge());
     const chunks: Buffer[] = [];
     let size = 0;
-    req.on('data', (chunk: Buffer) => {
+    const settle = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+    };
+    const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_REQUEST_BODY_BYTES) {
-        req.destroy();
-        reject(new BodyTooLarge());
-      } else chunks.push(chunk);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
+      if (size <= limit) {
+        chunks.push(chunk);
+        return;
+      }
+      settle();
+      resolve(undefined);
+    };
+    const onEnd = () => {
+      settle();
+      resolve(Buffer.concat(chunks, size));
+    };
+    const onError = (error: Error) => {
+      settle();
+      reject(error);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
   });
+}
+
+/** The 413 body, in the error shape of the app's own API, naming the body as the app's 413 does. */
+function tooLargeBody(limit: number): Buffer {
+  const body: ApiErrorBody = {
+    error: {
+      code: 'payload_too_large',
+      message: `The request body is over the host's limit of ${limit} bytes (${BODY_SIZE_LIMIT_SETTING})`,
+      details: [{ path: '(body)', message: `the body must be at most ${limit} bytes` }],
+    },
+  };
+  return Buffer.from(JSON.stringify(body));
 }
 
 function headerMap(req: http.IncomingMessage): Record<string, string> {
@@ -108,8 +165,12 @@ function isAuthorized(fn: HttpFunction, url: URL, req: http.IncomingMessage, key
   return given === key;
 }
 
-function end(res: http.ServerResponse, status: number): void {
-  res.writeHead(status, { 'content-length': '0' });
+/**
+ * Answers with an empty body. `close` ends the connection after it: a client that sent `Expect: 100-continue` and got
+ * no 100 may or may not send its body, so the connection cannot be reused.
+ */
+function end(res: http.ServerResponse, status: number, close = false): void {
+  res.writeHead(status, { 'content-length': '0', ...(close ? { connection: 'close' } : {}) });
   res.end();
 }
 
@@ -121,12 +182,54 @@ export async function startHttpListener(options: HttpListenerOptions): Promise<H
     .map((fn) => ({ fn, compiled: compileRoute(fn.route) }))
     .sort((a, b) => compareRoutes(a.compiled, b.compiled));
 
-  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+  const limit = options.maxRequestBodyBytes;
+  /** Ends the lingering 413 connections at once (on close). */
+  const lingering = new Set<() => void>();
+
+  /**
+   * Answers 413 and only then stops reading: the rest of the upload is read and thrown away until the client ends it,
+   * hangs up, or LINGER_AFTER_413_MS pass, and the connection closes after. Destroying the request at once (as
+   * before) reset the connection under a client still sending, which then saw ECONNRESET instead of the 413.
+   */
+  const refuseBody = (req: http.IncomingMessage, res: http.ServerResponse, bodyComing: boolean): void => {
+    const payload = tooLargeBody(limit);
+    res.writeHead(413, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': String(payload.length),
+      connection: 'close',
+    });
+    if (!bodyComing || req.complete) {
+      res.end(payload);
+      return;
+    }
+    // The whole answer goes out now; ending the response is what closes the socket, so that waits.
+    res.write(payload);
+    const finish = () => {
+      clearTimeout(timer);
+      lingering.delete(finish);
+      req.off('end', finish);
+      req.off('close', finish);
+      res.end();
+    };
+    const timer = setTimeout(finish, LINGER_AFTER_413_MS);
+    lingering.add(finish);
+    req.once('end', finish);
+    req.once('close', finish);
+    req.resume();
+  };
+
+  const handle = async (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    expectsContinue: boolean,
+  ): Promise<void> => {
     const url = new URL(req.url ?? '/', `http://${req.headers.host ?? `${options.host}:${listener.port}`}`);
     const method = (req.method ?? 'GET').toUpperCase();
     let path = url.pathname;
     if (prefix) {
-      if (path.toLowerCase() !== prefix && !path.toLowerCase().startsWith(`${prefix}/`)) return end(res, 404);
+      if (path.toLowerCase() !== prefix && !path.toLowerCase().startsWith(`${prefix}/`)) {
+        return end(res, 404, expectsContinue);
+      }
       path = path.slice(prefix.length);
     }
     let matched: { fn: HttpFunction; params: Record<string, string> } | undefined;
@@ -139,17 +242,15 @@ export async function startHttpListener(options: HttpListenerOptions): Promise<H
       }
     }
     // The host answers an unknown route and a known route with another method alike: 404, empty body.
-    if (!matched) return end(res, 404);
+    if (!matched) return end(res, 404, expectsContinue);
     const { fn, params } = matched;
-    if (!isAuthorized(fn, url, req, functionKey)) return end(res, 401);
+    if (!isAuthorized(fn, url, req, functionKey)) return end(res, 401, expectsContinue);
 
-    let body: Buffer;
-    try {
-      body = await readBody(req);
-    } catch (error) {
-      if (error instanceof BodyTooLarge) return end(res, 413);
-      throw error;
-    }
+    // A declared length over the limit is refused before any of the body is read (or, with Expect, sent).
+    if (Number(req.headers['content-length'] ?? 0) > limit) return refuseBody(req, res, !expectsContinue);
+    if (expectsContinue) res.writeContinue();
+    const body = await readBody(req, limit);
+    if (!body) return refuseBody(req, res, true);
     const query: Record<string, string> = {};
     for (const key of new Set(url.searchParams.keys())) query[key] = url.searchParams.getAll(key).join(',');
     const request: RpcHttpData = {
@@ -185,13 +286,17 @@ export async function startHttpListener(options: HttpListenerOptions): Promise<H
     res.end(method === 'HEAD' ? undefined : payload);
   };
 
-  const server = http.createServer((req, res) => {
-    handle(req, res).catch((error: unknown) => {
+  const serve = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
+    handle(req, res, expectsContinue).catch((error: unknown) => {
       invoker.log('host', 'error', `HTTP request failed: ${error instanceof Error ? error.message : String(error)}`);
       if (!res.headersSent) end(res, 500);
       else res.destroy();
     });
-  });
+  };
+  const server = http.createServer((req, res) => serve(req, res, false));
+  // With `Expect: 100-continue` the client waits for a 100 before it sends the body: 100 only once the route, the key
+  // and the declared length are accepted, so a refused upload is never sent at all.
+  server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => serve(req, res, true));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => {
@@ -206,6 +311,7 @@ export async function startHttpListener(options: HttpListenerOptions): Promise<H
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
+        for (const finish of [...lingering]) finish();
         server.closeIdleConnections();
       }),
   };
