@@ -7,7 +7,9 @@ import { startSandbox } from '../sandbox';
 import { applySandboxEnv } from '../test/support';
 import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
+import { runFanoutBench } from './fanout';
 import { runHttpAcceptBench } from './httpAccept';
+import { runPacingBench } from './pacing';
 
 const HUGE = 1_000_000_000;
 
@@ -91,6 +93,34 @@ async function main(): Promise<void> {
           String(c.unbundled.sinceProcessStartMs),
         ],
         ['ratio bundle/unbundled (first POST)', '', String(c.ratioFirstResponse), ''],
+      ]);
+    }
+    if (want('pacing')) {
+      const p = await runPacingBench(quick ? { messages: 300 } : {});
+      results.pacing = p;
+      table([
+        [
+          `Pacing: ${p.workers} instances, ${p.messages} messages, limit ${p.limit.ratePerWindow} per ${p.limit.windowMs / 1000} s`,
+          'value',
+          'target',
+        ],
+        ['utilisation of the allowed rate', `${(p.utilisation * 100).toFixed(1)} %`, '>= 95 %'],
+        ['most sends in any window', String(p.maxInAnyWindow), `<= ${p.limit.ratePerWindow}`],
+        ['rate violations / 432 rejections (sandbox)', `${p.rateViolations} / ${p.rejections432}`, '0 / 0'],
+        ['peak concurrent SMTP sessions', String(p.maxConcurrentSessions), '<= 3'],
+        ['longest pause between two sends (ms)', String(p.longestGapMs), ''],
+      ]);
+    }
+    if (want('fanout')) {
+      const f = await runFanoutBench(env, { recipients: quick ? 1_000 : 10_000 });
+      results.fanout = f;
+      table([
+        [`Notification fan-out, ${f.recipients} recipients`, 'value'],
+        ['wall time (s)', String(Math.round(f.wallMs / 100) / 10)],
+        ['per recipient (ms)', String(f.perRecipientMs)],
+        ['slowest chunk (s), of a 600 s functionTimeout', String(Math.round(f.maxChunkMs / 100) / 10)],
+        ['peak RSS (MiB), baseline', `${f.peakRssMiB} (${f.baselineRssMiB})`],
+        ['GET /api/notifications/{batchId} (ms)', String(f.countQueryMs)],
       ]);
     }
     const out = path.resolve('bench/results/latest.json');

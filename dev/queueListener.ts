@@ -15,6 +15,8 @@ const MIN_POLL_DELAY_MS = 50;
 const MAX_RECEIVE = 32;
 
 export interface QueueListenerOptions {
+  /** How long a received message stays hidden while its invocation runs (default MESSAGE_LEASE_SECONDS, as the host). */
+  messageLeaseSeconds?: number;
   fn: QueueFunction;
   settings: QueueSettings;
   connectionString: string;
@@ -136,7 +138,7 @@ export async function startQueueListener(options: QueueListenerOptions): Promise
       try {
         const received = await queue.receiveMessages({
           numberOfMessages: Math.min(settings.batchSize, MAX_RECEIVE),
-          visibilityTimeout: MESSAGE_LEASE_SECONDS,
+          visibilityTimeout: options.messageLeaseSeconds ?? MESSAGE_LEASE_SECONDS,
         });
         messages = received.receivedMessageItems;
       } catch (error) {

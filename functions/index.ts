@@ -6,6 +6,11 @@ import './messagesGet';
 import './templatesPreview';
 import './outboxDeliver';
 import './outboxPoison';
+import './outboxRepair';
+import './notificationsPost';
+import './notificationsGet';
+import './notificationsFanout';
+import './notificationsPoison';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
 app.hook.appTerminate(() => closeRuntime());

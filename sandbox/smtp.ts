@@ -764,7 +764,9 @@ export class ExchangeSmtpServer extends EventEmitter {
       if (dropped) return;
       const raw = Buffer.concat(chunks);
       if (live) this.transcript(live.record, `C: <${raw.length} bytes of DATA>`);
-      this.acceptOrRefuse(raw, stream.sizeExceeded, session, live).then(
+      // Exchange counts a message when it has arrived, whatever the time spent checking it.
+      const arrivedAt = this.clock.now();
+      this.acceptOrRefuse(raw, stream.sizeExceeded, session, live, arrivedAt).then(
         (reply) => this.reply(() => callback(null, reply)),
         (error: unknown) => this.reply(() => callback(error instanceof Error ? error : new Error(String(error)))),
       );
@@ -777,6 +779,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     sizeExceeded: boolean,
     session: SMTPServerSession,
     live: LiveSession | undefined,
+    arrivedAt: number,
   ): Promise<string> {
     if (sizeExceeded || raw.length > this.limits.maxMessageBytes) throw smtpError(552, EXCHANGE_REPLIES.messageTooBig);
     const user = session.user as string;
@@ -793,7 +796,7 @@ export class ExchangeSmtpServer extends EventEmitter {
         throw smtpError(554, EXCHANGE_REPLIES.sendAsDenied(user, address));
       }
     }
-    const now = this.clock.now();
+    const now = arrivedAt;
     const key = lower(user);
     if (this.recipientsInDailyWindow(key) + envelope.to.length > this.limits.dailyRecipients) {
       throw smtpError(554, EXCHANGE_REPLIES.submissionQuotaExceeded);

@@ -14,6 +14,12 @@ export const DEFAULT_DAILY_RECIPIENT_LIMIT = 10_000;
 export const DEFAULT_MAX_RECIPIENTS = 500;
 /** 35 MiB: Exchange Online's default send limit. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 36_700_160;
+/** The window MAIL_RATE_PER_MINUTE applies to; settable only so that tests and benchmarks can scale time down. */
+export const DEFAULT_RATE_WINDOW_SECONDS = 60;
+/** The rolling window MAIL_DAILY_RECIPIENT_LIMIT applies to (24 h); settable for the same reason. */
+export const DEFAULT_DAILY_WINDOW_SECONDS = 24 * 60 * 60;
+/** How long a worker owns a message it is sending: above the sender's worst case (token, connect, 60 s socket timeout). */
+export const DEFAULT_SEND_LEASE_SECONDS = 300;
 export const DEFAULT_DIGEST_SCHEDULE = '0 0 7 * * *';
 export const DEFAULT_DIGEST_MAX_ITEMS = 50;
 
@@ -63,6 +69,33 @@ function positiveInt(name: string, fallback: number) {
     });
 }
 
+function positiveNumber(name: string, fallback: number) {
+  return z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined || value.trim() === '') return fallback;
+      const n = Number(value);
+      if (!Number.isFinite(n) || n <= 0) {
+        ctx.addIssue({ code: 'custom', message: `${name} must be a positive number of seconds (got "${value}")` });
+        return z.NEVER;
+      }
+      return n;
+    });
+}
+
+const onOff = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      const v = value?.trim().toLowerCase();
+      if (v === undefined || v === '' || v === 'on' || v === 'true') return true;
+      if (v === 'off' || v === 'false') return false;
+      ctx.addIssue({ code: 'custom', message: `${name} must be "on" or "off" (got "${value}")` });
+      return z.NEVER;
+    });
+
 const optionalString = z
   .string()
   .optional()
@@ -88,6 +121,10 @@ const rawSchema = z.object({
   MAIL_DAILY_RECIPIENT_LIMIT: positiveInt('MAIL_DAILY_RECIPIENT_LIMIT', DEFAULT_DAILY_RECIPIENT_LIMIT),
   MAIL_MAX_RECIPIENTS: positiveInt('MAIL_MAX_RECIPIENTS', DEFAULT_MAX_RECIPIENTS),
   MAIL_MAX_MESSAGE_BYTES: positiveInt('MAIL_MAX_MESSAGE_BYTES', DEFAULT_MAX_MESSAGE_BYTES),
+  MAIL_PACING: onOff('MAIL_PACING'),
+  MAIL_SEND_LEASE_SECONDS: positiveNumber('MAIL_SEND_LEASE_SECONDS', DEFAULT_SEND_LEASE_SECONDS),
+  MAIL_RATE_WINDOW_SECONDS: positiveNumber('MAIL_RATE_WINDOW_SECONDS', DEFAULT_RATE_WINDOW_SECONDS),
+  MAIL_DAILY_WINDOW_SECONDS: positiveNumber('MAIL_DAILY_WINDOW_SECONDS', DEFAULT_DAILY_WINDOW_SECONDS),
   MAIL_DIGEST_SCHEDULE: optionalString,
   MAIL_DIGEST_MAX_ITEMS: positiveInt('MAIL_DIGEST_MAX_ITEMS', DEFAULT_DIGEST_MAX_ITEMS),
   MAIL_UNSUBSCRIBE_BASE_URL: optionalString,
@@ -129,7 +166,15 @@ export interface Config {
     dailyRecipientLimit: number;
     maxRecipients: number;
     maxMessageBytes: number;
+    /** MAIL_PACING: enforce the limits across instances through shared storage (off only for benchmarks). */
+    pacing: boolean;
+    /** The window ratePerMinute counts in (60 s unless scaled down by MAIL_RATE_WINDOW_SECONDS). */
+    rateWindowMs: number;
+    /** The rolling window dailyRecipientLimit counts in (24 h unless scaled down by MAIL_DAILY_WINDOW_SECONDS). */
+    dailyWindowMs: number;
   };
+  /** MAIL_SEND_LEASE_SECONDS: a crashed worker's message is taken over after this long. */
+  sendLeaseMs: number;
   digest: { schedule: string; maxItems: number };
   unsubscribe: { baseUrl?: string; keyName: string };
   storageConnection?: string;
@@ -266,7 +311,11 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       dailyRecipientLimit: s.MAIL_DAILY_RECIPIENT_LIMIT,
       maxRecipients: s.MAIL_MAX_RECIPIENTS,
       maxMessageBytes: s.MAIL_MAX_MESSAGE_BYTES,
+      pacing: s.MAIL_PACING,
+      rateWindowMs: Math.round(s.MAIL_RATE_WINDOW_SECONDS * 1000),
+      dailyWindowMs: Math.round(s.MAIL_DAILY_WINDOW_SECONDS * 1000),
     },
+    sendLeaseMs: Math.round(s.MAIL_SEND_LEASE_SECONDS * 1000),
     digest: { schedule: s.MAIL_DIGEST_SCHEDULE ?? DEFAULT_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
     unsubscribe: {
       baseUrl: s.MAIL_UNSUBSCRIBE_BASE_URL,

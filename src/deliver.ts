@@ -20,11 +20,14 @@
  */
 import { MailError } from './errors';
 import { silentLogger, type Logger } from './logger';
+import { allRecipients } from './message';
 import { enqueueOutbox } from './outboxQueue';
-import type { PayloadStore } from './payloadStore';
+import type { Pacer } from './pacing';
+import type { PayloadStore, StoredPayload } from './payloadStore';
 import type { MailSender, SendResult } from './sender';
 import { TERMINAL_STATUSES, type RecordChanges, type StatusStore, type StoredRecord } from './statusStore';
-import type { StorageClients } from './storage';
+import { IDLE_CLOSE_MS } from './sender';
+import { isStorageError, type StorageClients } from './storage';
 import type { Telemetry } from './telemetry';
 
 /** How long a worker owns a `sending` record: above the sender's worst case (token, connect, greeting, 60 s socket timeout). */
@@ -42,13 +45,15 @@ const MAX_RACES = 5;
 const SENT_WRITE_TRIES = 3;
 
 export interface DeliverDeps {
-  sender: Pick<MailSender, 'send'>;
+  sender: Pick<MailSender, 'send'> & Partial<Pick<MailSender, 'connectionReady'>>;
   status: StatusStore;
   payloads: PayloadStore;
   storage: Pick<StorageClients, 'outboxQueue'>;
   telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
+  /** The mailbox's shared pacing (F4); without it messages are sent as fast as they come. */
+  pacer?: Pick<Pacer, 'reserve' | 'lateToleranceMs'>;
   leaseMs?: number;
   maxAttempts?: number;
   /** Seconds to wait before attempt `attempt + 1`, after `attempt` failed transiently. */
@@ -72,8 +77,17 @@ export type DeliverOutcome =
   /** Another worker holds the lease, or the record is not due yet: this copy was re-enqueued or dropped. */
   | { outcome: 'waiting'; record: StoredRecord; reason: 'lease' | 'not-due'; retryInSeconds?: number }
   | { outcome: 'deferred'; record: StoredRecord; error: MailError; retryInSeconds: number }
+  /** Over a pacing limit (rate, daily recipients, connection slots): back in the queue, not counted as an attempt. */
+  | { outcome: 'paced'; record: StoredRecord; reason: PacingReason; retryInSeconds: number }
   | { outcome: 'failed'; record: StoredRecord; error: MailError }
   | { outcome: 'missing' };
+
+export type PacingReason = 'rate' | 'daily' | 'contention' | 'connections';
+
+/** Slots given up because this process started too late for them, before it sends late anyway. */
+const MAX_LATE_SLOTS = 3;
+/** A pacing deferral comes back at least this much later (queue visibility has whole seconds). */
+const MIN_PACING_DELAY_SECONDS = 1;
 
 /** 30 s × 2^(attempt−1), capped at 1 h, plus up to 10 % jitter so that a burst of failures does not retry in step. */
 export function defaultBackoffSeconds(attempt: number): number {
@@ -89,6 +103,7 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
   const logger = deps.logger ?? silentLogger;
   const now = deps.now ?? Date.now;
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
+  const maxAttempts = deps.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
   const iso = (ms: number) => new Date(ms).toISOString();
 
   let leased: StoredRecord | undefined;
@@ -117,6 +132,14 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     }
     if (record.status === 'sending')
       logger.warn('taking over an expired sending lease', { id, lease: record.leaseUntil });
+    if (record.attempts >= maxAttempts) {
+      // Attempts that ended without an outcome (a crash, storage failing after the lease) end here too.
+      const last = record.error ? `: last error ${record.error.code}: ${record.error.message}` : '';
+      return fail(
+        record,
+        new MailError('RETRIES_EXHAUSTED', `retries exhausted after ${record.attempts} attempts${last}`),
+      );
+    }
     leased = await deps.status.transition(record, {
       status: 'sending',
       attempts: record.attempts + 1,
@@ -127,61 +150,148 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times; the host retries`);
 
   const attempt = leased.attempts;
-  const payload = await deps.payloads.get(id);
-  if (!payload) {
-    const error = new MailError('PAYLOAD_MISSING', `The payload blob of message ${id} does not exist`);
-    return fail(leased, error);
-  }
-
-  let result: SendResult;
+  const held = leased;
+  /** Set once SMTP accepted the message: from then on the lease must never be given back for a resend. */
+  let accepted = false;
   try {
-    result = await deps.sender.send(payload.message, {
-      id,
-      source: leased.source,
-      attempt,
-      ...(leased.template ? { template: leased.template } : {}),
-      ...(leased.batchId ? { batchId: leased.batchId } : {}),
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
-    });
-  } catch (thrown) {
-    if (!(thrown instanceof MailError)) throw thrown;
-    const maxAttempts = deps.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
-    if (!thrown.transient) return fail(leased, thrown);
-    if (attempt >= maxAttempts) {
-      const exhausted = new MailError(thrown.code, `retries exhausted: ${thrown.message}`, {
-        cause: thrown,
-        ...(thrown.smtp ? { smtp: thrown.smtp } : {}),
-        transient: false,
-      });
-      return fail(leased, exhausted);
-    }
-    return defer(leased, thrown);
+    return await sendLeased(held);
+  } catch (error) {
+    if (accepted) throw error;
+    // Storage failed (or a bug threw) while we held the lease: give it back, so that the host's retry of this
+    // queue message (dequeueCount, then the poison queue) decides, instead of a live lease hiding the message.
+    await deps.status
+      .transition(held, { status: 'queued', leaseUntil: undefined, dueAt: iso(now()) })
+      .catch(() => logger.warn('could not release the sending lease after an error; it expires on its own', { id }));
+    throw error;
   }
 
-  const sentChanges: RecordChanges = {
-    status: 'sent',
-    sentAt: iso(now()),
-    messageId: result.messageId,
-    smtp: result.smtp,
-    leaseUntil: undefined,
-    error: undefined,
-  };
-  // The message is out: record it, re-reading after a lost race (our lease ran out and another worker took over)
-  // or a failed write whose effect is unknown.
-  let current: StoredRecord | undefined = leased;
-  for (let tryNo = 1; tryNo <= SENT_WRITE_TRIES + MAX_RACES; tryNo++) {
+  async function sendLeased(leased: StoredRecord): Promise<DeliverOutcome> {
+    let payload: StoredPayload | undefined;
     try {
-      current ??= await deps.status.get(id);
-      if (!current) break;
-      if (current.status === 'sent') return { outcome: 'sent', record: current, result };
-      const written = await deps.status.transition(current, sentChanges);
-      if (written) return { outcome: 'sent', record: written, result };
+      payload = await deps.payloads.get(id);
     } catch (error) {
-      if (tryNo >= SENT_WRITE_TRIES) throw error;
+      if (isStorageError(error)) throw error;
+      return fail(
+        leased,
+        new MailError('PAYLOAD_INVALID', `The payload blob of message ${id} cannot be read`, { cause: error }),
+      );
     }
-    current = undefined;
+    if (!payload) {
+      const error = new MailError('PAYLOAD_MISSING', `The payload blob of message ${id} does not exist`);
+      return fail(leased, error);
+    }
+
+    if (deps.pacer) {
+      // A connection first: a send slot taken by a message that then cannot connect would be lost to everyone.
+      if (deps.sender.connectionReady && !(await deps.sender.connectionReady())) {
+        return pace(leased, 'connections', now() + IDLE_CLOSE_MS * (1 + Math.random()));
+      }
+      const recipients = allRecipients(payload.message).length;
+      // A send that starts well after its slot (this process stalled) could bunch up with the next ones: it gives
+      // the slot up and takes a new one.
+      for (let late = 0; ; late++) {
+        let reservation;
+        try {
+          reservation = await deps.pacer.reserve(recipients);
+        } catch (error) {
+          if (error instanceof MailError) return fail(leased, error);
+          throw error;
+        }
+        if (reservation.kind === 'defer') return pace(leased, reservation.reason, reservation.retryAt);
+        const wait = reservation.at - now();
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        if (now() - reservation.at <= deps.pacer.lateToleranceMs || late >= MAX_LATE_SLOTS) break;
+        logger.debug('send slot missed; taking another', { id, lateMs: now() - reservation.at });
+      }
+    }
+
+    let result: SendResult;
+    try {
+      result = await deps.sender.send(payload.message, {
+        id,
+        source: leased.source,
+        attempt,
+        ...(leased.template ? { template: leased.template } : {}),
+        ...(leased.batchId ? { batchId: leased.batchId } : {}),
+        ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      });
+    } catch (thrown) {
+      if (!(thrown instanceof MailError)) throw thrown;
+      if (thrown.code === 'CONNECTION_SLOTS_BUSY') {
+        // Other instances hold every connection slot; they give idle ones back after IDLE_CLOSE_MS.
+        return pace(leased, 'connections', now() + IDLE_CLOSE_MS * (1 + Math.random()));
+      }
+      if (thrown.code === 'CONCURRENCY_LIMIT') {
+        deps.telemetry?.trackEvent('MailThrottled', {
+          id,
+          source: leased.source,
+          attempt,
+          errorCode: thrown.code,
+          transient: true,
+          ...(thrown.smtp ? { smtpCode: thrown.smtp.code } : {}),
+        });
+      }
+      if (!thrown.transient) return fail(leased, thrown);
+      if (attempt >= maxAttempts) {
+        const exhausted = new MailError(thrown.code, `retries exhausted: ${thrown.message}`, {
+          cause: thrown,
+          ...(thrown.smtp ? { smtp: thrown.smtp } : {}),
+          transient: false,
+        });
+        return fail(leased, exhausted);
+      }
+      return defer(leased, thrown);
+    }
+    accepted = true;
+
+    const sentChanges: RecordChanges = {
+      status: 'sent',
+      sentAt: iso(now()),
+      messageId: result.messageId,
+      smtp: result.smtp,
+      leaseUntil: undefined,
+      error: undefined,
+    };
+    // The message is out: record it, re-reading after a lost race (our lease ran out and another worker took over)
+    // or a failed write whose effect is unknown.
+    let current: StoredRecord | undefined = leased;
+    for (let tryNo = 1; tryNo <= SENT_WRITE_TRIES + MAX_RACES; tryNo++) {
+      try {
+        current ??= await deps.status.get(id);
+        if (!current) break;
+        if (current.status === 'sent') return { outcome: 'sent', record: current, result };
+        const written = await deps.status.transition(current, sentChanges);
+        if (written) return { outcome: 'sent', record: written, result };
+      } catch (error) {
+        if (tryNo >= SENT_WRITE_TRIES) throw error;
+      }
+      current = undefined;
+    }
+    throw new Error(`Outbox message ${id} was sent but its status record could not be updated`);
   }
-  throw new Error(`Outbox message ${id} was sent but its status record could not be updated`);
+
+  /** Back to the queue until `retryAt`, without counting an attempt: being over a limit is not a failure. */
+  async function pace(record: StoredRecord, reason: PacingReason, retryAt: number): Promise<DeliverOutcome> {
+    const retryInSeconds = Math.max(MIN_PACING_DELAY_SECONDS, Math.ceil((retryAt - now()) / 1000));
+    // Enqueue before recording dueAt (see the invariant above).
+    await enqueueOutbox(deps.storage.outboxQueue, id, retryInSeconds);
+    const written = await deps.status.transition(record, {
+      status: 'queued',
+      attempts: Math.max(0, record.attempts - 1),
+      dueAt: iso(now() + retryInSeconds * 1000),
+      leaseUntil: undefined,
+    });
+    deps.telemetry?.trackEvent('MailPaced', {
+      id,
+      source: record.source,
+      attempt: record.attempts,
+      reason,
+      retryInSeconds,
+      ...(record.batchId ? { batchId: record.batchId } : {}),
+    });
+    logger.debug('outbox message paced', { id, reason, retryInSeconds });
+    return { outcome: 'paced', record: written ?? record, reason, retryInSeconds };
+  }
 
   async function fail(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
     const written = await deps.status.transition(record, {

@@ -59,6 +59,10 @@ export const ERROR_CODES = {
     transient: true,
     hint: 'More than 3 concurrent SMTP sessions for this mailbox (432 4.3.2). Lower MAIL_MAX_CONNECTIONS; the message is retried.',
   },
+  CONNECTION_SLOTS_BUSY: {
+    transient: true,
+    hint: 'Every one of the MAIL_MAX_CONNECTIONS SMTP connection slots of this mailbox is held by other instances (blob leases in the mail-pacing container). The message is retried shortly; for more throughput add sender mailboxes rather than connections.',
+  },
   RELAY_DENIED: {
     transient: false,
     hint: 'Exchange refused to relay (550 5.7.1/5.7.64/5.7.68): authenticate with SMTP AUTH on smtp.office365.com:587, or configure a connector for port 25.',
@@ -141,6 +145,14 @@ export const ERROR_CODES = {
   PAYLOAD_MISSING: {
     transient: false,
     hint: "The message's payload blob (mail-payloads/<id>.json) is gone, so it cannot be sent: it was deleted by hand or by a lifecycle rule shorter than the outbox's retry window. Send the message again.",
+  },
+  RETRIES_EXHAUSTED: {
+    transient: false,
+    hint: 'The message used up its delivery attempts without an SMTP outcome (workers crashed or storage failed mid-send). See the function logs for outboxDeliver, then send it again.',
+  },
+  PAYLOAD_INVALID: {
+    transient: false,
+    hint: "The message's payload blob (mail-payloads/<id>.json) is not a payload this app wrote (edited by hand, or truncated), so it cannot be sent. Send the message again.",
   },
   POISON_MESSAGE: {
     transient: false,

@@ -1,5 +1,6 @@
 /** The composition root: builds the sender and everything it needs from one Config, once per process. */
 import type { Config } from './config';
+import type { ConnectionSlots } from './connectionSlots';
 import { silentLogger, type Logger } from './logger';
 import { defaultRedactor, type Redactor } from './redact';
 import { KeyVaultSecrets, createAzureCredential, type SecretSource } from './secrets';
@@ -23,7 +24,14 @@ export interface Mailer {
 /** Builds a Mailer. Pass `telemetry`/`logger` to override the defaults (tests, the CLI). */
 export function createMailer(
   config: Config,
-  options: { logger?: Logger; telemetry?: Telemetry; redactor?: Redactor; roleName?: string } = {},
+  options: {
+    logger?: Logger;
+    telemetry?: Telemetry;
+    redactor?: Redactor;
+    roleName?: string;
+    /** The mailbox's cross-instance connection cap (F4). */
+    slots?: ConnectionSlots;
+  } = {},
 ): Mailer {
   const redactor = options.redactor ?? defaultRedactor;
   const logger = options.logger ?? silentLogger;
@@ -42,7 +50,11 @@ export function createMailer(
       onError: (error: unknown) =>
         logger.warn('telemetry export failed', { error: error instanceof Error ? error.message : String(error) }),
     });
-  const sender = new MailSender(config, auth, { telemetry, logger });
+  const sender = new MailSender(config, auth, {
+    telemetry,
+    logger,
+    ...(options.slots ? { slots: options.slots } : {}),
+  });
   return {
     config,
     sender,
@@ -52,7 +64,7 @@ export function createMailer(
     logger,
     redactor,
     async close() {
-      sender.close();
+      await sender.close();
       await telemetry.shutdown();
     },
   };

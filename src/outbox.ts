@@ -65,7 +65,7 @@ export interface AcceptResult {
 }
 
 /** JSON with object keys sorted, so that equal requests hash equally whatever their key order. */
-function canonicalJson(value: unknown): string {
+export function canonicalJson(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>
     v && typeof v === 'object' && !Array.isArray(v) && !Buffer.isBuffer(v)
       ? Object.fromEntries(
@@ -108,7 +108,10 @@ export class Outbox {
     const { config, renderer } = this.deps;
     const content =
       request.content.kind === 'template'
-        ? renderer.render(request.content.template, request.content.data)
+        ? {
+            ...renderer.render(request.content.template, request.content.data),
+            ...(request.content.subject !== undefined ? { subject: request.content.subject } : {}),
+          }
         : request.content;
     const message = parseMessage(
       {

@@ -5,7 +5,10 @@ import { ensureError } from './errors';
 import { IdempotencyStore } from './idempotencyStore';
 import { createLogger, type Logger } from './logger';
 import { createMailer, type Mailer } from './mailer';
+import { Notifications } from './notifications';
 import { Outbox } from './outbox';
+import { ConnectionSlots } from './connectionSlots';
+import { Pacer, pacingLimits } from './pacing';
 import { PayloadStore } from './payloadStore';
 import { StatusStore } from './statusStore';
 import { createStorage, storageTargetFromSettings, type StorageClients } from './storage';
@@ -26,6 +29,10 @@ export interface Runtime {
   renderer: TemplateRenderer;
   outbox: Outbox;
   deliverDeps: DeliverDeps;
+  /** Batch notifications (F5): POST /api/notifications, the mail-notifications fan-out, batch status. */
+  notifications: Notifications;
+  /** The mailbox's shared pacing state (absent with MAIL_PACING=off). */
+  pacer?: Pacer;
   logger: Logger;
   now: () => number;
   close(): Promise<void>;
@@ -46,9 +53,24 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
   const config = loadConfig(settings);
   const storage = createStorage(storageTargetFromSettings(settings));
   const logger = options.logger ?? createLogger({ component: 'm365-mailer' });
-  const mailer =
-    options.mailer ?? createMailer(config, { logger, ...(options.telemetry ? { telemetry: options.telemetry } : {}) });
   const now = options.now ?? Date.now;
+  // F4: the limits hold across instances only through shared storage.
+  const slots = config.limits.pacing
+    ? new ConnectionSlots(storage.pacingLeases, config.sender, config.limits.maxConnections, { logger })
+    : undefined;
+  const pacer = config.limits.pacing
+    ? new Pacer(storage.pacingTable, config.sender, pacingLimits(config), {
+        now,
+        ensure: () => storage.ensureResources(),
+      })
+    : undefined;
+  const mailer =
+    options.mailer ??
+    createMailer(config, {
+      logger,
+      ...(options.telemetry ? { telemetry: options.telemetry } : {}),
+      ...(slots ? { slots } : {}),
+    });
   const renderer = new TemplateRenderer(templateBundle());
   const status = new StatusStore(storage.statusTable);
   const payloads = new PayloadStore(storage.payloads);
@@ -70,8 +92,22 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     telemetry: options.telemetry ?? mailer.telemetry,
     logger,
     now,
+    leaseMs: config.sendLeaseMs,
+    ...(pacer ? { pacer } : {}),
     ...options.delivery,
   };
+  const notifications = new Notifications({
+    config,
+    renderer,
+    outbox,
+    status,
+    storage,
+    ...(deliverDeps.telemetry ? { telemetry: deliverDeps.telemetry } : {}),
+    // F4: a batch's recipients are spread over the schedule the mailbox can keep, in one write per chunk.
+    ...(pacer ? { schedule: (count: number) => pacer.reserveSchedule(count) } : {}),
+    logger,
+    now,
+  });
   return {
     config,
     mailer,
@@ -81,6 +117,8 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     renderer,
     outbox,
     deliverDeps,
+    notifications,
+    ...(pacer ? { pacer } : {}),
     logger,
     now,
     close: () => mailer.close(),

@@ -52,7 +52,13 @@ export interface SendRequest {
   replyTo?: Address;
   content:
     | { kind: 'literal'; subject: string; text?: string; html?: string }
-    | { kind: 'template'; template: string; data: Record<string, unknown> };
+    | {
+        kind: 'template';
+        template: string;
+        data: Record<string, unknown>;
+        /** Replaces the template's rendered subject (batch notifications, F5); validated by the caller. */
+        subject?: string;
+      };
   /** Attachments as given (base64), validated. */
   attachments: Array<{ filename: string; contentType?: string; contentBase64: string }>;
   headers: Record<string, string>;
@@ -72,7 +78,7 @@ function invalid(problems: FieldProblem[]): MailError {
 }
 
 /** zod reports unknown fields once for the whole object; callers want each named. */
-function problemsOf(error: z.ZodError): FieldProblem[] {
+export function problemsOf(error: z.ZodError): FieldProblem[] {
   const out: FieldProblem[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -90,7 +96,16 @@ function problemsOf(error: z.ZodError): FieldProblem[] {
   return out;
 }
 
-function checkSendAt(value: string, now: number, problems: FieldProblem[]): Date | undefined {
+/**
+ * Checks a sendAt value, pushing a problem naming `sendAt` when it is invalid. `allowPast`: a time in the past is
+ * taken as "now" (a queue message may wait in a backlog longer than the caller could foresee).
+ */
+export function checkSendAt(
+  value: string,
+  now: number,
+  problems: FieldProblem[],
+  options: { allowPast?: boolean } = {},
+): Date | undefined {
   if (!RFC3339.test(value)) {
     problems.push({
       path: 'sendAt',
@@ -103,7 +118,7 @@ function checkSendAt(value: string, now: number, problems: FieldProblem[]): Date
     problems.push({ path: 'sendAt', message: 'is not a valid date-time' });
     return undefined;
   }
-  if (at.getTime() < now - SEND_AT_PAST_SKEW_MS) {
+  if (!options.allowPast && at.getTime() < now - SEND_AT_PAST_SKEW_MS) {
     problems.push({ path: 'sendAt', message: 'is in the past' });
     return undefined;
   }

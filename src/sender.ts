@@ -1,6 +1,7 @@
 /** The core sender: SendAs check, pooled nodemailer over STARTTLS with per-connection XOAUTH2, one fresh-token retry, classified outcomes, telemetry. */
 import nodemailer from 'nodemailer';
 import type { Config } from './config';
+import type { ConnectionSlot, ConnectionSlots } from './connectionSlots';
 import { classifySmtpError, classifyTokenError } from './classify';
 import { MailError, ensureError, type SmtpReply } from './errors';
 import { silentLogger, type Logger } from './logger';
@@ -47,6 +48,22 @@ export interface SendResult {
 
 type Transporter = ReturnType<typeof nodemailer.createTransport>;
 
+/** With a shared connection cap: one SMTP connection per leased slot. */
+interface Lane {
+  slot: ConnectionSlot;
+  /**
+   * The instance's first connection, kept until idle for IDLE_CLOSE_MS. Further ones are given back as soon as they
+   * are idle, so that one busy instance does not keep every slot from the others.
+   */
+  primary: boolean;
+  transporter: Transporter;
+  inFlight: number;
+  idleTimer?: NodeJS.Timeout;
+}
+
+/** A closed connection is gone from the server's count a moment after the socket closes; its slot is freed after this. */
+const SLOT_RELEASE_DELAY_MS = 200;
+
 interface CustomAuthContext {
   auth: { credentials?: { user?: string } };
   sendCommand(command: string): Promise<{ status: number; response: string; code?: string }>;
@@ -88,12 +105,20 @@ function toNodemailerAddress(a: Address): { name: string; address: string } | st
  */
 export class MailSender {
   private transporter?: Transporter;
+  private readonly lanes: Lane[] = [];
+  private acquiring?: Promise<Lane | undefined>;
   private readonly logger: Logger;
 
   constructor(
     private readonly config: Config,
     private readonly auth: SmtpAuthSource,
-    private readonly options: { telemetry?: Telemetry; logger?: Logger; now?: () => number } = {},
+    private readonly options: {
+      telemetry?: Telemetry;
+      logger?: Logger;
+      now?: () => number;
+      /** The mailbox's shared connection cap (F4). Without it the process alone keeps to MAIL_MAX_CONNECTIONS. */
+      slots?: ConnectionSlots;
+    } = {},
   ) {
     this.logger = options.logger ?? silentLogger;
     if (auth.mode === 'basic') {
@@ -169,10 +194,16 @@ export class MailSender {
     }
   }
 
-  /** Closes pooled connections (on shutdown, or to let the process exit). */
-  close(): void {
+  /** Closes pooled connections and gives back their connection slots (on shutdown, or to let the process exit). */
+  async close(): Promise<void> {
     this.transporter?.close();
     this.transporter = undefined;
+    await Promise.all([...this.lanes].map((lane) => this.closeLane(lane)));
+  }
+
+  /** SMTP connections this process holds slots for (tests, the doctor). */
+  get heldSlots(): number {
+    return this.lanes.length;
   }
 
   /** SendAs: refused before any connection; the envelope MAIL FROM is the From address. */
@@ -199,8 +230,9 @@ export class MailSender {
   /** Exchange answers a refused token with 535 5.7.3 directly, so nodemailer never renews: drop the token and retry once. */
   private async sendWithTokenRetry(message: MailMessage) {
     try {
-      return await this.pool().sendMail(this.toNodemailer(message));
+      return await this.sendOnce(message);
     } catch (first) {
+      if (first instanceof MailError) throw first;
       const marker = ensureError(first) as AuthFailureMarker;
       if (marker.credentialError) throw marker.credentialError;
       const error = classifySmtpError(first);
@@ -213,20 +245,97 @@ export class MailSender {
       });
       this.auth.invalidate();
       try {
-        return await this.pool().sendMail(this.toNodemailer(message));
+        return await this.sendOnce(message);
       } catch (second) {
+        if (second instanceof MailError) throw second;
         const credentialError = (ensureError(second) as AuthFailureMarker).credentialError;
         throw credentialError ?? classifySmtpError(second);
       }
     }
   }
 
-  private pool(): Transporter {
-    this.transporter ??= this.createTransport(true);
-    return this.transporter;
+  /** One SMTP transaction: on the process pool, or on a connection whose slot this process holds. */
+  private async sendOnce(message: MailMessage) {
+    if (!this.options.slots) {
+      this.transporter ??= this.createTransport(true, this.config.limits.maxConnections);
+      return this.transporter.sendMail(this.toNodemailer(message));
+    }
+    const lane = await this.takeLane();
+    lane.inFlight++;
+    clearTimeout(lane.idleTimer);
+    try {
+      return await lane.transporter.sendMail(this.toNodemailer(message));
+    } finally {
+      lane.inFlight--;
+      if (lane.inFlight === 0) this.idle(lane);
+    }
   }
 
-  private createTransport(pool: boolean): Transporter {
+  /**
+   * True when this process holds a connection slot of the mailbox, or got one now; false when other instances
+   * hold them all. Delivery asks before it takes a send slot, so that a send slot is not spent on a message that
+   * could not get a connection. Always true without a shared connection cap.
+   */
+  async connectionReady(): Promise<boolean> {
+    if (!this.options.slots || this.lanes.length > 0) return true;
+    this.acquiring ??= this.acquireLane().finally(() => (this.acquiring = undefined));
+    const lane = await this.acquiring;
+    if (lane?.inFlight === 0) this.idle(lane);
+    return lane !== undefined;
+  }
+
+  private idle(lane: Lane): void {
+    if (!this.lanes.includes(lane)) return;
+    clearTimeout(lane.idleTimer);
+    lane.idleTimer = setTimeout(() => void this.closeLane(lane), lane.primary ? IDLE_CLOSE_MS : 0);
+    lane.idleTimer.unref();
+  }
+
+  /**
+   * The least busy connection this process holds a slot for; a further slot when all are busy and one is free.
+   * Throws CONNECTION_SLOTS_BUSY when every slot of the mailbox is held by other instances.
+   */
+  private async takeLane(): Promise<Lane> {
+    const best = this.lanes.reduce<Lane | undefined>((a, b) => (a && a.inFlight <= b.inFlight ? a : b), undefined);
+    if (best && (best.inFlight === 0 || this.lanes.length >= this.config.limits.maxConnections)) return best;
+    this.acquiring ??= this.acquireLane().finally(() => (this.acquiring = undefined));
+    const lane = (await this.acquiring) ?? best;
+    if (lane) return lane;
+    throw new MailError(
+      'CONNECTION_SLOTS_BUSY',
+      `All ${this.config.limits.maxConnections} SMTP connection slots of the mailbox are held by other instances`,
+    );
+  }
+
+  private async acquireLane(): Promise<Lane | undefined> {
+    const lane: Partial<Lane> = {};
+    const slot = await this.options.slots!.acquire(() => {
+      // The lease could not be renewed: another instance may take the slot, so the connection must go now.
+      if (lane.slot) void this.closeLane(lane as Lane);
+    });
+    if (!slot) return undefined;
+    Object.assign(lane, {
+      slot,
+      primary: !this.lanes.some((other) => other.primary),
+      transporter: this.createTransport(true, 1),
+      inFlight: 0,
+    });
+    this.lanes.push(lane as Lane);
+    return lane as Lane;
+  }
+
+  /** Closes the lane's connection, then gives its slot back once the server has seen the socket close. */
+  private async closeLane(lane: Lane): Promise<void> {
+    const index = this.lanes.indexOf(lane);
+    if (index < 0) return;
+    this.lanes.splice(index, 1);
+    clearTimeout(lane.idleTimer);
+    lane.transporter.close();
+    await new Promise((resolve) => setTimeout(resolve, SLOT_RELEASE_DELAY_MS));
+    await lane.slot.release();
+  }
+
+  private createTransport(pool: boolean, maxConnections = 1): Transporter {
     const { host, port } = this.config.smtp;
     const xoauth2 = this.auth.mode !== 'basic';
     const options = {
@@ -256,7 +365,7 @@ export class MailSender {
     return nodemailer.createTransport({
       ...options,
       pool: true,
-      maxConnections: this.config.limits.maxConnections,
+      maxConnections,
       maxMessages: MESSAGES_PER_CONNECTION,
       idleTimeout: IDLE_CLOSE_MS,
     } as never);

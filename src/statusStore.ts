@@ -1,5 +1,5 @@
 /** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
-import type { TableClient } from '@azure/data-tables';
+import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from './errors';
 import { storageStatusCode } from './storage';
 
@@ -198,6 +198,24 @@ export class StatusStore {
       if (storageStatusCode(error) === 412) return undefined;
       throw error;
     }
+  }
+
+  /**
+   * How many records of notification batch `batchId` are in each status. `batchId` is a plain property, not a key
+   * (records are partitioned by message id), so the service scans the whole table with this filter and returns only
+   * `status`: the cost grows with the table, one transaction per page of at most 1,000 matches or per partition
+   * range scanned. Fine for a status poll; not for a tight loop.
+   */
+  async countByBatch(batchId: string): Promise<Record<MailStatus, number>> {
+    const counts = Object.fromEntries(MAIL_STATUSES.map((s) => [s, 0])) as Record<MailStatus, number>;
+    const entities = this.table.listEntities<{ status: string }>({
+      queryOptions: { filter: odata`batchId eq ${batchId}`, select: ['status'] },
+    });
+    for await (const entity of entities) {
+      const status = entity.status as MailStatus;
+      if (Object.hasOwn(counts, status)) counts[status] += 1;
+    }
+    return counts;
   }
 
   /**

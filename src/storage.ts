@@ -15,6 +15,17 @@ export const STATUS_TABLE = 'MailStatus';
 export const IDEMPOTENCY_TABLE = 'MailIdempotency';
 /** Rendered messages (attachments included): `<id>.json`. */
 export const PAYLOAD_CONTAINER = 'mail-payloads';
+/** Batch notifications (F5): the queue producers write to, and its poison queue. */
+export const NOTIFICATIONS_QUEUE = 'mail-notifications';
+export const NOTIFICATIONS_POISON_QUEUE = `${NOTIFICATIONS_QUEUE}-poison`;
+/** Batches too large for a queue message (over 64 KB), and batches whose fan-out continues in a later invocation. */
+export const BATCH_CONTAINER = 'mail-batches';
+/** One summary entity per notification batch. */
+export const BATCH_TABLE = 'MailBatches';
+/** Pacing state shared by every instance (F4): one entity per sender mailbox, ETag-guarded. */
+export const PACING_TABLE = 'MailPacing';
+/** Blob leases, one blob per allowed SMTP connection of a sender mailbox (F4 connection cap). */
+export const PACING_LEASE_CONTAINER = 'mail-pacing';
 /** The app setting (and prefix of the identity-based settings) the Functions host uses for its own storage. */
 export const STORAGE_SETTING = 'AzureWebJobsStorage';
 
@@ -30,6 +41,12 @@ export interface StorageClients {
   statusTable: TableClient;
   idempotencyTable: TableClient;
   payloads: ContainerClient;
+  notificationsQueue: QueueClient;
+  notificationsPoisonQueue: QueueClient;
+  batches: ContainerClient;
+  batchTable: TableClient;
+  pacingTable: TableClient;
+  pacingLeases: ContainerClient;
   /** Creates the queues, tables and container. Once per process; a failed attempt is retried on the next call. */
   ensureResources(): Promise<void>;
 }
@@ -127,6 +144,12 @@ export function createStorage(target: StorageTarget): StorageClients {
     statusTable: table(STATUS_TABLE),
     idempotencyTable: table(IDEMPOTENCY_TABLE),
     payloads: blobs.getContainerClient(PAYLOAD_CONTAINER),
+    notificationsQueue: queues.getQueueClient(NOTIFICATIONS_QUEUE),
+    notificationsPoisonQueue: queues.getQueueClient(NOTIFICATIONS_POISON_QUEUE),
+    batches: blobs.getContainerClient(BATCH_CONTAINER),
+    batchTable: table(BATCH_TABLE),
+    pacingTable: table(PACING_TABLE),
+    pacingLeases: blobs.getContainerClient(PACING_LEASE_CONTAINER),
   };
   let ready: Promise<void> | undefined;
   return {
@@ -138,6 +161,12 @@ export function createStorage(target: StorageTarget): StorageClients {
         clients.statusTable.createTable(),
         clients.idempotencyTable.createTable(),
         clients.payloads.createIfNotExists(),
+        clients.notificationsQueue.createIfNotExists(),
+        clients.notificationsPoisonQueue.createIfNotExists(),
+        clients.batches.createIfNotExists(),
+        clients.batchTable.createTable(),
+        clients.pacingTable.createTable(),
+        clients.pacingLeases.createIfNotExists(),
       ]).then(
         () => undefined,
         (error: unknown) => {

@@ -26,7 +26,19 @@ import type { LoggerProvider } from '@opentelemetry/sdk-logs';
 import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import type { MeterProvider } from '@opentelemetry/sdk-metrics';
 
-export type MailEventName = 'MailSent' | 'MailFailed' | 'MailDeferred' | 'BatchAccepted' | 'DigestRun';
+export type MailEventName =
+  | 'MailSent'
+  | 'MailFailed'
+  | 'MailDeferred'
+  /** Over a pacing limit (F4): back in the queue; `reason` says which limit. */
+  | 'MailPaced'
+  /** Exchange answered 432 4.3.2 despite the pacing. */
+  | 'MailThrottled'
+  | 'BatchAccepted'
+  | 'NotificationRecipientRejected'
+  | 'DigestRun';
+/** Why a message was paced. */
+export const PACING_REASONS = ['rate', 'daily', 'contention', 'connections'] as const;
 export type TelemetrySource = 'http' | 'notification' | 'digest' | 'cli';
 
 /** Only these fields exist, so addresses, subjects, bodies and secrets cannot be recorded. */
@@ -41,6 +53,12 @@ export interface MailEventProperties {
   errorCode?: string;
   transient?: boolean;
   recipientCount?: number;
+  /** MailPaced: which limit (one of PACING_REASONS). */
+  reason?: (typeof PACING_REASONS)[number];
+  /** MailPaced: how long until the message is back. */
+  retryInSeconds?: number;
+  /** A recipient's position in its batch (NotificationRecipientRejected). */
+  index?: number;
   /** The Functions invocation id (InvocationContext.invocationId). */
   invocationId?: string;
   /** A W3C trace id (32 hex): recorded as a property and as the operation id (`operation_Id`). */
@@ -102,7 +120,10 @@ export const MAIL_EVENT_NAMES: readonly MailEventName[] = [
   'MailSent',
   'MailFailed',
   'MailDeferred',
+  'MailPaced',
+  'MailThrottled',
   'BatchAccepted',
+  'NotificationRecipientRejected',
   'DigestRun',
 ];
 export const DURATION_METRIC = 'mail.send.duration';
@@ -189,7 +210,10 @@ export function eventFields(props: MailEventProperties): {
     const v = safeString(p[key]);
     if (v !== undefined) properties[key] = v;
   };
-  const num = (key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount', measurement: boolean) => {
+  const num = (
+    key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount' | 'retryInSeconds' | 'index',
+    measurement: boolean,
+  ) => {
     let v = safeNumber(p[key]);
     if (v === undefined) return;
     if (key === 'durationMs') v = Math.round(v);
@@ -206,6 +230,9 @@ export function eventFields(props: MailEventProperties): {
   str('errorCode');
   if (typeof p.transient === 'boolean') properties.transient = String(p.transient);
   num('recipientCount', true);
+  if (PACING_REASONS.includes(p.reason as (typeof PACING_REASONS)[number])) properties.reason = p.reason as string;
+  num('retryInSeconds', true);
+  num('index', false);
   str('invocationId');
   str('operationId');
   return { properties, measurements };

@@ -38,7 +38,11 @@ describe('loadConfig', () => {
       dailyRecipientLimit: 10000,
       maxRecipients: 500,
       maxMessageBytes: 36700160,
+      pacing: true,
+      rateWindowMs: 60_000,
+      dailyWindowMs: 86_400_000,
     });
+    expect(config.sendLeaseMs).toBe(300_000);
     expect(config.digest).toEqual({ schedule: '0 0 7 * * *', maxItems: 50 });
     expect(config.allowedFrom).toEqual(['alerts@contoso.com']);
     expect(config.unsubscribe.keyName).toBe('mail-unsubscribe-key');
@@ -78,6 +82,25 @@ describe('loadConfig', () => {
     expect(problems({ ...base, MAIL_ALLOWED_FROM: 'ok@contoso.com, bad entry' }).join('\n')).toMatch(
       /MAIL_ALLOWED_FROM is invalid \("bad entry"\)/,
     );
+    expect(problems({ ...base, MAIL_PACING: 'maybe' }).join('\n')).toMatch(/MAIL_PACING must be "on" or "off"/);
+    expect(problems({ ...base, MAIL_RATE_WINDOW_SECONDS: '0' }).join('\n')).toMatch(
+      /MAIL_RATE_WINDOW_SECONDS must be a positive number of seconds/,
+    );
+    expect(problems({ ...base, MAIL_SEND_LEASE_SECONDS: 'soon' }).join('\n')).toMatch(
+      /MAIL_SEND_LEASE_SECONDS must be/,
+    );
+  });
+
+  it('scales the pacing windows and switches pacing off for benchmarks', () => {
+    const config = loadConfig({
+      ...base,
+      MAIL_PACING: 'off',
+      MAIL_RATE_WINDOW_SECONDS: '0.5',
+      MAIL_DAILY_WINDOW_SECONDS: '10',
+      MAIL_SEND_LEASE_SECONDS: '2.5',
+    });
+    expect(config.limits).toMatchObject({ pacing: false, rateWindowMs: 500, dailyWindowMs: 10_000 });
+    expect(config.sendLeaseMs).toBe(2_500);
   });
 
   it('federated identity needs no Key Vault; basic needs no tenant', () => {

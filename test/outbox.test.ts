@@ -32,6 +32,8 @@ beforeAll(async () => {
     ...sandbox.settings(),
     MAIL_ALLOWED_FROM: billing,
     AzureWebJobsStorage: azurite.connectionString,
+    // Pacing stays on (test/pacing*.test.ts is about it), at a rate that does not slow these tests down.
+    MAIL_RATE_PER_MINUTE: '6000',
   };
   mailer = sandboxMailer(sandbox, 'client-secret', { MAIL_ALLOWED_FROM: billing });
   rt = createRuntime(settings, {

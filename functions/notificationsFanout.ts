@@ -1,0 +1,19 @@
+/** Queue mail-notifications: fans a batch (or the next chunk of a stored one) out into the outbox; storage failures throw, so the host retries. */
+import { app, type InvocationContext } from '@azure/functions';
+import { getRuntime } from '../src/runtime';
+import { NOTIFICATIONS_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { dequeueCountOf } from './queue';
+
+export async function notificationsFanout(message: unknown, context: InvocationContext): Promise<void> {
+  const dequeueCount = dequeueCountOf(context);
+  await getRuntime().notifications.handleMessage(message, {
+    ...(dequeueCount !== undefined ? { dequeueCount } : {}),
+    invocationId: context.invocationId,
+  });
+}
+
+app.storageQueue('notificationsFanout', {
+  queueName: NOTIFICATIONS_QUEUE,
+  connection: STORAGE_SETTING,
+  handler: notificationsFanout,
+});

@@ -1,0 +1,19 @@
+/** Queue mail-notifications-poison: the host gave up on a batch message; the batch becomes `failed` with reason "poison: …". */
+import { app, type InvocationContext } from '@azure/functions';
+import { getRuntime } from '../src/runtime';
+import { NOTIFICATIONS_POISON_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { dequeueCountOf } from './queue';
+
+export async function notificationsPoison(message: unknown, context: InvocationContext): Promise<void> {
+  const dequeueCount = dequeueCountOf(context);
+  await getRuntime().notifications.markPoisoned(message, {
+    ...(dequeueCount !== undefined ? { dequeueCount } : {}),
+    invocationId: context.invocationId,
+  });
+}
+
+app.storageQueue('notificationsPoison', {
+  queueName: NOTIFICATIONS_POISON_QUEUE,
+  connection: STORAGE_SETTING,
+  handler: notificationsPoison,
+});

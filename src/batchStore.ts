@@ -1,0 +1,213 @@
+/** The summary of each notification batch (F5) in Table storage `MailBatches`: progress, counts and rejected recipients, ETag-guarded. */
+import type { TableClient } from '@azure/data-tables';
+import type { ClassifiedError } from './errors';
+import type { NotificationCategory } from './notificationRequest';
+import { storageStatusCode } from './storage';
+
+export const BATCH_STATUSES = ['accepted', 'fanning-out', 'complete', 'failed'] as const;
+export type BatchStatus = (typeof BATCH_STATUSES)[number];
+/** `http`: POST /api/notifications; `queue`: a batch written to mail-notifications. */
+export type BatchSource = 'http' | 'queue';
+/** Rejected recipients listed one by one; the rest are counted in `rejected` only (the entity stays small). */
+export const MAX_LISTED_REJECTIONS = 100;
+/** Table string properties hold at most 32K UTF-16 characters: the rejection list is split into parts this long. */
+const PART_CHARS = 30_000;
+/** Longest field path and reason kept per rejection. */
+const MAX_FIELD_CHARS = 120;
+const MAX_REASON_CHARS = 300;
+const ROW_KEY = 'batch';
+
+/** A recipient rejected on its own: its index in `recipients`, the field at fault and why. */
+export interface Rejection {
+  index: number;
+  field: string;
+  reason: string;
+}
+
+export interface BatchSummary {
+  batchId: string;
+  status: BatchStatus;
+  source: BatchSource;
+  template?: string;
+  category?: NotificationCategory;
+  /** Recipients in the batch (0 when the batch could not be read at all). */
+  total: number;
+  /** Recipients that have an outbox message (new or found from an earlier run). */
+  accepted: number;
+  rejected: number;
+  /** The first MAX_LISTED_REJECTIONS rejections, by index. */
+  rejections: Rejection[];
+  /** The next recipient index to fan out; recipients before it are done. */
+  offset: number;
+  /** The offset whose continuation message is known to be on the queue (see Notifications: crash recovery). */
+  continuation?: number;
+  /** SHA-256 of the batch content: the same batchId with other content is a different batch. */
+  contentHash?: string;
+  /** True when the batch is in mail-batches/<batchId>.json (POST, or a queue batch that needed a continuation). */
+  stored: boolean;
+  createdAt: string;
+  updatedAt: string;
+  completedAt?: string;
+  /** Why the batch failed as a whole. */
+  error?: ClassifiedError;
+}
+
+export type StoredSummary = BatchSummary & { etag: string };
+
+type Entity = {
+  partitionKey: string;
+  rowKey: string;
+  status: string;
+  source: string;
+  template?: string;
+  category?: string;
+  total: number;
+  accepted: number;
+  rejected: number;
+  offset: number;
+  continuation?: number;
+  contentHash?: string;
+  stored: boolean;
+  createdAt: string;
+  updatedAt: string;
+  completedAt?: string;
+  error?: string;
+  /** How many `rejections<n>` parts hold the JSON of the rejection list. */
+  rejectionParts: number;
+  [part: `rejections${number}`]: string;
+};
+
+const clip = (value: string, max: number) => (value.length > max ? `${value.slice(0, max - 1)}…` : value);
+
+/** Merges `more` into `listed`, keeping the first MAX_LISTED_REJECTIONS by index, each clipped to a bounded size. */
+export function listRejections(listed: readonly Rejection[], more: readonly Rejection[]): Rejection[] {
+  return [...listed, ...more]
+    .sort((a, b) => a.index - b.index)
+    .slice(0, MAX_LISTED_REJECTIONS)
+    .map((r) => ({ index: r.index, field: clip(r.field, MAX_FIELD_CHARS), reason: clip(r.reason, MAX_REASON_CHARS) }));
+}
+
+function toEntity(summary: BatchSummary): Entity {
+  const json = JSON.stringify(summary.rejections);
+  const parts: Record<string, string> = {};
+  let count = 0;
+  for (let at = 0; at < json.length; at += PART_CHARS) parts[`rejections${count++}`] = json.slice(at, at + PART_CHARS);
+  const optional = <K extends keyof BatchSummary>(key: K) =>
+    summary[key] !== undefined ? { [key]: summary[key] } : {};
+  return {
+    partitionKey: summary.batchId,
+    rowKey: ROW_KEY,
+    status: summary.status,
+    source: summary.source,
+    total: summary.total,
+    accepted: summary.accepted,
+    rejected: summary.rejected,
+    offset: summary.offset,
+    stored: summary.stored,
+    createdAt: summary.createdAt,
+    updatedAt: summary.updatedAt,
+    ...optional('template'),
+    ...optional('category'),
+    ...optional('continuation'),
+    ...optional('contentHash'),
+    ...optional('completedAt'),
+    ...(summary.error ? { error: clip(JSON.stringify(summary.error), PART_CHARS) } : {}),
+    rejectionParts: count,
+    ...parts,
+  } as Entity;
+}
+
+function parseJson<T>(text: string | undefined, fallback: T): T {
+  if (!text) return fallback;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return fallback;
+  }
+}
+
+function fromEntity(entity: Entity & { etag: string }): StoredSummary {
+  let json = '';
+  for (let i = 0; i < (entity.rejectionParts ?? 0); i++) json += entity[`rejections${i}`] ?? '';
+  const present = <K extends keyof Entity>(key: K) =>
+    entity[key] !== undefined && entity[key] !== null ? { [key]: entity[key] } : {};
+  const error = entity.error
+    ? parseJson<ClassifiedError>(entity.error, {
+        code: 'UNKNOWN',
+        message: entity.error.slice(0, 500),
+        transient: false,
+        hint: '',
+      })
+    : undefined;
+  return {
+    batchId: entity.partitionKey,
+    status: entity.status as BatchStatus,
+    source: entity.source as BatchSource,
+    total: entity.total,
+    accepted: entity.accepted,
+    rejected: entity.rejected,
+    rejections: parseJson<Rejection[]>(json, []),
+    offset: entity.offset,
+    stored: entity.stored === true,
+    createdAt: entity.createdAt,
+    updatedAt: entity.updatedAt,
+    ...present('template'),
+    ...present('category'),
+    ...present('continuation'),
+    ...present('contentHash'),
+    ...present('completedAt'),
+    ...(error ? { error } : {}),
+    etag: entity.etag,
+  } as StoredSummary;
+}
+
+/** The fields an update may change; `undefined` removes an optional field. */
+export type SummaryChanges = Partial<Omit<BatchSummary, 'batchId' | 'source' | 'createdAt'>>;
+
+/** Reads and writes batch summaries. Every write but `create` is guarded by the summary's ETag. */
+export class BatchStore {
+  constructor(private readonly table: TableClient) {}
+
+  /** Creates the summary. Returns undefined (and writes nothing) when the batch already has one. */
+  async create(summary: BatchSummary): Promise<StoredSummary | undefined> {
+    try {
+      const response = await this.table.createEntity(toEntity(summary));
+      return { ...summary, etag: response.etag ?? '' };
+    } catch (error) {
+      if (storageStatusCode(error) === 409) return undefined;
+      throw error;
+    }
+  }
+
+  /** The summary, or undefined when there is none. */
+  async get(batchId: string): Promise<StoredSummary | undefined> {
+    try {
+      const entity = await this.table.getEntity<Entity>(batchId, ROW_KEY);
+      return fromEntity(entity as Entity & { etag: string });
+    } catch (error) {
+      if (storageStatusCode(error) === 404) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Applies `changes` if nobody has written the summary since `current` was read. Returns the new summary, or
+   * undefined when the ETag no longer matches (412: re-read and decide again).
+   */
+  async update(current: StoredSummary, changes: SummaryChanges): Promise<StoredSummary | undefined> {
+    const { etag, ...rest } = current;
+    if (!etag) throw new Error(`Batch summary ${current.batchId} has no ETag; re-read it before writing it`);
+    const next: BatchSummary = { ...rest, ...changes };
+    for (const key of Object.keys(changes) as Array<keyof SummaryChanges>) {
+      if (changes[key] === undefined) delete next[key];
+    }
+    try {
+      // Replace, not merge: a shorter rejection list must not leave stale parts behind.
+      const response = await this.table.updateEntity(toEntity(next), 'Replace', { etag });
+      return { ...next, etag: response.etag ?? '' };
+    } catch (error) {
+      if (storageStatusCode(error) === 412) return undefined;
+      throw error;
+    }
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * The cap on concurrent SMTP sessions of one mailbox across every instance (F4): MAIL_MAX_CONNECTIONS blobs, and a
+ * session may exist only while its instance holds the lease on one of them. Blob leases are exclusive in storage and
+ * expire on their own, so a crashed instance gives its slots back within LEASE_SECONDS.
+ */
+import { createHash } from 'node:crypto';
+import type { BlobLeaseClient, ContainerClient } from '@azure/storage-blob';
+import { silentLogger, type Logger } from './logger';
+import { storageStatusCode } from './storage';
+
+/** Blob lease length (Azure allows 15–60 s). A dead instance's slot is free again after at most this long. */
+export const LEASE_SECONDS = 15;
+/** Leases are renewed this often while held: three renewals fit in one lease period. */
+export const RENEW_EVERY_MS = (LEASE_SECONDS * 1000) / 3;
+
+/** A held connection slot. `lost` is called if a renewal fails: the holder must close its connection at once. */
+export interface ConnectionSlot {
+  readonly index: number;
+  release(): Promise<void>;
+}
+
+export class ConnectionSlots {
+  private readonly prefix: string;
+  private readonly logger: Logger;
+  private ready?: Promise<void>;
+
+  constructor(
+    private readonly container: ContainerClient,
+    mailbox: string,
+    private readonly max: number,
+    options: { logger?: Logger } = {},
+  ) {
+    // Blob names keep the mailbox out of storage logs' plain text.
+    this.prefix = `connections/${createHash('sha256').update(mailbox.toLowerCase()).digest('hex').slice(0, 32)}`;
+    this.logger = options.logger ?? silentLogger;
+  }
+
+  /**
+   * Takes a free slot, or returns undefined when every slot is leased (by this or another instance).
+   * `onLost` runs if the lease cannot be renewed later.
+   */
+  async acquire(onLost: () => void): Promise<ConnectionSlot | undefined> {
+    await this.ensureBlobs();
+    const start = Math.floor(Math.random() * this.max);
+    for (let k = 0; k < this.max; k++) {
+      const index = (start + k) % this.max;
+      const lease = this.container.getBlobClient(this.blobName(index)).getBlobLeaseClient();
+      try {
+        await lease.acquireLease(LEASE_SECONDS);
+      } catch (error) {
+        if (storageStatusCode(error) === 409) continue;
+        throw error;
+      }
+      return this.held(index, lease, onLost);
+    }
+    return undefined;
+  }
+
+  /** How many slots are leased right now, by anyone (tests, the doctor). */
+  async leasedCount(): Promise<number> {
+    await this.ensureBlobs();
+    let leased = 0;
+    for (let index = 0; index < this.max; index++) {
+      const properties = await this.container.getBlobClient(this.blobName(index)).getProperties();
+      if (properties.leaseState === 'leased') leased++;
+    }
+    return leased;
+  }
+
+  private held(index: number, lease: BlobLeaseClient, onLost: () => void): ConnectionSlot {
+    let released = false;
+    const timer = setInterval(() => {
+      lease.renewLease().catch((error: unknown) => {
+        if (released) return;
+        released = true;
+        clearInterval(timer);
+        this.logger.warn('lost an SMTP connection slot lease; closing its connection', {
+          slot: index,
+          status: storageStatusCode(error),
+        });
+        onLost();
+      });
+    }, RENEW_EVERY_MS);
+    timer.unref();
+    return {
+      index,
+      release: async () => {
+        if (released) return;
+        released = true;
+        clearInterval(timer);
+        try {
+          await lease.releaseLease();
+        } catch (error) {
+          // It expires on its own within LEASE_SECONDS.
+          this.logger.warn('could not release an SMTP connection slot lease', {
+            slot: index,
+            status: storageStatusCode(error),
+          });
+        }
+      },
+    };
+  }
+
+  private blobName(index: number): string {
+    return `${this.prefix}/${index}`;
+  }
+
+  private ensureBlobs(): Promise<void> {
+    this.ready ??= (async () => {
+      await this.container.createIfNotExists();
+      await Promise.all(
+        Array.from({ length: this.max }, async (_, index) => {
+          try {
+            await this.container
+              .getBlockBlobClient(this.blobName(index))
+              .upload('', 0, { conditions: { ifNoneMatch: '*' } });
+          } catch (error) {
+            const status = storageStatusCode(error);
+            // 409: it exists (and may be leased); 412: it exists.
+            if (status !== 409 && status !== 412) throw error;
+          }
+        }),
+      );
+    })().catch((error: unknown) => {
+      this.ready = undefined;
+      throw error;
+    });
+    return this.ready;
+  }
+}

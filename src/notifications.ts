@@ -1,0 +1,749 @@
+/**
+ * Batch notifications (PRODUCT.md F5): a batch fans out into one outbox message per recipient, in chunks.
+ *
+ * Ids and keys. A batch's id is the one it gives, a UUID for POST /api/notifications, or for a queue message without
+ * one `q-` + a hash of its content, so that every redelivery of a message is the same batch. Each recipient's outbox
+ * idempotency key is its own `idempotencyKey`, else `nb-` + hash(batchId, lower-cased address). Running any part of
+ * the fan-out again therefore finds the outbox messages it created before: no duplicates, whatever is redelivered.
+ *
+ * Chunks. One invocation fans out at most `chunkSize` recipients (bounded concurrency against storage), records the
+ * progress in the batch summary, then enqueues a continuation `{ batchId, offset }` that references the batch in
+ * mail-batches. A chunk is processed only by a message whose offset equals the summary's; the progress write is
+ * ETag-guarded, so of two copies fanning out the same chunk exactly one records it (its counts, its rejections) and
+ * enqueues the next continuation; the other stops.
+ *
+ * Write order per chunk, and what a crash between two writes leaves:
+ *
+ * 1. outbox messages of the chunk — a crash: the message is redelivered, finds the same offset, and re-runs the
+ *    chunk (idempotent).
+ * 2. the batch blob, if a continuation will need it and the batch came inline on the queue.
+ * 3. progress (offset = next, counts, rejections; ETag) — a crash after it: the redelivered message finds an offset
+ *    past its own and no continuation on record, so it enqueues the continuation itself.
+ * 4. continuation message, then 5. `continuation = next` on the summary — a crash between 4 and 5 can enqueue the
+ *    continuation twice; the two copies race for the same chunk and one of them stops at step 3.
+ */
+import { randomUUID } from 'node:crypto';
+import { BatchPayloadStore } from './batchPayloadStore';
+import {
+  BatchStore,
+  listRejections,
+  type BatchStatus,
+  type BatchSource,
+  type BatchSummary,
+  type Rejection,
+  type StoredSummary,
+  type SummaryChanges,
+} from './batchStore';
+import type { Config } from './config';
+import { MailError, type ClassifiedError, type FieldProblem } from './errors';
+import { silentLogger, type Logger } from './logger';
+import { addressSchema, type Address } from './message';
+import { enqueueBatchReference, parseNotificationMessage } from './notificationQueue';
+import {
+  BATCH_ID,
+  batchContentHash,
+  deriveBatchId,
+  parseNotificationBatch,
+  recipientIdempotencyKey,
+  type BatchRules,
+  type NotificationBatch,
+  type NotificationCategory,
+} from './notificationRequest';
+import type { Outbox } from './outbox';
+import { MAX_VISIBILITY_SECONDS } from './outboxQueue';
+import type { SendRequest } from './sendRequest';
+import type { MailStatus, StatusStore } from './statusStore';
+import type { StorageClients } from './storage';
+import type { Telemetry } from './telemetry';
+import type { TemplateRenderer } from './templates';
+
+/** Recipients per invocation: 500 × 4 storage writes at 16 in flight is seconds, far inside functionTimeout (10 min). */
+export const DEFAULT_CHUNK_SIZE = 500;
+/** Recipients accepted at once (each is 4 sequential storage writes: claim, payload, record, queue message). */
+export const DEFAULT_CONCURRENCY = 16;
+/** Re-reads after a lost ETag race before giving up to the host's retry. */
+const MAX_RACES = 5;
+const TERMINAL: ReadonlySet<BatchStatus> = new Set(['complete', 'failed']);
+
+/**
+ * Pacing for a whole batch (F4): asked once per chunk for `count` send slots; recipient i of the chunk becomes due
+ * at `startAt + i * intervalMs` (epoch milliseconds), or at the batch's sendAt when that is later.
+ */
+export type BatchSchedule = (count: number) => Promise<{ startAt: number; intervalMs: number }>;
+
+export interface NotificationsDeps {
+  config: Pick<Config, 'allowedFrom'>;
+  renderer: Pick<TemplateRenderer, 'has'>;
+  outbox: Pick<Outbox, 'render' | 'acceptRequest'>;
+  status: Pick<StatusStore, 'countByBatch'>;
+  storage: Pick<StorageClients, 'notificationsQueue' | 'batches' | 'batchTable' | 'ensureResources'>;
+  telemetry?: Telemetry;
+  logger?: Logger;
+  now?: () => number;
+  newId?: () => string;
+  chunkSize?: number;
+  concurrency?: number;
+  schedule?: BatchSchedule;
+}
+
+/** The queue trigger's metadata, for logs and telemetry. */
+export interface FanoutContext {
+  dequeueCount?: number;
+  invocationId?: string;
+}
+
+export type FanoutOutcome =
+  | { outcome: 'fanned-out'; batchId: string; offset: number; next: number; status: BatchStatus }
+  /** Nothing to do: the batch is finished, this copy is stale or lost a race, or the batchId holds another batch. */
+  | { outcome: 'skipped'; batchId: string; reason: 'finished' | 'stale' | 'ahead' | 'raced' | 'conflict' }
+  /** A continuation was missing (a crash after recording progress) and has been enqueued. */
+  | { outcome: 'resumed'; batchId: string; offset: number }
+  /** The batch cannot be fanned out (invalid, or its stored copy is gone); recorded as failed. */
+  | { outcome: 'failed'; batchId: string; error: ClassifiedError };
+
+export interface SubmitResult {
+  batchId: string;
+  summary: StoredSummary;
+  /** True when an earlier request with this batchId and the same content created the batch. */
+  replayed: boolean;
+}
+
+/** What GET /api/notifications/{batchId} shows. */
+export interface BatchView {
+  batchId: string;
+  status: BatchStatus;
+  template?: string;
+  category?: NotificationCategory;
+  total: number;
+  /** Recipients fanned out so far (accepted or rejected). */
+  processed: number;
+  accepted: number;
+  rejected: number;
+  rejections: Rejection[];
+  /** Rejections counted in `rejected` but not listed. */
+  rejectionsOmitted?: number;
+  /** The batch's outbox messages by status. */
+  counts: Record<MailStatus, number>;
+  createdAt: string;
+  completedAt?: string;
+  error?: ClassifiedError;
+}
+
+type CodedRejection = Rejection & { code: string };
+type Prepared = { index: number; request: SendRequest } | { rejection: CodedRejection };
+/** Each recipient's parsed address (or why it is not one) and idempotency key; `first` is the index that owns the key. */
+type RecipientKey = { address: Address; key: string; first: number } | { error: string };
+
+const problem = (path: string, message: string): MailError =>
+  new MailError('INVALID_MESSAGE', `Invalid notification batch: ${path}: ${message}`, {
+    details: [{ path, message }],
+  });
+
+/** Runs `task(0…count-1)` with at most `limit` in flight; stops starting new ones after a failure and rethrows it. */
+async function runBounded(count: number, limit: number, task: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (!failure && next < count) {
+      const i = next++;
+      try {
+        await task(i);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
+  if (failure) throw failure.error;
+}
+
+/** The batch-level field a recipient's problem belongs to: its address, its data, its key. */
+function recipientField(index: number, path: string | undefined, gaveKey: boolean): string {
+  const at = `recipients[${index}]`;
+  if (!path || path === '(body)') return at;
+  if (path === 'to' || path.startsWith('to[')) return `${at}.to`;
+  if (path === 'data' || path.startsWith('data.') || path.startsWith('data[')) return `${at}.${path}`;
+  // The only thing that grows one recipient's message is its data.
+  if (path === 'attachments') return `${at}.data`;
+  if (path === 'idempotencyKey') return gaveKey ? `${at}.idempotencyKey` : `${at}.to`;
+  return `${at}.${path}`;
+}
+
+/** Fans notification batches out into the outbox, and reports on them. */
+export class Notifications {
+  private readonly summaries: BatchStore;
+  private readonly payloads: BatchPayloadStore;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly newId: () => string;
+  private readonly chunkSize: number;
+  private readonly concurrency: number;
+  /** The keys of the batch this instance fanned out last: its next chunk extends them instead of starting over. */
+  private keyCache:
+    { batchId: string; contentHash: string; keys: RecipientKey[]; first: Map<string, number> } | undefined;
+
+  constructor(private readonly deps: NotificationsDeps) {
+    this.summaries = new BatchStore(deps.storage.batchTable);
+    this.payloads = new BatchPayloadStore(deps.storage.batches);
+    this.logger = deps.logger ?? silentLogger;
+    this.now = deps.now ?? Date.now;
+    this.newId = deps.newId ?? randomUUID;
+    this.chunkSize = Math.max(1, deps.chunkSize ?? DEFAULT_CHUNK_SIZE);
+    this.concurrency = Math.max(1, deps.concurrency ?? DEFAULT_CONCURRENCY);
+  }
+
+  private rules(allowPastSendAt: boolean): BatchRules {
+    return {
+      now: this.now(),
+      hasTemplate: (name) => this.deps.renderer.has(name),
+      allowedFrom: this.deps.config.allowedFrom,
+      allowPastSendAt,
+    };
+  }
+
+  private iso(): string {
+    return new Date(this.now()).toISOString();
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // POST /api/notifications
+
+  /**
+   * Accepts a POST /api/notifications body: stores the batch in mail-batches, creates its summary and enqueues a
+   * reference on mail-notifications. Throws MailError INVALID_MESSAGE, TEMPLATE_NOT_FOUND or SENDER_NOT_ALLOWED
+   * (details naming the field), or IDEMPOTENCY_CONFLICT when the batchId holds a different batch.
+   */
+  async submit(body: unknown): Promise<SubmitResult> {
+    const { batchId: given, batch } = parseNotificationBatch(body, this.rules(false));
+    await this.deps.storage.ensureResources();
+    const batchId = given ?? this.newId();
+    const contentHash = batchContentHash(batch);
+    const existing = await this.summaries.get(batchId);
+    if (existing) return this.replay(existing, contentHash);
+    // Blob, then summary, then queue message: a reference never exists without the batch it points at.
+    const put = await this.payloads.put({ batchId, contentHash, batch });
+    if (!put.written && put.contentHash !== contentHash) throw this.conflict(batchId);
+    const created = await this.summaries.create(this.newSummary(batchId, 'http', batch, contentHash, 'accepted', true));
+    if (!created) {
+      const again = await this.summaries.get(batchId);
+      if (!again) throw new Error(`Batch summary ${batchId} was reported to exist but cannot be read`);
+      return this.replay(again, contentHash);
+    }
+    this.trackAccepted(created);
+    await enqueueBatchReference(this.deps.storage.notificationsQueue, batchId, 0);
+    this.logger.info('notification batch accepted', { batchId, recipients: created.total });
+    return { batchId, summary: created, replayed: false };
+  }
+
+  /** The same batchId again: the same content is a replay (re-enqueued if it never started), other content a 409. */
+  private async replay(existing: StoredSummary, contentHash: string): Promise<SubmitResult> {
+    if (existing.contentHash !== contentHash) throw this.conflict(existing.batchId);
+    // A crash between the summary and the queue message leaves an accepted batch with nothing to start it.
+    if (existing.status === 'accepted' && existing.offset === 0) {
+      await enqueueBatchReference(this.deps.storage.notificationsQueue, existing.batchId, 0);
+    }
+    return { batchId: existing.batchId, summary: existing, replayed: true };
+  }
+
+  private conflict(batchId: string): MailError {
+    return new MailError('IDEMPOTENCY_CONFLICT', `Batch ${batchId} already exists with different content`, {
+      details: [{ path: 'batchId', message: 'already used for a different batch' }],
+      hint: 'Reuse a batchId only to retry the same batch; give a new batch a new batchId (or none).',
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Queue mail-notifications
+
+  /**
+   * Handles one mail-notifications message: a batch (from a producer) or a reference `{ batchId, offset }`. Resolves
+   * when the message may be acknowledged — an invalid batch included, which is recorded as failed with its reason,
+   * since retrying cannot fix it. Rejects only when storage fails, so that the host retries and finally poisons it.
+   */
+  async handleMessage(message: unknown, context: FanoutContext = {}): Promise<FanoutOutcome> {
+    await this.deps.storage.ensureResources();
+    const parsed = parseNotificationMessage(message);
+    if (parsed.kind === 'unreadable') {
+      return this.recordInvalid(
+        deriveBatchId(parsed.text),
+        problem('(message)', 'the queue message is not a JSON object (base64-encoded or plain JSON)'),
+      );
+    }
+    if (parsed.kind === 'reference') return this.continueStored(parsed.batchId, parsed.offset, context);
+    return this.startInline(parsed.content, context);
+  }
+
+  private async startInline(content: Record<string, unknown>, context: FanoutContext): Promise<FanoutOutcome> {
+    const given = typeof content.batchId === 'string' && BATCH_ID.test(content.batchId) ? content.batchId : undefined;
+    let batch: NotificationBatch;
+    try {
+      batch = parseNotificationBatch(content, this.rules(true)).batch;
+    } catch (error) {
+      if (error instanceof MailError && !error.transient) {
+        return this.recordInvalid(given ?? deriveBatchId(content), error);
+      }
+      throw error;
+    }
+    const batchId = given ?? deriveBatchId(content);
+    const contentHash = batchContentHash(batch);
+    for (let race = 0; race < MAX_RACES; race++) {
+      let summary = await this.summaries.get(batchId);
+      if (!summary) {
+        summary = await this.summaries.create(
+          this.newSummary(batchId, 'queue', batch, contentHash, 'fanning-out', false),
+        );
+        if (!summary) continue; // another copy created it first: read theirs
+        this.trackAccepted(summary, context);
+      }
+      if (summary.contentHash !== contentHash) {
+        this.logger.warn('a queue batch reuses the batchId of a different batch; ignored', {
+          batchId,
+          invocationId: context.invocationId,
+        });
+        return { outcome: 'skipped', batchId, reason: 'conflict' };
+      }
+      return this.advance(summary, 0, async () => batch, context);
+    }
+    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+  }
+
+  private async continueStored(batchId: string, offset: number, context: FanoutContext): Promise<FanoutOutcome> {
+    const summary = await this.summaries.get(batchId);
+    if (!summary) {
+      return this.recordInvalid(
+        batchId,
+        problem(
+          'batchId',
+          `no batch ${batchId} is stored: a message with only batchId and offset continues a stored batch; a new batch needs template and recipients`,
+        ),
+      );
+    }
+    const load = async () => {
+      const stored = await this.payloads.get(batchId);
+      return stored && stored.contentHash === summary.contentHash ? stored.batch : undefined;
+    };
+    return this.advance(summary, offset, load, context);
+  }
+
+  /** Runs the chunk at `offset` if it is the batch's next one; otherwise decides what this copy is (see top). */
+  private async advance(
+    summary: StoredSummary,
+    offset: number,
+    load: () => Promise<NotificationBatch | undefined>,
+    context: FanoutContext,
+  ): Promise<FanoutOutcome> {
+    const batchId = summary.batchId;
+    if (TERMINAL.has(summary.status)) return { outcome: 'skipped', batchId, reason: 'finished' };
+    if (offset < summary.offset) {
+      if (summary.continuation === summary.offset) return { outcome: 'skipped', batchId, reason: 'stale' };
+      // Progress was recorded but its continuation never was: the invocation died in between. Enqueue it here.
+      await this.enqueueContinuation(summary, summary.offset);
+      this.logger.warn('re-enqueued the missing continuation of a notification batch', {
+        batchId,
+        offset: summary.offset,
+      });
+      return { outcome: 'resumed', batchId, offset: summary.offset };
+    }
+    if (offset > summary.offset) {
+      // Continuations are enqueued after the progress they continue is recorded, so this is no copy of ours.
+      this.logger.warn('a notification continuation is ahead of its batch; ignored', {
+        batchId,
+        offset,
+        recorded: summary.offset,
+      });
+      return { outcome: 'skipped', batchId, reason: 'ahead' };
+    }
+
+    const batch = await load();
+    if (!batch) {
+      return this.failBatch(
+        summary,
+        new MailError('PAYLOAD_MISSING', `The stored batch mail-batches/${batchId}.json is missing or not this batch`, {
+          hint: 'The batch blob was deleted (by hand or by a lifecycle rule shorter than the fan-out) or replaced. Send the recipients not yet processed again as a new batch.',
+        }),
+      );
+    }
+    const chunk = await this.fanOutChunk(batchId, summary.contentHash ?? '', batch, offset, context);
+    const next = offset + chunk.processed;
+    const done = next >= batch.recipients.length;
+    let stored = summary.stored;
+    if (!done && !stored) {
+      // The continuation reads the batch from the blob: write it before the progress that the continuation follows.
+      const put = await this.payloads.put({ batchId, contentHash: summary.contentHash ?? '', batch });
+      if (!put.written && put.contentHash !== summary.contentHash) {
+        return this.failBatch(
+          summary,
+          new MailError('INVALID_MESSAGE', `mail-batches/${batchId}.json holds a different batch`, {
+            details: [{ path: 'batchId', message: 'already used for a different batch' }],
+          }),
+        );
+      }
+      stored = true;
+    }
+    return this.recordProgress(summary, offset, chunk, next, done, stored, context);
+  }
+
+  /** Step 3: the ETag-guarded progress write; the copy that wins it reports the chunk and enqueues the next one. */
+  private async recordProgress(
+    initial: StoredSummary,
+    offset: number,
+    chunk: { accepted: number; rejections: CodedRejection[] },
+    next: number,
+    done: boolean,
+    stored: boolean,
+    context: FanoutContext,
+  ): Promise<FanoutOutcome> {
+    const batchId = initial.batchId;
+    let current = initial;
+    for (let race = 0; race < MAX_RACES; race++) {
+      const at = this.iso();
+      const accepted = current.accepted + chunk.accepted;
+      const status: BatchStatus = done ? (accepted > 0 ? 'complete' : 'failed') : 'fanning-out';
+      const changes: SummaryChanges = {
+        status,
+        offset: next,
+        accepted,
+        rejected: current.rejected + chunk.rejections.length,
+        rejections: listRejections(current.rejections, chunk.rejections),
+        stored,
+        continuation: undefined,
+        updatedAt: at,
+        ...(done ? { completedAt: at } : {}),
+        ...(status === 'failed'
+          ? {
+              error: new MailError('INVALID_MESSAGE', 'Every recipient of the batch was rejected; see rejections', {
+                details: [{ path: 'recipients', message: 'every recipient was rejected' }],
+              }).toJSON(),
+            }
+          : {}),
+      };
+      const written = await this.summaries.update(current, changes);
+      if (written) {
+        for (const r of chunk.rejections) {
+          this.deps.telemetry?.trackEvent('NotificationRecipientRejected', {
+            batchId,
+            index: r.index,
+            errorCode: r.code,
+            source: 'notification',
+            ...(written.template ? { template: written.template } : {}),
+            ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+          });
+        }
+        this.logger.info('notification batch chunk fanned out', {
+          batchId,
+          offset,
+          next,
+          total: written.total,
+          accepted: chunk.accepted,
+          rejected: chunk.rejections.length,
+        });
+        if (!done) await this.enqueueContinuation(written, next);
+        return { outcome: 'fanned-out', batchId, offset, next, status };
+      }
+      const reread = await this.summaries.get(batchId);
+      if (!reread || reread.offset !== offset || TERMINAL.has(reread.status)) {
+        return { outcome: 'skipped', batchId, reason: 'raced' };
+      }
+      current = reread; // only the marker or another field moved: the chunk is still ours to record
+    }
+    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+  }
+
+  /** Steps 4 and 5: enqueue the continuation at `next`, then note on the summary that it exists. */
+  private async enqueueContinuation(summary: StoredSummary, next: number): Promise<void> {
+    await enqueueBatchReference(this.deps.storage.notificationsQueue, summary.batchId, next);
+    let current: StoredSummary | undefined = summary;
+    for (let race = 0; race < MAX_RACES && current; race++) {
+      if (current.offset !== next || current.continuation === next || TERMINAL.has(current.status)) return;
+      if (await this.summaries.update(current, { continuation: next, updatedAt: this.iso() })) return;
+      current = await this.summaries.get(summary.batchId);
+    }
+  }
+
+  /** Fans out recipients [offset, offset + chunkSize): prepares each, reserves pacing, accepts into the outbox. */
+  private async fanOutChunk(
+    batchId: string,
+    contentHash: string,
+    batch: NotificationBatch,
+    offset: number,
+    context: FanoutContext,
+  ): Promise<{ processed: number; accepted: number; rejections: CodedRejection[] }> {
+    const end = Math.min(offset + this.chunkSize, batch.recipients.length);
+    const keys = this.recipientKeys(batchId, contentHash, batch, end);
+    const rejections: CodedRejection[] = [];
+    const ready: Array<{ index: number; request: SendRequest }> = [];
+    for (let i = offset; i < end; i++) {
+      const prepared = this.prepare(batch, i, keys);
+      if ('rejection' in prepared) rejections.push(prepared.rejection);
+      else ready.push(prepared);
+    }
+    // Slots only for the recipients that will be accepted, so that a rejected one wastes none.
+    const slots = this.deps.schedule && ready.length > 0 ? await this.deps.schedule(ready.length) : undefined;
+    let accepted = 0;
+    await runBounded(ready.length, this.concurrency, async (j) => {
+      const { index, request } = ready[j] as { index: number; request: SendRequest };
+      const holdSeconds = slots ? this.holdSeconds(slots.startAt + j * slots.intervalMs) : 0;
+      try {
+        await this.deps.outbox.acceptRequest(request, {
+          source: 'notification',
+          batchId,
+          ...(holdSeconds > 0 ? { holdSeconds } : {}),
+        });
+        accepted += 1;
+      } catch (error) {
+        const rejection = this.rejectionOf(index, batch, error);
+        if (!rejection) throw error;
+        rejections.push(rejection);
+      }
+    });
+    if (context.dequeueCount && context.dequeueCount > 1) {
+      this.logger.info('notification chunk re-run after a failed attempt', {
+        batchId,
+        offset,
+        dequeueCount: context.dequeueCount,
+      });
+    }
+    return { processed: end - offset, accepted, rejections: rejections.sort((a, b) => a.index - b.index) };
+  }
+
+  /** Seconds until `dueAt` (epoch ms), at most as long as a queue message can stay invisible. */
+  private holdSeconds(dueAt: number): number {
+    return Math.min(MAX_VISIBILITY_SECONDS, Math.max(0, (dueAt - this.now()) / 1000));
+  }
+
+  /**
+   * Parses the addresses of recipients [0, end) and keys them. A later recipient with the key of an earlier one
+   * (the same address without keys, or the same key) is a duplicate: it is reported, and the earlier one is sent.
+   */
+  private recipientKeys(batchId: string, contentHash: string, batch: NotificationBatch, end: number): RecipientKey[] {
+    const cached = this.keyCache;
+    const reuse = cached && cached.batchId === batchId && cached.contentHash === contentHash;
+    const { keys, first } = reuse ? cached : { keys: [] as RecipientKey[], first: new Map<string, number>() };
+    for (let i = keys.length; i < end; i++) {
+      const recipient = batch.recipients[i] as NotificationBatch['recipients'][number];
+      const parsed = addressSchema.safeParse(recipient.to);
+      if (!parsed.success) {
+        keys.push({ error: parsed.error.issues[0]?.message ?? 'is not a valid email address' });
+        continue;
+      }
+      const key = recipient.idempotencyKey ?? recipientIdempotencyKey(batchId, parsed.data.address);
+      if (!first.has(key)) first.set(key, i);
+      keys.push({ address: parsed.data, key, first: first.get(key) as number });
+    }
+    this.keyCache = { batchId, contentHash, keys, first };
+    return keys;
+  }
+
+  /** Builds recipient `index`'s send request and renders it once, so that a bad one is rejected before pacing. */
+  private prepare(batch: NotificationBatch, index: number, keys: RecipientKey[]): Prepared {
+    const recipient = batch.recipients[index] as NotificationBatch['recipients'][number];
+    const key = keys[index] as RecipientKey;
+    const reject = (field: string, reason: string): Prepared => ({
+      rejection: { index, field, reason, code: 'INVALID_MESSAGE' },
+    });
+    if ('error' in key) return reject(`recipients[${index}].to`, key.error);
+    if (key.first !== index) {
+      const what = recipient.idempotencyKey !== undefined ? 'idempotencyKey' : 'to';
+      return reject(
+        `recipients[${index}].${what}`,
+        `duplicate of recipients[${key.first}] (the same ${what === 'to' ? 'address' : 'idempotencyKey'}): sent once`,
+      );
+    }
+    const request: SendRequest = {
+      ...(batch.from ? { from: batch.from } : {}),
+      to: [key.address],
+      cc: [],
+      bcc: [],
+      content: {
+        kind: 'template',
+        template: batch.template,
+        // The recipient's top-level keys replace the shared ones.
+        data: { ...batch.data, ...recipient.data },
+        ...(batch.subject !== undefined ? { subject: batch.subject } : {}),
+      },
+      attachments: [],
+      headers: {},
+      idempotencyKey: key.key,
+      ...(batch.sendAt ? { sendAt: new Date(batch.sendAt) } : {}),
+    };
+    try {
+      this.deps.outbox.render(request);
+    } catch (error) {
+      const rejection = this.rejectionOf(index, batch, error);
+      if (!rejection) throw error;
+      return { rejection };
+    }
+    return { index, request };
+  }
+
+  /** A recipient's own problem as a rejection; undefined for anything else (storage), which must be thrown. */
+  private rejectionOf(index: number, batch: NotificationBatch, error: unknown): CodedRejection | undefined {
+    if (!(error instanceof MailError) || error.transient) return undefined;
+    const gaveKey = batch.recipients[index]?.idempotencyKey !== undefined;
+    const detail: FieldProblem | undefined = error.details?.[0];
+    const field = recipientField(index, detail?.path, gaveKey);
+    let reason = detail?.message ?? error.message;
+    if (error.code === 'IDEMPOTENCY_CONFLICT') {
+      reason = gaveKey
+        ? 'idempotencyKey was already used for a different message'
+        : 'a different message for this address already exists in this batch';
+    }
+    return { index, field, reason, code: error.code };
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Failures
+
+  /** Records a batch that cannot be fanned out at all as failed, unless its batchId already holds a batch. */
+  private async recordInvalid(batchId: string, error: MailError): Promise<FanoutOutcome> {
+    const at = this.iso();
+    const created = await this.summaries.create({
+      batchId,
+      status: 'failed',
+      source: 'queue',
+      total: 0,
+      accepted: 0,
+      rejected: 0,
+      rejections: [],
+      offset: 0,
+      stored: false,
+      createdAt: at,
+      updatedAt: at,
+      completedAt: at,
+      error: error.toJSON(),
+    });
+    // Paths only: the messages may quote the caller's values.
+    const fields = (error.details ?? []).slice(0, 10).map((d) => d.path);
+    if (created) this.logger.error('notification batch is invalid; recorded as failed', { batchId, fields });
+    else this.logger.warn('invalid notification message for an existing batch; ignored', { batchId, fields });
+    return { outcome: 'failed', batchId, error: error.toJSON() };
+  }
+
+  private async failBatch(summary: StoredSummary, error: MailError): Promise<FanoutOutcome> {
+    let current: StoredSummary | undefined = summary;
+    for (let race = 0; race < MAX_RACES && current && !TERMINAL.has(current.status); race++) {
+      const at = this.iso();
+      const written = await this.summaries.update(current, {
+        status: 'failed',
+        error: error.toJSON(),
+        completedAt: at,
+        updatedAt: at,
+      });
+      if (written) break;
+      current = await this.summaries.get(summary.batchId);
+    }
+    this.logger.error('notification batch failed', { batchId: summary.batchId, code: error.code });
+    return { outcome: 'failed', batchId: summary.batchId, error: error.toJSON() };
+  }
+
+  /**
+   * Handles a message the host moved to mail-notifications-poison: its batch becomes `failed` with reason
+   * "poison: …", unless it already finished.
+   */
+  async markPoisoned(message: unknown, context: FanoutContext = {}): Promise<StoredSummary | undefined> {
+    await this.deps.storage.ensureResources();
+    const parsed = parseNotificationMessage(message);
+    const batchId =
+      parsed.kind === 'reference'
+        ? parsed.batchId
+        : parsed.kind === 'unreadable'
+          ? deriveBatchId(parsed.text)
+          : typeof parsed.content.batchId === 'string' && BATCH_ID.test(parsed.content.batchId)
+            ? parsed.content.batchId
+            : deriveBatchId(parsed.content);
+    const at = parsed.kind === 'reference' ? ` at recipient ${parsed.offset}` : '';
+    const error = new MailError(
+      'POISON_MESSAGE',
+      `poison: the fan-out failed on this batch message ${context.dequeueCount ?? 'maxDequeueCount'} times${at}`,
+      {
+        hint: 'notificationsFanout failed on this message maxDequeueCount times (host.json extensions.queues), usually because storage was unreachable. See its function logs; then send the recipients not yet processed (GET /api/notifications/{batchId} shows how many were) as a new batch.',
+      },
+    );
+    for (let race = 0; race < MAX_RACES; race++) {
+      const summary = await this.summaries.get(batchId);
+      if (!summary) {
+        await this.recordInvalid(batchId, error);
+        continue;
+      }
+      if (TERMINAL.has(summary.status)) return summary;
+      const now = this.iso();
+      const written = await this.summaries.update(summary, {
+        status: 'failed',
+        error: error.toJSON(),
+        completedAt: now,
+        updatedAt: now,
+      });
+      if (written) {
+        this.logger.error('notification batch poisoned', { batchId, dequeueCount: context.dequeueCount });
+        return written;
+      }
+    }
+    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times while poisoning`);
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // GET /api/notifications/{batchId}
+
+  /** The batch's summary with its outbox messages counted by status, or undefined when there is no such batch. */
+  async view(batchId: string): Promise<BatchView | undefined> {
+    await this.deps.storage.ensureResources();
+    const s = await this.summaries.get(batchId);
+    if (!s) return undefined;
+    const counts = await this.deps.status.countByBatch(batchId);
+    return {
+      batchId: s.batchId,
+      status: s.status,
+      ...(s.template !== undefined ? { template: s.template } : {}),
+      ...(s.category !== undefined ? { category: s.category } : {}),
+      total: s.total,
+      processed: s.offset,
+      accepted: s.accepted,
+      rejected: s.rejected,
+      rejections: s.rejections,
+      ...(s.rejected > s.rejections.length ? { rejectionsOmitted: s.rejected - s.rejections.length } : {}),
+      counts,
+      createdAt: s.createdAt,
+      ...(s.completedAt !== undefined ? { completedAt: s.completedAt } : {}),
+      ...(s.error !== undefined ? { error: s.error } : {}),
+    };
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+
+  private newSummary(
+    batchId: string,
+    source: BatchSource,
+    batch: NotificationBatch,
+    contentHash: string,
+    status: BatchStatus,
+    stored: boolean,
+  ): BatchSummary {
+    const at = this.iso();
+    return {
+      batchId,
+      status,
+      source,
+      template: batch.template,
+      category: batch.category,
+      total: batch.recipients.length,
+      accepted: 0,
+      rejected: 0,
+      rejections: [],
+      offset: 0,
+      contentHash,
+      stored,
+      createdAt: at,
+      updatedAt: at,
+    };
+  }
+
+  private trackAccepted(summary: BatchSummary, context: FanoutContext = {}): void {
+    this.deps.telemetry?.trackEvent('BatchAccepted', {
+      batchId: summary.batchId,
+      source: 'notification',
+      ...(summary.template ? { template: summary.template } : {}),
+      recipientCount: summary.total,
+      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+    });
+  }
+}

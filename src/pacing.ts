@@ -1,0 +1,279 @@
+/**
+ * Exchange-aware pacing of one sender mailbox across every instance (F4): send slots spaced evenly over the rate
+ * window, and recipients counted over a rolling daily window. The state is one Table entity per mailbox, changed
+ * only by ETag-guarded writes, so that instances agree without talking to each other.
+ *
+ * A send takes its slot just in time: a worker that already holds the message reserves the next free slot, and only
+ * when that slot is at most `maxWaitMs` away; it then waits for the slot and sends. Because every send starts at its
+ * own slot and slots are at least `intervalMs` apart, no window of the rate window's length ever holds more than
+ * MAIL_RATE_PER_MINUTE sends, whatever the number of instances.
+ *
+ * A worker that finds the next slot further away defers its message (a queue visibility delay). So that a backlog
+ * does not wake up all at once and bounce again, each deferral also takes a wake-up ticket: tickets are handed out
+ * one interval apart beyond the last ticket, so deferred messages come back at about the rate they can be sent.
+ * A batch schedules all its recipients in one write (`reserveSchedule`), on a line of its own so that single
+ * messages deferred meanwhile are not put behind whole batches. Tickets and schedules only spread the wake-ups;
+ * the slot taken at send time is what enforces the limit.
+ */
+import type { TableClient } from '@azure/data-tables';
+import type { Config } from './config';
+import { MailError } from './errors';
+import { storageStatusCode } from './storage';
+
+/** Slots are spaced this much wider than window / rate, so that the spread of send latencies cannot push a window over. */
+export const PACING_MARGIN = 0.02;
+/**
+ * A message in hand waits for a send slot up to this many slots ahead (at most MAX_WAIT_CAP_MS) rather than being
+ * deferred: the queue is then the backlog, and only messages beyond what every instance's invocations can hold are
+ * sent back to it. Deferring costs storage writes and puts the message behind the ones already waiting.
+ */
+const MAX_WAIT_SLOTS = 30;
+/** Below MAIL_SEND_LEASE_SECONDS (300 s by default) with room for the send itself. */
+export const MAX_WAIT_CAP_MS = 60_000;
+/** Daily usage is counted in this many buckets per window (15 minutes for 24 hours). */
+const DAILY_BUCKETS = 96;
+/** ETag races before a reservation gives up and defers its message briefly. */
+const MAX_RACES = 25;
+const ROW_KEY = 'pacing';
+
+export interface PacingLimits {
+  ratePerWindow: number;
+  rateWindowMs: number;
+  dailyRecipientLimit: number;
+  dailyWindowMs: number;
+}
+
+/** The pacing limits of a Config. */
+export function pacingLimits(config: Config): PacingLimits {
+  return {
+    ratePerWindow: config.limits.ratePerMinute,
+    rateWindowMs: config.limits.rateWindowMs,
+    dailyRecipientLimit: config.limits.dailyRecipientLimit,
+    dailyWindowMs: config.limits.dailyWindowMs,
+  };
+}
+
+/** The result of asking for a send slot. */
+export type Reservation =
+  /** Send at `at` (epoch ms; wait until then). */
+  | { kind: 'slot'; at: number }
+  /** Over a limit: come back at `retryAt` (epoch ms). */
+  | { kind: 'defer'; retryAt: number; reason: 'rate' | 'daily' | 'contention' };
+
+/** The stored state of one mailbox. */
+interface PacingEntity {
+  partitionKey: string;
+  rowKey: string;
+  /** The earliest time the next send may start. */
+  nextSlotAt: number;
+  /** The next wake-up ticket for a deferred message. */
+  nextWakeAt: number;
+  /** Where the next batch's schedule starts (after the batches already scheduled). */
+  nextBatchAt: number;
+  /** JSON `[bucketStart, recipients][]`, oldest first. */
+  daily: string;
+}
+
+type Buckets = Array<[number, number]>;
+
+/** A PartitionKey may not hold / \ # ? or control characters. */
+function partitionOf(mailbox: string): string {
+  return mailbox.toLowerCase().replace(/[/\\#?\u0000-\u001f\u007f]/g, '_');
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class Pacer {
+  /** Milliseconds between two send slots. */
+  readonly intervalMs: number;
+  /** How far ahead a send may reserve its slot and wait for it instead of being deferred. */
+  readonly maxWaitMs: number;
+  /**
+   * How late after its slot a send may still start. The margin between slots adds up to PACING_MARGIN × window per
+   * window; half of it absorbs a late start, the other half the spread of SMTP latencies.
+   */
+  readonly lateToleranceMs: number;
+  private readonly bucketMs: number;
+  private readonly partitionKey: string;
+  private readonly now: () => number;
+  /** Creates the table (once per process) before the first read. */
+  private readonly ensure?: () => Promise<void>;
+
+  constructor(
+    private readonly table: TableClient,
+    mailbox: string,
+    private readonly limits: PacingLimits,
+    options: { now?: () => number; maxWaitMs?: number; ensure?: () => Promise<void> } = {},
+  ) {
+    this.ensure = options.ensure;
+    this.intervalMs = (limits.rateWindowMs / limits.ratePerWindow) * (1 + PACING_MARGIN);
+    this.maxWaitMs = options.maxWaitMs ?? Math.min(MAX_WAIT_CAP_MS, Math.max(1_000, MAX_WAIT_SLOTS * this.intervalMs));
+    this.lateToleranceMs = (PACING_MARGIN * limits.rateWindowMs) / 2;
+    this.bucketMs = limits.dailyWindowMs / DAILY_BUCKETS;
+    this.partitionKey = partitionOf(mailbox);
+    this.now = options.now ?? Date.now;
+  }
+
+  /**
+   * Reserves a send slot for a message to `recipients` recipients: the slot when it is at most `maxWaitMs` away
+   * and the daily window has room, otherwise when to come back (taking a wake-up ticket).
+   */
+  async reserve(recipients: number): Promise<Reservation> {
+    if (recipients > this.limits.dailyRecipientLimit) {
+      throw new MailError(
+        'TOO_MANY_RECIPIENTS',
+        `${recipients} recipients is more than MAIL_DAILY_RECIPIENT_LIMIT (${this.limits.dailyRecipientLimit}) allows in a day`,
+        { transient: false },
+      );
+    }
+    for (let race = 0; race < MAX_RACES; race++) {
+      const current = await this.read();
+      const now = this.now();
+      const buckets = this.live(current.buckets, now);
+      const used = buckets.reduce((sum, [, n]) => sum + n, 0);
+      if (used + recipients > this.limits.dailyRecipientLimit) {
+        return { kind: 'defer', retryAt: this.dailyRoomAt(buckets, used, recipients), reason: 'daily' };
+      }
+      const slot = Math.max(now, current.nextSlotAt);
+      if (slot - now > this.maxWaitMs) {
+        const wake = await this.ticket(1, 'nextWakeAt');
+        return { kind: 'defer', retryAt: wake ?? slot, reason: 'rate' };
+      }
+      const bucketStart = Math.floor(slot / this.bucketMs) * this.bucketMs;
+      const last = buckets.at(-1);
+      if (last && last[0] === bucketStart) last[1] += recipients;
+      else buckets.push([bucketStart, recipients]);
+      const written = await this.write(current.etag, {
+        nextSlotAt: slot + this.intervalMs,
+        nextWakeAt: current.nextWakeAt,
+        nextBatchAt: current.nextBatchAt,
+        daily: JSON.stringify(buckets),
+      });
+      if (written) return { kind: 'slot', at: slot };
+      await sleep(Math.random() * 5);
+    }
+    return { kind: 'defer', retryAt: this.now() + this.intervalMs, reason: 'contention' };
+  }
+
+  /**
+   * Takes `count` consecutive wake-up tickets (a batch's recipients): the first at `startAt`, then one every
+   * `intervalMs`. Makes concurrent batches and deferred messages interleave instead of all waking at once.
+   */
+  async reserveSchedule(count: number): Promise<{ startAt: number; intervalMs: number }> {
+    const startAt = await this.ticket(count, 'nextBatchAt');
+    return { startAt: startAt ?? this.now(), intervalMs: this.intervalMs };
+  }
+
+  /** What the shared state says now (for the doctor, tests and benchmarks). */
+  async snapshot(): Promise<{
+    nextSlotAt: number;
+    nextWakeAt: number;
+    nextBatchAt: number;
+    recipientsInDailyWindow: number;
+  }> {
+    const current = await this.read();
+    const buckets = this.live(current.buckets, this.now());
+    return {
+      nextSlotAt: current.nextSlotAt,
+      nextWakeAt: current.nextWakeAt,
+      nextBatchAt: current.nextBatchAt,
+      recipientsInDailyWindow: buckets.reduce((sum, [, n]) => sum + n, 0),
+    };
+  }
+
+  /** Takes `count` tickets; undefined when it kept losing the race (the caller then uses its own estimate). */
+  private async ticket(count: number, line: 'nextWakeAt' | 'nextBatchAt'): Promise<number | undefined> {
+    for (let race = 0; race < MAX_RACES; race++) {
+      const current = await this.read();
+      const start = Math.max(this.now(), current.nextSlotAt, current[line]);
+      const written = await this.write(current.etag, {
+        nextSlotAt: current.nextSlotAt,
+        nextWakeAt: current.nextWakeAt,
+        nextBatchAt: current.nextBatchAt,
+        [line]: start + count * this.intervalMs,
+        daily: JSON.stringify(current.buckets),
+      });
+      if (written) return start;
+      await sleep(Math.random() * 5);
+    }
+    return undefined;
+  }
+
+  /** Buckets still (partly) inside the daily window: a bucket counts until its end has left the window. */
+  private live(buckets: Buckets, now: number): Buckets {
+    return buckets.filter(([start]) => start + this.bucketMs > now - this.limits.dailyWindowMs);
+  }
+
+  /** When enough of the oldest buckets will have left the window for `recipients` more. */
+  private dailyRoomAt(buckets: Buckets, used: number, recipients: number): number {
+    let freed = 0;
+    for (const [start, n] of buckets) {
+      freed += n;
+      if (used - freed + recipients <= this.limits.dailyRecipientLimit) {
+        return start + this.bucketMs + this.limits.dailyWindowMs;
+      }
+    }
+    return this.now() + this.limits.dailyWindowMs;
+  }
+
+  private async read(): Promise<{
+    etag?: string;
+    nextSlotAt: number;
+    nextWakeAt: number;
+    nextBatchAt: number;
+    buckets: Buckets;
+  }> {
+    await this.ensure?.();
+    try {
+      const entity = await this.table.getEntity<PacingEntity>(this.partitionKey, ROW_KEY);
+      return {
+        etag: entity.etag,
+        nextSlotAt: Number(entity.nextSlotAt) || 0,
+        nextWakeAt: Number(entity.nextWakeAt) || 0,
+        nextBatchAt: Number(entity.nextBatchAt) || 0,
+        buckets: parseBuckets(entity.daily),
+      };
+    } catch (error) {
+      if (storageStatusCode(error) === 404) return { nextSlotAt: 0, nextWakeAt: 0, nextBatchAt: 0, buckets: [] };
+      throw error;
+    }
+  }
+
+  /** Writes the state if nobody else changed it since `etag` (insert-only when there was none). False on a lost race. */
+  private async write(
+    etag: string | undefined,
+    state: Pick<PacingEntity, 'nextSlotAt' | 'nextWakeAt' | 'nextBatchAt' | 'daily'>,
+  ): Promise<boolean> {
+    const entity: PacingEntity = { partitionKey: this.partitionKey, rowKey: ROW_KEY, ...state };
+    try {
+      // Explicitly Double: an untyped JSON integer above 2^31 is refused by Table storage.
+      const typed = {
+        ...entity,
+        nextSlotAt: { value: state.nextSlotAt, type: 'Double' as const },
+        nextWakeAt: { value: state.nextWakeAt, type: 'Double' as const },
+        nextBatchAt: { value: state.nextBatchAt, type: 'Double' as const },
+      };
+      if (etag === undefined) await this.table.createEntity(typed);
+      else await this.table.updateEntity(typed, 'Replace', { etag });
+      return true;
+    } catch (error) {
+      const status = storageStatusCode(error);
+      if (status === 409 || status === 412) return false;
+      throw error;
+    }
+  }
+}
+
+function parseBuckets(value: unknown): Buckets {
+  if (typeof value !== 'string') return [];
+  try {
+    const parsed = JSON.parse(value) as unknown;
+    return Array.isArray(parsed)
+      ? parsed.filter(
+          (b): b is [number, number] => Array.isArray(b) && typeof b[0] === 'number' && typeof b[1] === 'number',
+        )
+      : [];
+  } catch {
+    return [];
+  }
+}
