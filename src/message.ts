@@ -162,6 +162,11 @@ export interface MailMessage {
   html?: string;
   attachments: Attachment[];
   headers: Record<string, string>;
+  /**
+   * The Message-ID header, `<…>`. Set by the outbox at accept (from the message id), so that every copy of one
+   * message carries the same one; when absent, nodemailer makes one per send.
+   */
+  messageId?: string;
 }
 
 /** Turns zod issues into field problems whose paths read like "to[1]" or "attachments[0].filename". */

@@ -75,6 +75,11 @@ export function canonicalJson(value: unknown): string {
   );
 }
 
+/** The Message-ID of outbox message `id`: `<id@domain of From>` (a UUID, so unique without coordination). */
+export function outboxMessageId(id: string, from: string): string {
+  return `<${id}@${from.slice(from.lastIndexOf('@') + 1).toLowerCase()}>`;
+}
+
 /** The hash an idempotent replay must match: the whole validated request except the key itself. */
 export function payloadHash(request: SendRequest): string {
   const { idempotencyKey: _key, sendAt, ...rest } = request;
@@ -177,7 +182,9 @@ export class Outbox {
       }
     }
 
-    await payloads.put(id, { message });
+    // A Message-ID fixed per outbox message: a copy sent again (the 250-then-crash duplicate) is the same message
+    // to every mail client and archive, which can then collapse it.
+    await payloads.put(id, { message: { ...message, messageId: outboxMessageId(id, message.from.address) } });
     const sendAt = request.sendAt && request.sendAt.getTime() > now ? request.sendAt.getTime() : undefined;
     const dueAt = Math.max(sendAt ?? now, now + (options.holdSeconds ?? 0) * 1000);
     const record = {

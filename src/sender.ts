@@ -418,6 +418,7 @@ export class MailSender {
         ...(a.contentType ? { contentType: a.contentType } : {}),
       })),
       headers: message.headers,
+      ...(message.messageId ? { messageId: message.messageId } : {}),
       envelope: { from: message.from.address, to: allRecipients(message).map((r) => r.address) },
       disableFileAccess: true,
       disableUrlAccess: true,

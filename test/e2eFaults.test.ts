@@ -308,12 +308,13 @@ describe('a delivery worker killed between taking the lease and recording the re
 
       const final = await waitForStatus(id, ['sent', 'failed']);
       expect(final).toMatchObject({ status: 'sent', attempts: 2 });
-      // Measured: the one duplicate the design cannot prevent, two copies. The status records the second one's
-      // Message-ID. (Observed: each send generates a new Message-ID, so the two copies do not share one and a
-      // recipient's client cannot recognise the second as a duplicate.)
+      // Measured: the one duplicate the design cannot prevent, two copies. Both carry the Message-ID fixed at
+      // accept, which the status records too, so a recipient's client can recognise the second as a duplicate.
       const copies = received(subject);
       expect(copies).toHaveLength(2);
+      expect(copies[0]?.parsed.messageId).toBe(copies[1]?.parsed.messageId);
       expect(copies[1]?.parsed.messageId).toBe(final.messageId);
+      expect(final.messageId).toMatch(new RegExp(`^<${id}@`));
     } finally {
       sandbox.smtp.off('message', onMessage);
     }
