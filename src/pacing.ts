@@ -103,11 +103,24 @@ export class Pacer {
     private readonly table: TableClient,
     mailbox: string,
     private readonly limits: PacingLimits,
-    options: { now?: () => number; maxWaitMs?: number; ensure?: () => Promise<void> } = {},
+    options: {
+      now?: () => number;
+      maxWaitMs?: number;
+      /** The sending lease (MAIL_SEND_LEASE_SECONDS): a message never waits for its slot longer than half of it. */
+      leaseMs?: number;
+      ensure?: () => Promise<void>;
+    } = {},
   ) {
     this.ensure = options.ensure;
     this.intervalMs = (limits.rateWindowMs / limits.ratePerWindow) * (1 + PACING_MARGIN);
-    this.maxWaitMs = options.maxWaitMs ?? Math.min(MAX_WAIT_CAP_MS, Math.max(1_000, MAX_WAIT_SLOTS * this.intervalMs));
+    this.maxWaitMs =
+      options.maxWaitMs ??
+      Math.min(
+        MAX_WAIT_CAP_MS,
+        Math.max(1_000, MAX_WAIT_SLOTS * this.intervalMs),
+        // Past its lease another worker may take the message over: wait at most half of it, sending included.
+        (options.leaseMs ?? Number.POSITIVE_INFINITY) / 2,
+      );
     this.lateToleranceMs = (PACING_MARGIN * limits.rateWindowMs) / 2;
     this.bucketMs = limits.dailyWindowMs / DAILY_BUCKETS;
     this.partitionKey = partitionOf(mailbox);

@@ -61,6 +61,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
   const pacer = config.limits.pacing
     ? new Pacer(storage.pacingTable, config.sender, pacingLimits(config), {
         now,
+        leaseMs: options.delivery?.leaseMs ?? config.sendLeaseMs,
         ensure: () => storage.ensureResources(),
       })
     : undefined;
