@@ -13,7 +13,10 @@ export const LEASE_SECONDS = 15;
 /** Leases are renewed this often while held: three renewals fit in one lease period. */
 export const RENEW_EVERY_MS = (LEASE_SECONDS * 1000) / 3;
 
-/** A held connection slot. `lost` is called if a renewal fails: the holder must close its connection at once. */
+/**
+ * A held connection slot. If a renewal fails, the `onLost` given to `acquire` runs: the holder must close its
+ * connection at once.
+ */
 export interface ConnectionSlot {
   readonly index: number;
   release(): Promise<void>;
