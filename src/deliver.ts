@@ -84,6 +84,8 @@ export type DeliverOutcome =
 
 export type PacingReason = 'rate' | 'daily' | 'contention' | 'connections';
 
+/** `?wait=true`: the longest an inline send waits for its pacing slot before the request is answered 202 queued. */
+export const INLINE_MAX_WAIT_MS = 5_000;
 /** Slots given up because this process started too late for them, before it sends late anyway. */
 const MAX_LATE_SLOTS = 3;
 /** A pacing deferral comes back at least this much later (queue visibility has whole seconds). */
@@ -192,7 +194,8 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
       for (let late = 0; ; late++) {
         let reservation;
         try {
-          reservation = await deps.pacer.reserve(recipients);
+          // An HTTP caller waiting on ?wait=true is answered 202 rather than held while the slot is far off.
+          reservation = await deps.pacer.reserve(recipients, context.inline ? { maxWaitMs: INLINE_MAX_WAIT_MS } : {});
         } catch (error) {
           if (error instanceof MailError) return fail(leased, error);
           throw error;

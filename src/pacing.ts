@@ -129,9 +129,11 @@ export class Pacer {
 
   /**
    * Reserves a send slot for a message to `recipients` recipients: the slot when it is at most `maxWaitMs` away
-   * and the daily window has room, otherwise when to come back (taking a wake-up ticket).
+   * (or the caller's shorter `options.maxWaitMs`) and the daily window has room, otherwise when to come back (taking
+   * a wake-up ticket).
    */
-  async reserve(recipients: number): Promise<Reservation> {
+  async reserve(recipients: number, options: { maxWaitMs?: number } = {}): Promise<Reservation> {
+    const maxWaitMs = Math.min(this.maxWaitMs, options.maxWaitMs ?? Number.POSITIVE_INFINITY);
     if (recipients > this.limits.dailyRecipientLimit) {
       throw new MailError(
         'TOO_MANY_RECIPIENTS',
@@ -148,7 +150,7 @@ export class Pacer {
         return { kind: 'defer', retryAt: this.dailyRoomAt(buckets, used, recipients), reason: 'daily' };
       }
       const slot = Math.max(now, current.nextSlotAt);
-      if (slot - now > this.maxWaitMs) {
+      if (slot - now > maxWaitMs) {
         const wake = await this.ticket(1, 'nextWakeAt');
         return { kind: 'defer', retryAt: wake ?? slot, reason: 'rate' };
       }

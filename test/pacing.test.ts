@@ -11,6 +11,9 @@ import { enqueueOutbox, parseOutboxMessage } from '../src/outboxQueue';
 import { PACING_MARGIN, Pacer, type PacingLimits } from '../src/pacing';
 import { PayloadStore } from '../src/payloadStore';
 import { createRuntime, type Runtime } from '../src/runtime';
+import type { ApiRequest } from '../src/api/apiTypes';
+import { postMessage } from '../src/api/messagesPost';
+import { runApi } from '../src/api/runApi';
 import { MailSender } from '../src/sender';
 import { createStorage, type StorageClients } from '../src/storage';
 import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
@@ -85,6 +88,14 @@ describe('send slots', () => {
     const limits = { ratePerWindow: 30, rateWindowMs: 60_000, dailyRecipientLimit: 1_000, dailyWindowMs: 60_000 };
     expect(new Pacer(storage.pacingTable, nextMailbox(), limits).maxWaitMs).toBe(60_000);
     expect(new Pacer(storage.pacingTable, nextMailbox(), limits, { leaseMs: 30_000 }).maxWaitMs).toBe(15_000);
+  });
+
+  it('a caller may ask for a shorter wait (an inline ?wait=true send) and is deferred sooner', async () => {
+    const p = pacer({}, nextMailbox(), 60_000);
+    expect((await p.reserve(1)).kind).toBe('slot');
+    expect((await p.reserve(1)).kind).toBe('slot');
+    expect(await p.reserve(1, { maxWaitMs: 150 })).toMatchObject({ kind: 'defer', reason: 'rate' });
+    expect((await p.reserve(1)).kind).toBe('slot');
   });
 
   it('a batch takes its wake-up tickets in one write; the next batch starts after it', async () => {
@@ -303,4 +314,47 @@ describe('delivery with pacing', () => {
     expect((await rt.status.get(accepted.id))?.error?.code).toBe('RETRIES_EXHAUSTED');
     expect(sandbox.smtp.messages).toHaveLength(0);
   });
+});
+
+describe('POST /api/messages?wait=true under pacing', () => {
+  it('sends inline while the slot is near; answers 202 queued, not a held request, when it is far', async () => {
+    // One message a minute: the second slot is about 61 s away, far over the inline wait of a few seconds.
+    const settings = {
+      ...sandbox.settings(),
+      AzureWebJobsStorage: azurite.connectionString,
+      MAIL_SENDER: sandbox.settings().MAIL_SENDER,
+      MAIL_RATE_PER_MINUTE: '1',
+    };
+    const mailer = sandboxMailer(sandbox, 'client-secret', settings);
+    const rt = createRuntime(settings, { mailer, logger: mailer.logger });
+    const post = (subject: string) => {
+      const url = 'http://127.0.0.1:7071/api/messages?wait=true';
+      const request: ApiRequest = {
+        method: 'POST',
+        url,
+        headers: new Headers({ 'content-type': 'application/json' }),
+        query: new URL(url).searchParams,
+        params: {},
+        body: new Response(JSON.stringify({ to: 'w@example.com', subject, text: 'x' })).body,
+      };
+      return runApi(postMessage, request, () => rt);
+    };
+    try {
+      await rt.storage.ensureResources();
+      // The mailbox's pacing state is shared with the tests above: wait until its next slot is free.
+      const free = (await rt.pacer!.snapshot()).nextSlotAt - Date.now();
+      if (free > 0) await new Promise((resolve) => setTimeout(resolve, free));
+      sandbox.smtp.reset();
+      const first = await post('inline 1');
+      expect(first.status).toBe(200);
+      const started = Date.now();
+      const second = await post('inline 2');
+      expect(Date.now() - started).toBeLessThan(4_000);
+      expect(second.status).toBe(202);
+      expect(second.jsonBody).toMatchObject({ status: 'queued' });
+      expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['inline 1']);
+    } finally {
+      await rt.close();
+    }
+  }, 30_000);
 });
