@@ -1,6 +1,6 @@
 /** Starts Azurite (Blob, Queue, Table) in memory on free loopback ports, with telemetry off, for tests and `npm run dev`. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,9 +12,22 @@ export const DEV_ACCOUNT_KEY =
 const START_TIMEOUT_MS = 30_000;
 const HOST = '127.0.0.1';
 
+/** Options of {@link startAzurite}. */
+export interface AzuriteOptions {
+  /** false: Azurite's output goes to this process's stdout and stderr. Default true. */
+  silent?: boolean;
+  /**
+   * Serve HTTPS with this certificate and accept OAuth bearer tokens (`--oauth basic`: Azurite checks a token's
+   * lifetime, issuer prefix and audience, not its signature). Shared key access still works. Default: plain HTTP.
+   */
+  oauth?: { certPem: string; keyPem: string };
+}
+
 export interface AzuriteInstance {
   /** A full connection string (for AzureWebJobsStorage). */
   connectionString: string;
+  /** The service URIs, account included (for the identity-based AzureWebJobsStorage__*ServiceUri settings). */
+  serviceUris: { blob: string; queue: string; table: string };
   ports: { blob: number; queue: number; table: number };
   pid: number | undefined;
   stop(): Promise<void>;
@@ -47,11 +60,19 @@ function canConnect(port: number): Promise<boolean> {
 }
 
 /** Starts Azurite as a child process and waits until all three services accept connections. */
-export async function startAzurite(options: { silent?: boolean } = {}): Promise<AzuriteInstance> {
+export async function startAzurite(options: AzuriteOptions = {}): Promise<AzuriteInstance> {
   const [blob, queue, table] = [await freePort(), await freePort(), await freePort()];
   // In-memory persistence: only the debug log and extent metadata would touch the working directory.
   const location = mkdtempSync(path.join(tmpdir(), 'azurite-'));
   const entry = path.join(path.dirname(require.resolve('azurite/package.json')), 'dist/src/azurite.js');
+  const tls: string[] = [];
+  if (options.oauth) {
+    const cert = path.join(location, 'azurite-cert.pem');
+    const key = path.join(location, 'azurite-key.pem');
+    writeFileSync(cert, options.oauth.certPem);
+    writeFileSync(key, options.oauth.keyPem, { mode: 0o600 });
+    tls.push('--oauth', 'basic', '--cert', cert, '--key', key);
+  }
   const child: ChildProcess = spawn(
     process.execPath,
     [
@@ -72,6 +93,7 @@ export async function startAzurite(options: { silent?: boolean } = {}): Promise<
       HOST,
       '--tablePort',
       String(table),
+      ...tls,
     ],
     { stdio: options.silent === false ? 'inherit' : 'ignore', cwd: location },
   );
@@ -98,11 +120,13 @@ export async function startAzurite(options: { silent?: boolean } = {}): Promise<
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  const base = `http://${HOST}`;
+  const protocol = options.oauth ? 'https' : 'http';
+  const uri = (port: number) => `${protocol}://${HOST}:${port}/${DEV_ACCOUNT}`;
   return {
     connectionString:
-      `DefaultEndpointsProtocol=http;AccountName=${DEV_ACCOUNT};AccountKey=${DEV_ACCOUNT_KEY};` +
-      `BlobEndpoint=${base}:${blob}/${DEV_ACCOUNT};QueueEndpoint=${base}:${queue}/${DEV_ACCOUNT};TableEndpoint=${base}:${table}/${DEV_ACCOUNT};`,
+      `DefaultEndpointsProtocol=${protocol};AccountName=${DEV_ACCOUNT};AccountKey=${DEV_ACCOUNT_KEY};` +
+      `BlobEndpoint=${uri(blob)};QueueEndpoint=${uri(queue)};TableEndpoint=${uri(table)};`,
+    serviceUris: { blob: uri(blob), queue: uri(queue), table: uri(table) },
     ports: { blob, queue, table },
     pid: child.pid,
     stop,

@@ -14,6 +14,8 @@ export const TOKEN_EXCHANGE_AUDIENCE = 'api://AzureADTokenExchange';
 export const OUTLOOK_RESOURCE = 'https://outlook.office365.com';
 /** Key Vault's resource, as in the 401 challenge. */
 export const KEY_VAULT_RESOURCE = 'https://vault.azure.net';
+/** Azure Storage's resource (blobs, queues, tables); the managed identity endpoint issues it for identity-based AzureWebJobsStorage. */
+export const STORAGE_RESOURCE = 'https://storage.azure.com';
 /** What Entra answers for client credentials: 3599 s (tokens live 60-90 min, the client is told just under an hour). */
 export const DEFAULT_TOKEN_LIFETIME_SECONDS = 3599;
 

@@ -1,5 +1,5 @@
 /** The local Microsoft 365 sandbox: Entra ID, Key Vault, managed identity, App Insights ingestion and Exchange SMTP, on loopback with one local CA. */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -141,11 +141,14 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       },
       async close() {
         await Promise.allSettled(started.reverse().map((s) => s.close()));
+        // A directory of our own making (CA files, keys) goes with us; one the caller chose stays.
+        if (!options.dir) rmSync(dir, { recursive: true, force: true });
       },
     };
     return sandbox;
   } catch (error) {
     await Promise.allSettled(started.reverse().map((s) => s.close()));
+    if (!options.dir) rmSync(dir, { recursive: true, force: true });
     throw error;
   }
 }

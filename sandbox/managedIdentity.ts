@@ -9,6 +9,7 @@ import {
   DEFAULT_TOKEN_LIFETIME_SECONDS,
   KEY_VAULT_RESOURCE,
   OUTLOOK_RESOURCE,
+  STORAGE_RESOURCE,
   TOKEN_EXCHANGE_AUDIENCE,
 } from './entra';
 import { closeServer, delay, listenOnLoopback, sendJson } from './httpServer';
@@ -75,7 +76,7 @@ function headerValue(request: IncomingMessage, name: string): string | undefined
 
 /**
  * Starts the App Service managed identity endpoint for the tenant's user-assigned identity.
- * `resource=https://vault.azure.net` (or Exchange) gives a v1 token from `issuer` with the identity's oid/appid;
+ * `resource=https://vault.azure.net` (or Exchange, or Storage) gives a v1 token from `issuer` with the identity's oid/appid;
  * `resource=api://AzureADTokenExchange` gives a federation assertion from `federationIssuer` with sub = oid = principal id.
  */
 export async function startManagedIdentityEndpoint(options: ManagedIdentityOptions): Promise<ManagedIdentityEndpoint> {
@@ -148,7 +149,7 @@ export async function startManagedIdentityEndpoint(options: ManagedIdentityOptio
           },
           lifetime,
         );
-      } else if (resource === KEY_VAULT_RESOURCE || resource === OUTLOOK_RESOURCE) {
+      } else if (resource === KEY_VAULT_RESOURCE || resource === OUTLOOK_RESOURCE || resource === STORAGE_RESOURCE) {
         token = await issuer.sign(
           appOnlyAccessTokenClaims({
             tenantId: tenant.tenantId,

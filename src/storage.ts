@@ -185,15 +185,37 @@ export function storageStatusCode(error: unknown): number | undefined {
   return typeof code === 'number' ? code : undefined;
 }
 
-/** True for errors raised by the Azure Storage SDKs (RestError), including network failures they wrap. */
+/** What @azure/identity throws when the app identity cannot get a token (identity-based storage connections). */
+const CREDENTIAL_ERRORS = new Set([
+  'AggregateAuthenticationError',
+  'CredentialUnavailableError',
+  'AuthenticationError',
+]);
+
+/** True when the identity-based storage connection could not get a token for storage. */
+export function isCredentialError(error: unknown): boolean {
+  return error instanceof Error && CREDENTIAL_ERRORS.has(error.name);
+}
+
+/**
+ * True for errors raised by the Azure Storage SDKs (RestError), including network failures they wrap, and for the
+ * credential failures of an identity-based connection: the storage call never happened, and may succeed later.
+ */
 export function isStorageError(error: unknown): boolean {
-  return error instanceof Error && error.name === 'RestError';
+  return error instanceof Error && (error.name === 'RestError' || isCredentialError(error));
 }
 
 /** Turns a storage SDK failure into STORAGE_UNAVAILABLE (transient), keeping the cause; anything else is returned as is. */
 export function asStorageUnavailable(error: unknown): MailError | undefined {
   if (error instanceof MailError) return error.code === 'STORAGE_UNAVAILABLE' ? error : undefined;
   if (!isStorageError(error)) return undefined;
+  if (isCredentialError(error)) {
+    return new MailError(
+      'STORAGE_UNAVAILABLE',
+      `Storage unavailable: the app identity could not get a storage token; check ${STORAGE_SETTING}__credential and ${STORAGE_SETTING}__clientId (the client id of the user-assigned managed identity)`,
+      { cause: error },
+    );
+  }
   const status = storageStatusCode(error);
   const what =
     status === 403 || status === 401

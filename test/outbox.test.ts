@@ -1,5 +1,6 @@
 /** The outbox against Azurite and the sandbox's Exchange: accept, idempotency, scheduling, delivery, leases, retries and poison. */
 import { readFileSync } from 'node:fs';
+import { CredentialUnavailableError } from '@azure/identity';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
@@ -11,7 +12,7 @@ import { enqueueOutbox, parseOutboxMessage } from '../src/outboxQueue';
 import { PayloadStore } from '../src/payloadStore';
 import { createRuntime, type Runtime } from '../src/runtime';
 import { parseSendRequest } from '../src/sendRequest';
-import { storageTargetFromSettings } from '../src/storage';
+import { asStorageUnavailable, isStorageError, storageTargetFromSettings } from '../src/storage';
 import { ConfigError } from '../src/config';
 import { SMTP_SEND_AS_APP_ROLE } from '../sandbox/tenant';
 import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
@@ -423,6 +424,16 @@ describe('at-least-once queue, exactly-once send', () => {
 });
 
 describe('storage settings (the Functions AzureWebJobsStorage convention)', () => {
+  it('an identity that cannot get a storage token is STORAGE_UNAVAILABLE naming the identity settings', () => {
+    const error = asStorageUnavailable(
+      new CredentialUnavailableError('ManagedIdentityCredential: Unable to load the proper Managed Identity.'),
+    );
+    expect(error).toMatchObject({ code: 'STORAGE_UNAVAILABLE', transient: true });
+    expect(error?.message).toContain('AzureWebJobsStorage__clientId');
+    expect(isStorageError(new CredentialUnavailableError('x'))).toBe(true);
+    expect(asStorageUnavailable(new Error('something else'))).toBeUndefined();
+  });
+
   it('a connection string wins; identity-based settings need all three service URIs; neither names AzureWebJobsStorage', () => {
     expect(storageTargetFromSettings({ AzureWebJobsStorage: azurite.connectionString }).kind).toBe('connectionString');
     const identity = storageTargetFromSettings({
