@@ -21,7 +21,7 @@ export interface PacingFigures {
   duplicates: number;
 }
 
-/** 300 per 30 s: Exchange's 30 a minute, twenty times faster (the 2 % pacing margin is then 600 ms). */
+/** 300 per 30 s: Exchange's 30 a minute, twenty times faster (the 3 % pacing margin is then 900 ms). */
 export async function runPacingBench(options: { messages?: number } = {}): Promise<PacingFigures> {
   const windowMs = 30_000;
   const ratePerWindow = 300;

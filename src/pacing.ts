@@ -21,7 +21,7 @@ import { MailError } from './errors';
 import { storageStatusCode } from './storage';
 
 /** Slots are spaced this much wider than window / rate, so that the spread of send latencies cannot push a window over. */
-export const PACING_MARGIN = 0.02;
+export const PACING_MARGIN = 0.03;
 /**
  * A message in hand waits for a send slot up to this many slots ahead (at most MAX_WAIT_CAP_MS) rather than being
  * deferred: the queue is then the backlog, and only messages beyond what every instance's invocations can hold are

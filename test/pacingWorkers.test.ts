@@ -9,7 +9,7 @@ import { startSandbox, type Sandbox } from './support';
 
 /**
  * 300 sends per 30-second window: Exchange's 30 a minute, twenty times faster. The window stays long enough that the
- * pacing margin (2 % of it, 600 ms) covers the spread of SMTP latencies on a loaded two-core machine.
+ * pacing margin (3 % of it, 900 ms) covers the spread of SMTP latencies on a loaded two-core machine.
  */
 const WINDOW_MS = 30_000;
 const RATE = 300;
@@ -51,7 +51,7 @@ describe('three instances against one mailbox', () => {
     expect(result.maxInAnyWindow).toBeLessThanOrEqual(RATE);
     expect(result.rejections432).toBe(0);
     expect(result.maxConcurrentSessions).toBeLessThanOrEqual(MAX_CONNECTIONS);
-    // Slots are 2 % wider than window / rate, so 98 % is the most the design allows.
+    // Slots are 3 % wider than window / rate, so 97 % is the most the design allows.
     expect(result.utilisation).toBeGreaterThanOrEqual(0.9);
   }, 300_000);
 
