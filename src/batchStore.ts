@@ -2,7 +2,7 @@
 import type { TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from './errors';
 import type { NotificationCategory } from './notificationRequest';
-import { storageStatusCode } from './storage';
+import { insertEntity, readEntity, replaceEntity } from './tableEntity';
 
 export const BATCH_STATUSES = ['accepted', 'fanning-out', 'complete', 'failed'] as const;
 export type BatchStatus = (typeof BATCH_STATUSES)[number];
@@ -170,24 +170,14 @@ export class BatchStore {
 
   /** Creates the summary. Returns undefined (and writes nothing) when the batch already has one. */
   async create(summary: BatchSummary): Promise<StoredSummary | undefined> {
-    try {
-      const response = await this.table.createEntity(toEntity(summary));
-      return { ...summary, etag: response.etag ?? '' };
-    } catch (error) {
-      if (storageStatusCode(error) === 409) return undefined;
-      throw error;
-    }
+    const etag = await insertEntity(this.table, toEntity(summary));
+    return etag === undefined ? undefined : { ...summary, etag };
   }
 
   /** The summary, or undefined when there is none. */
   async get(batchId: string): Promise<StoredSummary | undefined> {
-    try {
-      const entity = await this.table.getEntity<Entity>(batchId, ROW_KEY);
-      return fromEntity(entity as Entity & { etag: string });
-    } catch (error) {
-      if (storageStatusCode(error) === 404) return undefined;
-      throw error;
-    }
+    const entity = await readEntity<Entity>(this.table, batchId, ROW_KEY);
+    return entity && fromEntity(entity);
   }
 
   /**
@@ -196,18 +186,12 @@ export class BatchStore {
    */
   async update(current: StoredSummary, changes: SummaryChanges): Promise<StoredSummary | undefined> {
     const { etag, ...rest } = current;
-    if (!etag) throw new Error(`Batch summary ${current.batchId} has no ETag; re-read it before writing it`);
     const next: BatchSummary = { ...rest, ...changes };
     for (const key of Object.keys(changes) as Array<keyof SummaryChanges>) {
       if (changes[key] === undefined) delete next[key];
     }
-    try {
-      // Replace, not merge: a shorter rejection list must not leave stale parts behind.
-      const response = await this.table.updateEntity(toEntity(next), 'Replace', { etag });
-      return { ...next, etag: response.etag ?? '' };
-    } catch (error) {
-      if (storageStatusCode(error) === 412) return undefined;
-      throw error;
-    }
+    // Replace, not merge: a shorter rejection list must not leave stale parts behind.
+    const written = await replaceEntity(this.table, toEntity(next), etag);
+    return written === undefined ? undefined : { ...next, etag: written };
   }
 }

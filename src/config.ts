@@ -54,35 +54,25 @@ const FIXES: Record<string, string> = {
   MAIL_UNSUBSCRIBE_BASE_URL: 'the public https base URL of this app, e.g. https://mailer.contoso.com',
 };
 
-function positiveInt(name: string, fallback: number) {
+/** A positive number setting: whole (a count) or not (seconds), with its default when unset. */
+function positive(name: string, fallback: number, kind: 'whole' | 'seconds') {
   return z
     .string()
     .optional()
     .transform((value, ctx) => {
       if (value === undefined || value.trim() === '') return fallback;
       const n = Number(value);
-      if (!Number.isInteger(n) || n <= 0) {
-        ctx.addIssue({ code: 'custom', message: `${name} must be a positive whole number (got "${value}")` });
+      if (!(kind === 'whole' ? Number.isInteger(n) : Number.isFinite(n)) || n <= 0) {
+        const what = kind === 'whole' ? 'a positive whole number' : 'a positive number of seconds';
+        ctx.addIssue({ code: 'custom', message: `${name} must be ${what} (got "${value}")` });
         return z.NEVER;
       }
       return n;
     });
 }
 
-function positiveNumber(name: string, fallback: number) {
-  return z
-    .string()
-    .optional()
-    .transform((value, ctx) => {
-      if (value === undefined || value.trim() === '') return fallback;
-      const n = Number(value);
-      if (!Number.isFinite(n) || n <= 0) {
-        ctx.addIssue({ code: 'custom', message: `${name} must be a positive number of seconds (got "${value}")` });
-        return z.NEVER;
-      }
-      return n;
-    });
-}
+const positiveInt = (name: string, fallback: number) => positive(name, fallback, 'whole');
+const positiveNumber = (name: string, fallback: number) => positive(name, fallback, 'seconds');
 
 const onOff = (name: string) =>
   z

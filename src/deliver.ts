@@ -276,14 +276,7 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
   /** Back to the queue until `retryAt`, without counting an attempt: being over a limit is not a failure. */
   async function pace(record: StoredRecord, reason: PacingReason, retryAt: number): Promise<DeliverOutcome> {
     const retryInSeconds = Math.max(MIN_PACING_DELAY_SECONDS, Math.ceil((retryAt - now()) / 1000));
-    // Enqueue before recording dueAt (see the invariant above).
-    await enqueueOutbox(deps.storage.outboxQueue, id, retryInSeconds);
-    const written = await deps.status.transition(record, {
-      status: 'queued',
-      attempts: Math.max(0, record.attempts - 1),
-      dueAt: iso(now() + retryInSeconds * 1000),
-      leaseUntil: undefined,
-    });
+    const written = await requeue(record, retryInSeconds, { attempts: Math.max(0, record.attempts - 1) });
     deps.telemetry?.trackEvent('MailPaced', {
       id,
       source: record.source,
@@ -294,6 +287,17 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     });
     logger.debug('outbox message paced', { id, reason, retryInSeconds });
     return { outcome: 'paced', record: written ?? record, reason, retryInSeconds };
+  }
+
+  /** Back to `queued`, due in `retryInSeconds`. Enqueues before recording dueAt (see the invariant above). */
+  async function requeue(record: StoredRecord, retryInSeconds: number, changes: RecordChanges) {
+    await enqueueOutbox(deps.storage.outboxQueue, id, retryInSeconds);
+    return deps.status.transition(record, {
+      ...changes,
+      status: 'queued',
+      dueAt: iso(now() + retryInSeconds * 1000),
+      leaseUntil: undefined,
+    });
   }
 
   async function fail(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
@@ -308,14 +312,7 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
 
   async function defer(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
     const retryInSeconds = (deps.backoffSeconds ?? defaultBackoffSeconds)(record.attempts);
-    // Enqueue before recording dueAt (see the invariant above).
-    await enqueueOutbox(deps.storage.outboxQueue, id, retryInSeconds);
-    const written = await deps.status.transition(record, {
-      status: 'queued',
-      error: error.toJSON(),
-      dueAt: iso(now() + retryInSeconds * 1000),
-      leaseUntil: undefined,
-    });
+    const written = await requeue(record, retryInSeconds, { error: error.toJSON() });
     deps.telemetry?.trackEvent('MailDeferred', {
       id,
       source: record.source,

@@ -18,7 +18,7 @@
 import type { TableClient } from '@azure/data-tables';
 import type { Config } from './config';
 import { MailError } from './errors';
-import { storageStatusCode } from './storage';
+import { insertEntity, readEntity, replaceEntity } from './tableEntity';
 
 /** Slots are spaced this much wider than window / rate, so that the spread of send latencies cannot push a window over. */
 export const PACING_MARGIN = 0.03;
@@ -239,19 +239,15 @@ export class Pacer {
     buckets: Buckets;
   }> {
     await this.ensure?.();
-    try {
-      const entity = await this.table.getEntity<PacingEntity>(this.partitionKey, ROW_KEY);
-      return {
-        etag: entity.etag,
-        nextSlotAt: Number(entity.nextSlotAt) || 0,
-        nextWakeAt: Number(entity.nextWakeAt) || 0,
-        nextBatchAt: Number(entity.nextBatchAt) || 0,
-        buckets: parseBuckets(entity.daily),
-      };
-    } catch (error) {
-      if (storageStatusCode(error) === 404) return { nextSlotAt: 0, nextWakeAt: 0, nextBatchAt: 0, buckets: [] };
-      throw error;
-    }
+    const entity = await readEntity<PacingEntity>(this.table, this.partitionKey, ROW_KEY);
+    if (!entity) return { nextSlotAt: 0, nextWakeAt: 0, nextBatchAt: 0, buckets: [] };
+    return {
+      etag: entity.etag,
+      nextSlotAt: Number(entity.nextSlotAt) || 0,
+      nextWakeAt: Number(entity.nextWakeAt) || 0,
+      nextBatchAt: Number(entity.nextBatchAt) || 0,
+      buckets: parseBuckets(entity.daily),
+    };
   }
 
   /** Writes the state if nobody else changed it since `etag` (insert-only when there was none). False on a lost race. */
@@ -259,23 +255,18 @@ export class Pacer {
     etag: string | undefined,
     state: Pick<PacingEntity, 'nextSlotAt' | 'nextWakeAt' | 'nextBatchAt' | 'daily'>,
   ): Promise<boolean> {
-    const entity: PacingEntity = { partitionKey: this.partitionKey, rowKey: ROW_KEY, ...state };
-    try {
-      // Explicitly Double: an untyped JSON integer above 2^31 is refused by Table storage.
-      const typed = {
-        ...entity,
-        nextSlotAt: { value: state.nextSlotAt, type: 'Double' as const },
-        nextWakeAt: { value: state.nextWakeAt, type: 'Double' as const },
-        nextBatchAt: { value: state.nextBatchAt, type: 'Double' as const },
-      };
-      if (etag === undefined) await this.table.createEntity(typed);
-      else await this.table.updateEntity(typed, 'Replace', { etag });
-      return true;
-    } catch (error) {
-      const status = storageStatusCode(error);
-      if (status === 409 || status === 412) return false;
-      throw error;
-    }
+    // Explicitly Double: an untyped JSON integer above 2^31 is refused by Table storage.
+    const typed = {
+      partitionKey: this.partitionKey,
+      rowKey: ROW_KEY,
+      ...state,
+      nextSlotAt: { value: state.nextSlotAt, type: 'Double' as const },
+      nextWakeAt: { value: state.nextWakeAt, type: 'Double' as const },
+      nextBatchAt: { value: state.nextBatchAt, type: 'Double' as const },
+    };
+    const written =
+      etag === undefined ? await insertEntity(this.table, typed) : await replaceEntity(this.table, typed, etag);
+    return written !== undefined;
   }
 }
 

@@ -1,7 +1,7 @@
 /** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
 import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from './errors';
-import { storageStatusCode } from './storage';
+import { insertEntity, readEntity, replaceEntity } from './tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
 export type MailStatus = (typeof MAIL_STATUSES)[number];
@@ -159,24 +159,14 @@ export class StatusStore {
 
   /** Creates the record. Returns undefined (and writes nothing) when a record with this id already exists. */
   async create(record: StatusRecord): Promise<StoredRecord | undefined> {
-    try {
-      const response = await this.table.createEntity(toEntity(record));
-      return { ...record, etag: response.etag ?? '' };
-    } catch (error) {
-      if (storageStatusCode(error) === 409) return undefined;
-      throw error;
-    }
+    const etag = await insertEntity(this.table, toEntity(record));
+    return etag === undefined ? undefined : { ...record, etag };
   }
 
   /** The record, or undefined when there is none. */
   async get(id: string): Promise<StoredRecord | undefined> {
-    try {
-      const entity = await this.table.getEntity<Entity>(id, ROW_KEY);
-      return fromEntity(entity as Entity & { etag: string });
-    } catch (error) {
-      if (storageStatusCode(error) === 404) return undefined;
-      throw error;
-    }
+    const entity = await readEntity<Entity>(this.table, id, ROW_KEY);
+    return entity && fromEntity(entity);
   }
 
   /**
@@ -185,19 +175,12 @@ export class StatusStore {
    */
   async transition(current: StoredRecord, changes: RecordChanges): Promise<StoredRecord | undefined> {
     const { etag, ...rest } = current;
-    // An empty ETag would make the write unconditional: never let that happen.
-    if (!etag) throw new Error(`Status record ${current.id} has no ETag; re-read it before moving it`);
     const next: StatusRecord = { ...rest, ...changes };
     for (const key of Object.keys(changes) as Array<keyof RecordChanges>) {
       if (changes[key] === undefined) delete next[key];
     }
-    try {
-      const response = await this.table.updateEntity(toEntity(next), 'Replace', { etag });
-      return { ...next, etag: response.etag ?? '' };
-    } catch (error) {
-      if (storageStatusCode(error) === 412) return undefined;
-      throw error;
-    }
+    const written = await replaceEntity(this.table, toEntity(next), etag);
+    return written === undefined ? undefined : { ...next, etag: written };
   }
 
   /**
