@@ -6,7 +6,7 @@ import './messagesGet';
 import './templatesPreview';
 import './outboxDeliver';
 import './outboxPoison';
-import './outboxRepair';
+import './mailRetention';
 import './notificationsPost';
 import './notificationsGet';
 import './notificationsFanout';

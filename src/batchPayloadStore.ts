@@ -1,56 +1,148 @@
-/** Notification batches in Blob storage (`mail-batches/<batchId>.json`): batches over the 64 KB queue cap, and batches whose fan-out continues later. */
+/**
+ * Notification batches in Blob storage, in chunks: `mail-batches/<batchId>/batch.json` holds the batch-level fields,
+ * `mail-batches/<batchId>/<n>.json` the prepared recipients of chunk n, so that each fan-out invocation reads the
+ * batch fields and its own chunk only, never the whole batch again.
+ */
 import type { ContainerClient } from '@azure/storage-blob';
-import type { NotificationBatch } from './notificationRequest';
+import type { Address } from './message';
+import type { NotificationBatch, RecipientInput } from './notificationRequest';
 import { storageStatusCode } from './storage';
 
-const FORMAT_VERSION = 1;
+const FORMAT_VERSION = 2;
+const HEADER_BLOB = 'batch.json';
+/** Chunk blobs written at once. */
+const UPLOAD_CONCURRENCY = 8;
 
-/** What is stored: the validated batch and the hash that identifies its content. */
-export interface StoredBatch {
+/** One recipient, with what the fan-out needs decided once for the whole batch. */
+export interface PreparedRecipient {
+  to: RecipientInput['to'];
+  data?: Record<string, unknown>;
+  /** The idempotency key the recipient gave, if it gave one. */
+  idempotencyKey?: string;
+  /** The parsed address and the recipient's outbox idempotency key (its own, or derived from batch and address). */
+  address?: Address;
+  key?: string;
+  /** Why `to` is not an address (then there is no key). */
+  addressError?: string;
+  /** The index of an earlier recipient with the same key: this one is a duplicate, reported and not sent. */
+  duplicateOf?: number;
+}
+
+/** The batch without its recipients. */
+export type BatchFields = Omit<NotificationBatch, 'recipients'>;
+
+/** What `batch.json` holds. */
+export interface BatchHeader {
   batchId: string;
+  /** SHA-256 of the batch content: the same batchId with other content is a different batch. */
   contentHash: string;
-  batch: NotificationBatch;
+  /** Recipients per chunk blob; chunk n holds recipients [n × chunkSize, (n + 1) × chunkSize). */
+  chunkSize: number;
+  total: number;
+  batch: BatchFields;
 }
 
 export class BatchPayloadStore {
   constructor(private readonly container: ContainerClient) {}
 
-  static blobName(batchId: string): string {
-    return `${batchId}.json`;
+  /** The folder of batch `batchId`'s blobs. */
+  static prefix(batchId: string): string {
+    return `${batchId}/`;
+  }
+
+  static headerBlobName(batchId: string): string {
+    return `${batchId}/${HEADER_BLOB}`;
+  }
+
+  static chunkBlobName(batchId: string, chunk: number): string {
+    return `${batchId}/${chunk}.json`;
   }
 
   /**
-   * Writes the batch once. Returns true when this call wrote it; otherwise the content hash already stored, so the
-   * caller can tell a retry of the same batch (same hash) from a different batch reusing the id.
+   * Writes the batch: the header once (insert-only), then every chunk. Returns `written: true` unless the header
+   * already holds another batch (a different content hash): then nothing is written, so that a batchId reused for
+   * different content cannot overwrite the first batch's recipients. The same batch again (a retry after a crash)
+   * writes its chunks again, with the same content.
    */
-  async put(stored: StoredBatch): Promise<{ written: true } | { written: false; contentHash: string | undefined }> {
-    const body = Buffer.from(JSON.stringify({ version: FORMAT_VERSION, ...stored }));
+  async put(
+    header: BatchHeader,
+    recipients: readonly PreparedRecipient[],
+  ): Promise<{ written: true } | { written: false; contentHash: string | undefined }> {
+    const body = Buffer.from(JSON.stringify({ version: FORMAT_VERSION, ...header }));
     try {
-      await this.container.getBlockBlobClient(BatchPayloadStore.blobName(stored.batchId)).uploadData(body, {
+      await this.container.getBlockBlobClient(BatchPayloadStore.headerBlobName(header.batchId)).uploadData(body, {
         blobHTTPHeaders: { blobContentType: 'application/json' },
         conditions: { ifNoneMatch: '*' },
       });
-      return { written: true };
     } catch (error) {
       const status = storageStatusCode(error);
       if (status !== 409 && status !== 412) throw error;
+      const existing = await this.header(header.batchId);
+      if (existing?.contentHash !== header.contentHash) return { written: false, contentHash: existing?.contentHash };
     }
-    return { written: false, contentHash: (await this.get(stored.batchId))?.contentHash };
+    const chunks = Math.ceil(recipients.length / header.chunkSize);
+    let next = 0;
+    const upload = async () => {
+      while (next < chunks) {
+        const chunk = next++;
+        const slice = recipients.slice(chunk * header.chunkSize, (chunk + 1) * header.chunkSize);
+        await this.container
+          .getBlockBlobClient(BatchPayloadStore.chunkBlobName(header.batchId, chunk))
+          .uploadData(Buffer.from(JSON.stringify(slice)), { blobHTTPHeaders: { blobContentType: 'application/json' } });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(UPLOAD_CONCURRENCY, chunks) }, upload));
+    return { written: true };
   }
 
-  /** The stored batch, or undefined when there is none (or it is not a batch this app wrote). */
-  async get(batchId: string): Promise<StoredBatch | undefined> {
+  /** The batch fields, or undefined when there is no batch (or not one this version wrote). */
+  async header(batchId: string): Promise<BatchHeader | undefined> {
+    const json = await this.read(BatchPayloadStore.headerBlobName(batchId));
+    if (!json || typeof json !== 'object') return undefined;
+    const h = json as Partial<BatchHeader> & { version?: number };
+    if (h.version !== FORMAT_VERSION || !h.batch || !Number.isSafeInteger(h.chunkSize) || !h.chunkSize)
+      return undefined;
+    return {
+      batchId,
+      contentHash: String(h.contentHash ?? ''),
+      chunkSize: h.chunkSize,
+      total: Number(h.total) || 0,
+      batch: h.batch,
+    };
+  }
+
+  /** The prepared recipients of chunk `chunk`, or undefined when the blob is missing or not a chunk. */
+  async chunk(batchId: string, chunk: number): Promise<PreparedRecipient[] | undefined> {
+    const json = await this.read(BatchPayloadStore.chunkBlobName(batchId, chunk));
+    return Array.isArray(json) ? (json as PreparedRecipient[]) : undefined;
+  }
+
+  /** Deletes every blob of batch `batchId` (retention). Returns how many were deleted. */
+  async delete(batchId: string): Promise<number> {
+    let deleted = 0;
+    for await (const blob of this.container.listBlobsFlat({ prefix: BatchPayloadStore.prefix(batchId) })) {
+      const result = await this.container.deleteBlob(blob.name).then(
+        () => true,
+        (error: unknown) => {
+          if (storageStatusCode(error) === 404) return false;
+          throw error;
+        },
+      );
+      if (result) deleted++;
+    }
+    return deleted;
+  }
+
+  private async read(name: string): Promise<unknown> {
     let buffer: Buffer;
     try {
-      buffer = await this.container.getBlockBlobClient(BatchPayloadStore.blobName(batchId)).downloadToBuffer();
+      buffer = await this.container.getBlockBlobClient(name).downloadToBuffer();
     } catch (error) {
       if (storageStatusCode(error) === 404) return undefined;
       throw error;
     }
     try {
-      const json = JSON.parse(buffer.toString('utf8')) as Partial<StoredBatch> & { version?: number };
-      if (json.version !== FORMAT_VERSION || !json.batch || !Array.isArray(json.batch.recipients)) return undefined;
-      return { batchId, contentHash: String(json.contentHash ?? ''), batch: json.batch };
+      return JSON.parse(buffer.toString('utf8')) as unknown;
     } catch {
       return undefined;
     }

@@ -1,8 +1,8 @@
 /** The summary of each notification batch (F5) in Table storage `MailBatches`: progress, counts and rejected recipients, ETag-guarded. */
-import type { TableClient } from '@azure/data-tables';
+import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from './errors';
 import type { NotificationCategory } from './notificationRequest';
-import { insertEntity, readEntity, replaceEntity } from './tableEntity';
+import { deleteEntity, insertEntity, readEntity, replaceEntity } from './tableEntity';
 
 export const BATCH_STATUSES = ['accepted', 'fanning-out', 'complete', 'failed'] as const;
 export type BatchStatus = (typeof BATCH_STATUSES)[number];
@@ -16,6 +16,22 @@ const PART_CHARS = 30_000;
 const MAX_FIELD_CHARS = 120;
 const MAX_REASON_CHARS = 300;
 const ROW_KEY = 'batch';
+/**
+ * The retention index: one row per batch in this partition, keyed `<createdAt>~<batchId>`, so that the retention
+ * timer finds old batches with a range read of one partition. Batch ids cannot hold `~`, so no batch's own
+ * partition is ever this one.
+ */
+const RETENTION_PARTITION = '~retention';
+/** Index rows read per page. */
+const INDEX_PAGE_SIZE = 100;
+
+/** A batch as the retention index lists it. */
+export interface RetentionEntry {
+  batchId: string;
+  createdAt: string;
+  rowKey: string;
+  etag: string;
+}
 
 /** A recipient rejected on its own: its index in `recipients`, the field at fault and why. */
 export interface Rejection {
@@ -172,6 +188,43 @@ export class BatchStore {
   async create(summary: BatchSummary): Promise<StoredSummary | undefined> {
     const etag = await insertEntity(this.table, toEntity(summary));
     return etag === undefined ? undefined : { ...summary, etag };
+  }
+
+  /**
+   * Lists batch `batchId` in the retention index (idempotent). Written before the batch's blobs and summary, so that
+   * whatever a crash leaves of a batch is still found and purged.
+   */
+  async indexForRetention(batchId: string, createdAt: string): Promise<void> {
+    await this.table.upsertEntity(
+      { partitionKey: RETENTION_PARTITION, rowKey: `${createdAt}~${batchId}`, batchId, createdAt },
+      'Replace',
+    );
+  }
+
+  /** Batches indexed as created before `before` (epoch ms), a page at a time: one partition's key range. */
+  async *indexedBefore(before: number): AsyncIterable<RetentionEntry[]> {
+    const filter = odata`PartitionKey eq ${RETENTION_PARTITION} and RowKey lt ${new Date(before).toISOString()}`;
+    const pages = this.table
+      .listEntities<{ batchId: string; createdAt: string }>({ queryOptions: { filter } })
+      .byPage({ maxPageSize: INDEX_PAGE_SIZE });
+    for await (const page of pages) {
+      yield page.map((e) => ({
+        batchId: e.batchId,
+        createdAt: e.createdAt,
+        rowKey: e.rowKey as string,
+        etag: e.etag as string,
+      }));
+    }
+  }
+
+  /** Removes a batch from the retention index once it is purged. */
+  async unindex(entry: RetentionEntry): Promise<boolean> {
+    return deleteEntity(this.table, RETENTION_PARTITION, entry.rowKey, entry.etag);
+  }
+
+  /** Deletes the summary if nobody has written it since `current` was read. */
+  async delete(current: StoredSummary): Promise<boolean> {
+    return deleteEntity(this.table, current.batchId, ROW_KEY, current.etag);
   }
 
   /** The summary, or undefined when there is none. */

@@ -20,6 +20,8 @@ export const DEFAULT_RATE_WINDOW_SECONDS = 60;
 export const DEFAULT_DAILY_WINDOW_SECONDS = 24 * 60 * 60;
 /** How long a worker owns a message it is sending: above the sender's worst case (token, connect, 60 s socket timeout). */
 export const DEFAULT_SEND_LEASE_SECONDS = 300;
+/** Status records, idempotency keys, payloads and batches are deleted this long after their final state. */
+export const DEFAULT_RETENTION_DAYS = 30;
 export const DEFAULT_DIGEST_SCHEDULE = '0 0 7 * * *';
 export const DEFAULT_DIGEST_MAX_ITEMS = 50;
 
@@ -54,8 +56,8 @@ const FIXES: Record<string, string> = {
   MAIL_UNSUBSCRIBE_BASE_URL: 'the public https base URL of this app, e.g. https://mailer.contoso.com',
 };
 
-/** A positive number setting: whole (a count) or not (seconds), with its default when unset. */
-function positive(name: string, fallback: number, kind: 'whole' | 'seconds') {
+/** A positive number setting: whole (a count) or not (seconds, days), with its default when unset. */
+function positive(name: string, fallback: number, kind: 'whole' | 'seconds' | 'days') {
   return z
     .string()
     .optional()
@@ -63,7 +65,7 @@ function positive(name: string, fallback: number, kind: 'whole' | 'seconds') {
       if (value === undefined || value.trim() === '') return fallback;
       const n = Number(value);
       if (!(kind === 'whole' ? Number.isInteger(n) : Number.isFinite(n)) || n <= 0) {
-        const what = kind === 'whole' ? 'a positive whole number' : 'a positive number of seconds';
+        const what = kind === 'whole' ? 'a positive whole number' : `a positive number of ${kind}`;
         ctx.addIssue({ code: 'custom', message: `${name} must be ${what} (got "${value}")` });
         return z.NEVER;
       }
@@ -115,6 +117,7 @@ const rawSchema = z.object({
   MAIL_SEND_LEASE_SECONDS: positiveNumber('MAIL_SEND_LEASE_SECONDS', DEFAULT_SEND_LEASE_SECONDS),
   MAIL_RATE_WINDOW_SECONDS: positiveNumber('MAIL_RATE_WINDOW_SECONDS', DEFAULT_RATE_WINDOW_SECONDS),
   MAIL_DAILY_WINDOW_SECONDS: positiveNumber('MAIL_DAILY_WINDOW_SECONDS', DEFAULT_DAILY_WINDOW_SECONDS),
+  MAIL_RETENTION_DAYS: positive('MAIL_RETENTION_DAYS', DEFAULT_RETENTION_DAYS, 'days'),
   MAIL_DIGEST_SCHEDULE: optionalString,
   MAIL_DIGEST_MAX_ITEMS: positiveInt('MAIL_DIGEST_MAX_ITEMS', DEFAULT_DIGEST_MAX_ITEMS),
   MAIL_UNSUBSCRIBE_BASE_URL: optionalString,
@@ -165,6 +168,8 @@ export interface Config {
   };
   /** MAIL_SEND_LEASE_SECONDS: a crashed worker's message is taken over after this long. */
   sendLeaseMs: number;
+  /** MAIL_RETENTION_DAYS: records, keys, payloads and batches are deleted this long after their final state. */
+  retentionMs: number;
   digest: { schedule: string; maxItems: number };
   unsubscribe: { baseUrl?: string; keyName: string };
   storageConnection?: string;
@@ -306,6 +311,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       dailyWindowMs: Math.round(s.MAIL_DAILY_WINDOW_SECONDS * 1000),
     },
     sendLeaseMs: Math.round(s.MAIL_SEND_LEASE_SECONDS * 1000),
+    retentionMs: Math.round(s.MAIL_RETENTION_DAYS * 24 * 60 * 60 * 1000),
     digest: { schedule: s.MAIL_DIGEST_SCHEDULE ?? DEFAULT_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
     unsubscribe: {
       baseUrl: s.MAIL_UNSUBSCRIBE_BASE_URL,

@@ -10,6 +10,14 @@
  * - `sending` under an expired lease: the worker died after taking it; this delivery takes over.
  * - Otherwise the lease is taken by an ETag-guarded write (`sending`, attempts + 1, leaseUntil); of two workers
  *   only one wins it, the other re-reads and sees the live lease.
+ * - Right before SMTP, a worker that has held its lease for a while (a pacing wait, or a stall) renews it with an
+ *   ETag-guarded write. If another worker took the message over meanwhile, the write fails and this worker gives
+ *   the message up instead of sending it: a worker never sends on a lease it no longer holds.
+ * - No record yet: the accept writes the queue message before the record, so the record may be a moment behind.
+ *   Delivery waits for it briefly, then leaves the message to the host's retries; a queue message whose accept died
+ *   before writing the record ends in the poison queue and is dropped (that accept was never answered).
+ * - Exchange saying the mailbox is over a limit now (554 5.2.0 daily quota, 432 4.3.2 sessions), whoever used the
+ *   mailbox up, is waited out like the app's own pacing: back to the queue, no attempt spent, the reason recorded.
  *
  * Invariant shared with the outbox: whenever a record is `queued`/`scheduled` with `dueAt` in the future, a queue
  * message becomes visible at `dueAt`. So a copy that arrives well before `dueAt` (a duplicate from a replayed or
@@ -18,7 +26,7 @@
  * The one duplicate that cannot be prevented: the server answers 250 and the process dies (or storage fails)
  * before `sent` is written. The lease then expires and the next delivery sends the message again.
  */
-import { MailError } from './errors';
+import { MailError, mailboxThrottleOf, type MailboxThrottle } from './errors';
 import { silentLogger, type Logger } from './logger';
 import { allRecipients } from './message';
 import { enqueueOutbox } from './outboxQueue';
@@ -43,6 +51,18 @@ const EARLY_TOLERANCE_MS = 2_000;
 const MAX_RACES = 5;
 /** Re-tries of the `sent` write: losing it means the one unavoidable duplicate. */
 const SENT_WRITE_TRIES = 3;
+/** Pauses before re-reading a record not written yet (the accept writes the queue message first): 3.3 s in all. */
+const MISSING_RECORD_WAITS_MS = [300, 1_000, 2_000];
+/**
+ * A lease held longer than this before SMTP (a pacing wait, a stall) is renewed first, with an ETag-guarded write:
+ * a fresher lease has nearly all of its MAIL_SEND_LEASE_SECONDS left, so nobody can have taken the message over.
+ */
+const LEASE_RECHECK_AFTER_MS = 5_000;
+/** After 432 4.3.2 (another sender holds the mailbox's sessions): 10 s, doubling per throttle in a row, at most 5 min. */
+export const CONCURRENCY_BACKOFF_BASE_MS = 10_000;
+export const CONCURRENCY_BACKOFF_MAX_MS = 5 * 60 * 1000;
+/** Without shared pacing, a mailbox Exchange refused for its daily quota is probed again after this long. */
+const DEFAULT_QUOTA_PROBE_MS = 15 * 60 * 1000;
 
 export interface DeliverDeps {
   sender: Pick<MailSender, 'send'> & Partial<Pick<MailSender, 'connectionReady'>>;
@@ -52,12 +72,16 @@ export interface DeliverDeps {
   telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
-  /** The mailbox's shared pacing (F4); without it messages are sent as fast as they come. */
-  pacer?: Pick<Pacer, 'reserve' | 'lateToleranceMs'>;
+  /** The mailbox's shared pacing; without it messages are sent as fast as they come. */
+  pacer?: Pick<Pacer, 'reserve' | 'lateToleranceMs' | 'blockForDailyQuota'>;
+  /** Without a pacer: how long to wait before probing a mailbox Exchange refused for its daily quota. */
+  quotaProbeMs?: number;
   leaseMs?: number;
   maxAttempts?: number;
   /** Seconds to wait before attempt `attempt + 1`, after `attempt` failed transiently. */
   backoffSeconds?: (attempt: number) => number;
+  /** Milliseconds to wait after the `throttles`-th 432 4.3.2 in a row (another sender holds the mailbox's sessions). */
+  concurrencyBackoffMs?: (throttles: number) => number;
 }
 
 export interface DeliveryContext {
@@ -74,15 +98,21 @@ export type DeliverOutcome =
   | { outcome: 'sent'; record: StoredRecord; result: SendResult }
   /** Already `sent`, `failed` or `suppressed`: nothing to do. */
   | { outcome: 'completed'; record: StoredRecord }
-  /** Another worker holds the lease, or the record is not due yet: this copy was re-enqueued or dropped. */
-  | { outcome: 'waiting'; record: StoredRecord; reason: 'lease' | 'not-due'; retryInSeconds?: number }
+  /**
+   * Another worker holds the lease (`lease`), took it over while this one waited (`lease-lost`: not sent), or the
+   * record is not due yet (`not-due`): this copy was re-enqueued or dropped.
+   */
+  | { outcome: 'waiting'; record: StoredRecord; reason: 'lease' | 'lease-lost' | 'not-due'; retryInSeconds?: number }
   | { outcome: 'deferred'; record: StoredRecord; error: MailError; retryInSeconds: number }
-  /** Over a pacing limit (rate, daily recipients, connection slots): back in the queue, not counted as an attempt. */
-  | { outcome: 'paced'; record: StoredRecord; reason: PacingReason; retryInSeconds: number }
+  /**
+   * Over a limit (the app's pacing: rate, daily recipients, connection slots; or Exchange's: daily quota, sessions):
+   * back in the queue, not counted as an attempt. `error` is Exchange's reply when Exchange refused it.
+   */
+  | { outcome: 'paced'; record: StoredRecord; reason: PacingReason; retryInSeconds: number; error?: MailError }
   | { outcome: 'failed'; record: StoredRecord; error: MailError }
   | { outcome: 'missing' };
 
-export type PacingReason = 'rate' | 'daily' | 'contention' | 'connections';
+export type PacingReason = 'rate' | 'daily' | 'contention' | 'connections' | MailboxThrottle;
 
 /** `?wait=true`: the longest an inline send waits for its pacing slot before the request is answered 202 queued. */
 export const INLINE_MAX_WAIT_MS = 5_000;
@@ -90,6 +120,12 @@ export const INLINE_MAX_WAIT_MS = 5_000;
 const MAX_LATE_SLOTS = 3;
 /** A pacing deferral comes back at least this much later (queue visibility has whole seconds). */
 const MIN_PACING_DELAY_SECONDS = 1;
+
+/** 10 s × 2^(throttles−1), capped at 5 min, plus up to 10 % jitter. */
+export function defaultConcurrencyBackoffMs(throttles: number): number {
+  const base = Math.min(CONCURRENCY_BACKOFF_MAX_MS, CONCURRENCY_BACKOFF_BASE_MS * 2 ** Math.max(0, throttles - 1));
+  return Math.round(base * (1 + Math.random() * 0.1));
+}
 
 /** 30 s × 2^(attempt−1), capped at 1 h, plus up to 10 % jitter so that a burst of failures does not retry in step. */
 export function defaultBackoffSeconds(attempt: number): number {
@@ -109,10 +145,20 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
   const iso = (ms: number) => new Date(ms).toISOString();
 
   let leased: StoredRecord | undefined;
+  let leasedAt = 0;
   for (let race = 0; race < MAX_RACES && !leased; race++) {
-    const record = await deps.status.get(id);
+    const record = race === 0 ? await recordWhenWritten() : await deps.status.get(id);
     if (!record) {
-      // Records are written before their queue message, so retrying cannot make one appear.
+      const retriesLeft =
+        context.dequeueCount !== undefined &&
+        context.maxDequeueCount !== undefined &&
+        context.dequeueCount < context.maxDequeueCount;
+      if (race === 0 && retriesLeft) {
+        // Its accept may still be writing it: let the host try again after its visibility timeout.
+        throw new Error(`Outbox message ${id} has no status record yet; the host retries`);
+      }
+      // The accept that enqueued it died before writing the record (it was never answered), or the record was
+      // deleted: nothing to send.
       logger.warn('outbox message has no status record; dropped', { id, dequeueCount: context.dequeueCount });
       return { outcome: 'missing' };
     }
@@ -146,13 +192,16 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
       status: 'sending',
       attempts: record.attempts + 1,
       leaseUntil: iso(at + leaseMs),
+      waitReason: undefined,
     });
+    leasedAt = at;
   }
   if (!leased)
     throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times; the host retries`);
 
   const attempt = leased.attempts;
-  const held = leased;
+  /** The record as this worker last wrote it: its ETag guards the next write. */
+  let held = leased;
   /** Set once SMTP accepted the message: from then on the lease must never be given back for a resend. */
   let accepted = false;
   try {
@@ -165,6 +214,17 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
       .transition(held, { status: 'queued', leaseUntil: undefined, dueAt: iso(now()) })
       .catch(() => logger.warn('could not release the sending lease after an error; it expires on its own', { id }));
     throw error;
+  }
+
+  /** The record; when the first read finds none, re-reads a few times (the accept writes it after the queue message). */
+  async function recordWhenWritten(): Promise<StoredRecord | undefined> {
+    let record = await deps.status.get(id);
+    for (const pause of MISSING_RECORD_WAITS_MS) {
+      if (record) return record;
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      record = await deps.status.get(id);
+    }
+    return record;
   }
 
   async function sendLeased(leased: StoredRecord): Promise<DeliverOutcome> {
@@ -208,6 +268,20 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
       }
     }
 
+    if (now() - leasedAt > Math.min(LEASE_RECHECK_AFTER_MS, leaseMs / 10)) {
+      // Held for a while (a pacing wait, a stall): renew it, or learn that another worker took the message over.
+      const renewed = await deps.status.transition(held, { leaseUntil: iso(now() + leaseMs) });
+      if (!renewed) {
+        logger.warn('the sending lease was taken over while this worker waited; not sending', {
+          id,
+          heldMs: now() - leasedAt,
+        });
+        return { outcome: 'waiting', record: held, reason: 'lease-lost' };
+      }
+      held = renewed;
+      leased = renewed;
+    }
+
     let result: SendResult;
     try {
       result = await deps.sender.send(payload.message, {
@@ -224,16 +298,8 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
         // Other instances hold every connection slot; they give idle ones back after IDLE_CLOSE_MS.
         return pace(leased, 'connections', now() + IDLE_CLOSE_MS * (1 + Math.random()));
       }
-      if (thrown.code === 'CONCURRENCY_LIMIT') {
-        deps.telemetry?.trackEvent('MailThrottled', {
-          id,
-          source: leased.source,
-          attempt,
-          errorCode: thrown.code,
-          transient: true,
-          ...(thrown.smtp ? { smtpCode: thrown.smtp.code } : {}),
-        });
-      }
+      const throttle = mailboxThrottleOf(thrown);
+      if (throttle) return throttled(leased, thrown, throttle);
       if (!thrown.transient) return fail(leased, thrown);
       if (attempt >= maxAttempts) {
         const exhausted = new MailError(thrown.code, `retries exhausted: ${thrown.message}`, {
@@ -247,13 +313,16 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     }
     accepted = true;
 
+    const sentAt = iso(now());
     const sentChanges: RecordChanges = {
       status: 'sent',
-      sentAt: iso(now()),
+      sentAt,
+      completedAt: sentAt,
       messageId: result.messageId,
       smtp: result.smtp,
       leaseUntil: undefined,
       error: undefined,
+      throttles: undefined,
     };
     // The message is out: record it, re-reading after a lost race (our lease ran out and another worker took over)
     // or a failed write whose effect is unknown.
@@ -276,7 +345,10 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
   /** Back to the queue until `retryAt`, without counting an attempt: being over a limit is not a failure. */
   async function pace(record: StoredRecord, reason: PacingReason, retryAt: number): Promise<DeliverOutcome> {
     const retryInSeconds = Math.max(MIN_PACING_DELAY_SECONDS, Math.ceil((retryAt - now()) / 1000));
-    const written = await requeue(record, retryInSeconds, { attempts: Math.max(0, record.attempts - 1) });
+    const written = await requeue(record, retryInSeconds, {
+      attempts: Math.max(0, record.attempts - 1),
+      waitReason: reason,
+    });
     deps.telemetry?.trackEvent('MailPaced', {
       id,
       source: record.source,
@@ -300,9 +372,62 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     });
   }
 
+  /**
+   * Exchange says the mailbox is over a limit now (its daily quota, or its sessions): back to the queue without
+   * spending the attempt, like the app's own pacing, with Exchange's reply kept as the reason.
+   */
+  async function throttled(record: StoredRecord, error: MailError, reason: MailboxThrottle): Promise<DeliverOutcome> {
+    const throttles = (record.throttles ?? 0) + 1;
+    let retryAt: number;
+    if (reason === 'exchange-daily-quota') {
+      // Every instance holds its messages back until the block ends; then one of them probes the mailbox again.
+      retryAt = deps.pacer
+        ? await deps.pacer.blockForDailyQuota()
+        : now() + (deps.quotaProbeMs ?? DEFAULT_QUOTA_PROBE_MS);
+    } else {
+      retryAt = now() + (deps.concurrencyBackoffMs ?? defaultConcurrencyBackoffMs)(throttles);
+      deps.telemetry?.trackEvent('MailThrottled', {
+        id,
+        source: record.source,
+        attempt: record.attempts,
+        errorCode: error.code,
+        transient: true,
+        ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+      });
+    }
+    const retryInSeconds = Math.max(MIN_PACING_DELAY_SECONDS, Math.ceil((retryAt - now()) / 1000));
+    const written = await requeue(record, retryInSeconds, {
+      attempts: Math.max(0, record.attempts - 1),
+      waitReason: reason,
+      throttles,
+      error: error.toJSON(),
+    });
+    deps.telemetry?.trackEvent('MailDeferred', {
+      id,
+      source: record.source,
+      attempt: Math.max(0, record.attempts - 1),
+      reason,
+      retryInSeconds,
+      errorCode: error.code,
+      transient: true,
+      ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+      ...(record.template ? { template: record.template } : {}),
+      ...(record.batchId ? { batchId: record.batchId } : {}),
+      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+    });
+    logger.info('Exchange says the mailbox is over a limit; the message waits without spending an attempt', {
+      id,
+      code: error.code,
+      reason,
+      retryInSeconds,
+    });
+    return { outcome: 'paced', record: written ?? record, reason, retryInSeconds, error };
+  }
+
   async function fail(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
     const written = await deps.status.transition(record, {
       status: 'failed',
+      completedAt: iso(now()),
       error: error.toJSON(),
       leaseUntil: undefined,
     });
@@ -312,11 +437,13 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
 
   async function defer(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
     const retryInSeconds = (deps.backoffSeconds ?? defaultBackoffSeconds)(record.attempts);
-    const written = await requeue(record, retryInSeconds, { error: error.toJSON() });
+    const written = await requeue(record, retryInSeconds, { error: error.toJSON(), waitReason: 'retry' });
     deps.telemetry?.trackEvent('MailDeferred', {
       id,
       source: record.source,
       attempt: record.attempts,
+      reason: 'retry',
+      retryInSeconds,
       errorCode: error.code,
       transient: true,
       ...(record.template ? { template: record.template } : {}),
@@ -356,6 +483,7 @@ export async function markPoisoned(
     );
     const written = await deps.status.transition(record, {
       status: 'failed',
+      completedAt: new Date(now()).toISOString(),
       error: error.toJSON(),
       leaseUntil: undefined,
     });

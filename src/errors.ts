@@ -53,11 +53,11 @@ export const ERROR_CODES = {
   },
   DAILY_QUOTA_EXCEEDED: {
     transient: true,
-    hint: 'The mailbox reached 10,000 recipients in 24 hours (554 5.2.0). The message is retried once the rolling window frees; spread load over more sender mailboxes, or use HVE.',
+    hint: "The mailbox reached Exchange's 10,000 recipients in 24 hours (554 5.2.0), counting mail other apps or people sent from it. The outbox waits without spending attempts and tries again every MAIL_DAILY_WINDOW_SECONDS / 96 (15 minutes) until the rolling window frees; to send more, spread load over more sender mailboxes, or use HVE.",
   },
   CONCURRENCY_LIMIT: {
     transient: true,
-    hint: 'More than 3 concurrent SMTP sessions for this mailbox (432 4.3.2). Lower MAIL_MAX_CONNECTIONS; the message is retried.',
+    hint: 'More than 3 concurrent SMTP sessions for this mailbox (432 4.3.2): another app or device is using the same mailbox, or MAIL_MAX_CONNECTIONS is above 3. The outbox waits without spending attempts and tries again; give other senders their own mailbox, or lower MAIL_MAX_CONNECTIONS.',
   },
   CONNECTION_SLOTS_BUSY: {
     transient: true,
@@ -162,6 +162,24 @@ export const ERROR_CODES = {
 } as const satisfies Record<string, { transient: boolean; hint: string }>;
 
 export type MailErrorCode = keyof typeof ERROR_CODES;
+
+/**
+ * Replies that mean "the mailbox is over one of Exchange's limits right now", whoever used it up. Delivery treats
+ * them like its own pacing: the message waits, no attempt is spent, and the wait says why. (The CLI, which sends
+ * inline, reports them at once.)
+ */
+export const MAILBOX_THROTTLES = {
+  DAILY_QUOTA_EXCEEDED: 'exchange-daily-quota',
+  CONCURRENCY_LIMIT: 'exchange-concurrency',
+} as const satisfies Partial<Record<MailErrorCode, string>>;
+export type MailboxThrottle = (typeof MAILBOX_THROTTLES)[keyof typeof MAILBOX_THROTTLES];
+
+/** The throttle an error means, if it is one of {@link MAILBOX_THROTTLES}. */
+export function mailboxThrottleOf(error: MailError): MailboxThrottle | undefined {
+  return Object.hasOwn(MAILBOX_THROTTLES, error.code)
+    ? MAILBOX_THROTTLES[error.code as keyof typeof MAILBOX_THROTTLES]
+    : undefined;
+}
 
 /** What the SMTP server answered, when there was an answer. */
 export interface SmtpReply {

@@ -8,7 +8,8 @@
  *
  * Chunks. One invocation fans out at most `chunkSize` recipients (bounded concurrency against storage), records the
  * progress in the batch summary, then enqueues a continuation `{ batchId, offset }` that references the batch in
- * mail-batches. A chunk is processed only by a message whose offset equals the summary's; the progress write is
+ * mail-batches. The batch is stored there in chunks (see batchPayloadStore.ts), with every recipient's address, key
+ * and duplicate decided once when it is stored, so a continuation reads the batch fields and its own chunk only. A chunk is processed only by a message whose offset equals the summary's; the progress write is
  * ETag-guarded, so of two copies fanning out the same chunk exactly one records it (its counts, its rejections) and
  * enqueues the next continuation; the other stops.
  *
@@ -16,14 +17,17 @@
  *
  * 1. outbox messages of the chunk — a crash: the message is redelivered, finds the same offset, and re-runs the
  *    chunk (idempotent).
- * 2. the batch blob, if a continuation will need it and the batch came inline on the queue.
+ * 2. the batch blobs, if a continuation will need them and the batch came inline on the queue.
  * 3. progress (offset = next, counts, rejections; ETag) — a crash after it: the redelivered message finds an offset
  *    past its own and no continuation on record, so it enqueues the continuation itself.
  * 4. continuation message, then 5. `continuation = next` on the summary — a crash between 4 and 5 can enqueue the
  *    continuation twice; the two copies race for the same chunk and one of them stops at step 3.
+ *
+ * Every batch is listed in the retention index (BatchStore.indexForRetention) before anything else of it is written,
+ * so that the retention timer finds whatever a batch leaves behind.
  */
 import { randomUUID } from 'node:crypto';
-import { BatchPayloadStore } from './batchPayloadStore';
+import { BatchPayloadStore, type BatchFields, type BatchHeader, type PreparedRecipient } from './batchPayloadStore';
 import {
   BatchStore,
   listRejections,
@@ -37,14 +41,12 @@ import {
 import type { Config } from './config';
 import { MailError, type ClassifiedError, type FieldProblem } from './errors';
 import { silentLogger, type Logger } from './logger';
-import { addressSchema, type Address } from './message';
 import { enqueueBatchReference, parseNotificationMessage } from './notificationQueue';
 import {
   BATCH_ID,
   batchContentHash,
   deriveBatchId,
   parseNotificationBatch,
-  recipientIdempotencyKey,
   type BatchRules,
   type NotificationBatch,
   type NotificationCategory,
@@ -52,6 +54,7 @@ import {
 import type { Outbox } from './outbox';
 import { MAX_VISIBILITY_SECONDS } from './outboxQueue';
 import type { SendRequest } from './sendRequest';
+import { prepareRecipients } from './recipientPreparation';
 import type { MailStatus, StatusStore } from './statusStore';
 import type { StorageClients } from './storage';
 import type { Telemetry } from './telemetry';
@@ -131,13 +134,33 @@ export interface BatchView {
 
 type CodedRejection = Rejection & { code: string };
 type Prepared = { index: number; request: SendRequest } | { rejection: CodedRejection };
-/** Each recipient's parsed address (or why it is not one) and idempotency key; `first` is the index that owns the key. */
-type RecipientKey = { address: Address; key: string; first: number } | { error: string };
+
+/** What one fan-out invocation works on: the batch fields and the prepared recipients from its offset on. */
+interface Chunk {
+  fields: BatchFields;
+  total: number;
+  /** Recipients [offset, offset + recipients.length). */
+  recipients: PreparedRecipient[];
+}
+
+/** Where a chunk comes from: the queue message itself (a producer's batch), or the stored batch in mail-batches. */
+interface ChunkSource {
+  /** The chunk starting at `offset`, or undefined when the stored batch is gone or is another batch. */
+  chunk(offset: number): Promise<Chunk | undefined>;
+  /** Stores the whole batch, so that a continuation can read it (only for a batch that came inline). */
+  store?: () => Promise<{ written: true } | { written: false; contentHash: string | undefined }>;
+}
 
 const problem = (path: string, message: string): MailError =>
   new MailError('INVALID_MESSAGE', `Invalid notification batch: ${path}: ${message}`, {
     details: [{ path, message }],
   });
+
+/** The batch without its recipients. */
+function fieldsOf(batch: NotificationBatch): BatchFields {
+  const { recipients: _recipients, ...fields } = batch;
+  return fields;
+}
 
 /** Runs `task(0…count-1)` with at most `limit` in flight; stops starting new ones after a failure and rethrows it. */
 async function runBounded(count: number, limit: number, task: (i: number) => Promise<void>): Promise<void> {
@@ -178,9 +201,6 @@ export class Notifications {
   private readonly newId: () => string;
   private readonly chunkSize: number;
   private readonly concurrency: number;
-  /** The keys of the batch this instance fanned out last: its next chunk extends them instead of starting over. */
-  private keyCache:
-    { batchId: string; contentHash: string; keys: RecipientKey[]; first: Map<string, number> } | undefined;
 
   constructor(private readonly deps: NotificationsDeps) {
     this.summaries = new BatchStore(deps.storage.batchTable);
@@ -220,10 +240,17 @@ export class Notifications {
     const contentHash = batchContentHash(batch);
     const existing = await this.summaries.get(batchId);
     if (existing) return this.replay(existing, contentHash);
-    // Blob, then summary, then queue message: a reference never exists without the batch it points at.
-    const put = await this.payloads.put({ batchId, contentHash, batch });
+    // Index, blobs, summary, queue message: a reference never exists without the batch it points at.
+    const createdAt = this.iso();
+    await this.summaries.indexForRetention(batchId, createdAt);
+    const put = await this.payloads.put(
+      this.header(batchId, contentHash, batch),
+      prepareRecipients(batchId, batch.recipients),
+    );
     if (!put.written && put.contentHash !== contentHash) throw this.conflict(batchId);
-    const created = await this.summaries.create(this.newSummary(batchId, 'http', batch, contentHash, 'accepted', true));
+    const created = await this.summaries.create(
+      this.newSummary(batchId, 'http', batch, contentHash, 'accepted', true, createdAt),
+    );
     if (!created) {
       const again = await this.summaries.get(batchId);
       if (!again) throw new Error(`Batch summary ${batchId} was reported to exist but cannot be read`);
@@ -286,11 +313,28 @@ export class Notifications {
     }
     const batchId = given ?? deriveBatchId(content);
     const contentHash = batchContentHash(batch);
+    let prepared: PreparedRecipient[] | undefined;
+    const source: ChunkSource = {
+      chunk: async (offset) => {
+        prepared ??= prepareRecipients(batchId, batch.recipients);
+        return {
+          fields: fieldsOf(batch),
+          total: batch.recipients.length,
+          recipients: prepared.slice(offset, offset + this.chunkSize),
+        };
+      },
+      store: () => {
+        prepared ??= prepareRecipients(batchId, batch.recipients);
+        return this.payloads.put(this.header(batchId, contentHash, batch), prepared);
+      },
+    };
     for (let race = 0; race < MAX_RACES; race++) {
       let summary = await this.summaries.get(batchId);
       if (!summary) {
+        const createdAt = this.iso();
+        await this.summaries.indexForRetention(batchId, createdAt);
         summary = await this.summaries.create(
-          this.newSummary(batchId, 'queue', batch, contentHash, 'fanning-out', false),
+          this.newSummary(batchId, 'queue', batch, contentHash, 'fanning-out', false, createdAt),
         );
         if (!summary) continue; // another copy created it first: read theirs
         this.trackAccepted(summary, context);
@@ -302,7 +346,7 @@ export class Notifications {
         });
         return { outcome: 'skipped', batchId, reason: 'conflict' };
       }
-      return this.advance(summary, 0, async () => batch, context);
+      return this.advance(summary, 0, source, context);
     }
     throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
   }
@@ -318,18 +362,26 @@ export class Notifications {
         ),
       );
     }
-    const load = async () => {
-      const stored = await this.payloads.get(batchId);
-      return stored && stored.contentHash === summary.contentHash ? stored.batch : undefined;
+    let header: BatchHeader | undefined;
+    const source: ChunkSource = {
+      chunk: async (from) => {
+        header ??= await this.payloads.header(batchId);
+        if (!header || header.contentHash !== summary.contentHash) return undefined;
+        const index = Math.floor(from / header.chunkSize);
+        const recipients = await this.payloads.chunk(batchId, index);
+        if (!recipients) return undefined;
+        const skip = from - index * header.chunkSize;
+        return { fields: header.batch, total: header.total, recipients: recipients.slice(skip) };
+      },
     };
-    return this.advance(summary, offset, load, context);
+    return this.advance(summary, offset, source, context);
   }
 
   /** Runs the chunk at `offset` if it is the batch's next one; otherwise decides what this copy is (see top). */
   private async advance(
     summary: StoredSummary,
     offset: number,
-    load: () => Promise<NotificationBatch | undefined>,
+    source: ChunkSource,
     context: FanoutContext,
   ): Promise<FanoutOutcome> {
     const batchId = summary.batchId;
@@ -354,33 +406,33 @@ export class Notifications {
       return { outcome: 'skipped', batchId, reason: 'ahead' };
     }
 
-    const batch = await load();
-    if (!batch) {
+    const chunk = await source.chunk(offset);
+    if (!chunk) {
       return this.failBatch(
         summary,
-        new MailError('PAYLOAD_MISSING', `The stored batch mail-batches/${batchId}.json is missing or not this batch`, {
-          hint: 'The batch blob was deleted (by hand or by a lifecycle rule shorter than the fan-out) or replaced. Send the recipients not yet processed again as a new batch.',
+        new MailError('PAYLOAD_MISSING', `The stored batch mail-batches/${batchId}/ is missing or not this batch`, {
+          hint: 'The batch blobs were deleted (by hand or by a lifecycle rule shorter than the fan-out) or replaced. Send the recipients not yet processed again as a new batch.',
         }),
       );
     }
-    const chunk = await this.fanOutChunk(batchId, summary.contentHash ?? '', batch, offset, context);
-    const next = offset + chunk.processed;
-    const done = next >= batch.recipients.length;
+    const result = await this.fanOutChunk(batchId, chunk, offset, context);
+    const next = offset + result.processed;
+    const done = next >= chunk.total;
     let stored = summary.stored;
-    if (!done && !stored) {
-      // The continuation reads the batch from the blob: write it before the progress that the continuation follows.
-      const put = await this.payloads.put({ batchId, contentHash: summary.contentHash ?? '', batch });
+    if (!done && !stored && source.store) {
+      // The continuation reads the batch from the blobs: write them before the progress that the continuation follows.
+      const put = await source.store();
       if (!put.written && put.contentHash !== summary.contentHash) {
         return this.failBatch(
           summary,
-          new MailError('INVALID_MESSAGE', `mail-batches/${batchId}.json holds a different batch`, {
+          new MailError('INVALID_MESSAGE', `mail-batches/${batchId}/ holds a different batch`, {
             details: [{ path: 'batchId', message: 'already used for a different batch' }],
           }),
         );
       }
       stored = true;
     }
-    return this.recordProgress(summary, offset, chunk, next, done, stored, context);
+    return this.recordProgress(summary, offset, result, next, done, stored, context);
   }
 
   /** Step 3: the ETag-guarded progress write; the copy that wins it reports the chunk and enqueues the next one. */
@@ -460,20 +512,18 @@ export class Notifications {
     }
   }
 
-  /** Fans out recipients [offset, offset + chunkSize): prepares each, reserves pacing, accepts into the outbox. */
+  /** Fans out the chunk's recipients: prepares each, reserves pacing, accepts into the outbox. */
   private async fanOutChunk(
     batchId: string,
-    contentHash: string,
-    batch: NotificationBatch,
+    chunk: Chunk,
     offset: number,
     context: FanoutContext,
   ): Promise<{ processed: number; accepted: number; rejections: CodedRejection[] }> {
-    const end = Math.min(offset + this.chunkSize, batch.recipients.length);
-    const keys = this.recipientKeys(batchId, contentHash, batch, end);
+    const count = Math.min(this.chunkSize, chunk.recipients.length, chunk.total - offset);
     const rejections: CodedRejection[] = [];
     const ready: Array<{ index: number; request: SendRequest }> = [];
-    for (let i = offset; i < end; i++) {
-      const prepared = this.prepare(batch, i, keys);
+    for (let i = 0; i < count; i++) {
+      const prepared = this.prepare(chunk.fields, offset + i, chunk.recipients[i] as PreparedRecipient);
       if ('rejection' in prepared) rejections.push(prepared.rejection);
       else ready.push(prepared);
     }
@@ -491,7 +541,7 @@ export class Notifications {
         });
         accepted += 1;
       } catch (error) {
-        const rejection = this.rejectionOf(index, batch, error);
+        const rejection = this.rejectionOf(index, chunk.recipients[index - offset], error);
         if (!rejection) throw error;
         rejections.push(rejection);
       }
@@ -503,7 +553,7 @@ export class Notifications {
         dequeueCount: context.dequeueCount,
       });
     }
-    return { processed: end - offset, accepted, rejections: rejections.sort((a, b) => a.index - b.index) };
+    return { processed: count, accepted, rejections: rejections.sort((a, b) => a.index - b.index) };
   }
 
   /** Seconds until `dueAt` (epoch ms), at most as long as a queue message can stay invisible. */
@@ -511,65 +561,42 @@ export class Notifications {
     return Math.min(MAX_VISIBILITY_SECONDS, Math.max(0, (dueAt - this.now()) / 1000));
   }
 
-  /**
-   * Parses the addresses of recipients [0, end) and keys them. A later recipient with the key of an earlier one
-   * (the same address without keys, or the same key) is a duplicate: it is reported, and the earlier one is sent.
-   */
-  private recipientKeys(batchId: string, contentHash: string, batch: NotificationBatch, end: number): RecipientKey[] {
-    const cached = this.keyCache;
-    const reuse = cached && cached.batchId === batchId && cached.contentHash === contentHash;
-    const { keys, first } = reuse ? cached : { keys: [] as RecipientKey[], first: new Map<string, number>() };
-    for (let i = keys.length; i < end; i++) {
-      const recipient = batch.recipients[i] as NotificationBatch['recipients'][number];
-      const parsed = addressSchema.safeParse(recipient.to);
-      if (!parsed.success) {
-        keys.push({ error: parsed.error.issues[0]?.message ?? 'is not a valid email address' });
-        continue;
-      }
-      const key = recipient.idempotencyKey ?? recipientIdempotencyKey(batchId, parsed.data.address);
-      if (!first.has(key)) first.set(key, i);
-      keys.push({ address: parsed.data, key, first: first.get(key) as number });
-    }
-    this.keyCache = { batchId, contentHash, keys, first };
-    return keys;
-  }
-
   /** Builds recipient `index`'s send request and renders it once, so that a bad one is rejected before pacing. */
-  private prepare(batch: NotificationBatch, index: number, keys: RecipientKey[]): Prepared {
-    const recipient = batch.recipients[index] as NotificationBatch['recipients'][number];
-    const key = keys[index] as RecipientKey;
+  private prepare(fields: BatchFields, index: number, recipient: PreparedRecipient): Prepared {
     const reject = (field: string, reason: string): Prepared => ({
       rejection: { index, field, reason, code: 'INVALID_MESSAGE' },
     });
-    if ('error' in key) return reject(`recipients[${index}].to`, key.error);
-    if (key.first !== index) {
+    if (!recipient.address || recipient.key === undefined) {
+      return reject(`recipients[${index}].to`, recipient.addressError ?? 'is not a valid email address');
+    }
+    if (recipient.duplicateOf !== undefined) {
       const what = recipient.idempotencyKey !== undefined ? 'idempotencyKey' : 'to';
       return reject(
         `recipients[${index}].${what}`,
-        `duplicate of recipients[${key.first}] (the same ${what === 'to' ? 'address' : 'idempotencyKey'}): sent once`,
+        `duplicate of recipients[${recipient.duplicateOf}] (the same ${what === 'to' ? 'address' : 'idempotencyKey'}): sent once`,
       );
     }
     const request: SendRequest = {
-      ...(batch.from ? { from: batch.from } : {}),
-      to: [key.address],
+      ...(fields.from ? { from: fields.from } : {}),
+      to: [recipient.address],
       cc: [],
       bcc: [],
       content: {
         kind: 'template',
-        template: batch.template,
+        template: fields.template,
         // The recipient's top-level keys replace the shared ones.
-        data: { ...batch.data, ...recipient.data },
-        ...(batch.subject !== undefined ? { subject: batch.subject } : {}),
+        data: { ...fields.data, ...recipient.data },
+        ...(fields.subject !== undefined ? { subject: fields.subject } : {}),
       },
       attachments: [],
       headers: {},
-      idempotencyKey: key.key,
-      ...(batch.sendAt ? { sendAt: new Date(batch.sendAt) } : {}),
+      idempotencyKey: recipient.key,
+      ...(fields.sendAt ? { sendAt: new Date(fields.sendAt) } : {}),
     };
     try {
       this.deps.outbox.render(request);
     } catch (error) {
-      const rejection = this.rejectionOf(index, batch, error);
+      const rejection = this.rejectionOf(index, recipient, error);
       if (!rejection) throw error;
       return { rejection };
     }
@@ -577,9 +604,13 @@ export class Notifications {
   }
 
   /** A recipient's own problem as a rejection; undefined for anything else (storage), which must be thrown. */
-  private rejectionOf(index: number, batch: NotificationBatch, error: unknown): CodedRejection | undefined {
+  private rejectionOf(
+    index: number,
+    recipient: PreparedRecipient | undefined,
+    error: unknown,
+  ): CodedRejection | undefined {
     if (!(error instanceof MailError) || error.transient) return undefined;
-    const gaveKey = batch.recipients[index]?.idempotencyKey !== undefined;
+    const gaveKey = recipient?.idempotencyKey !== undefined;
     const detail: FieldProblem | undefined = error.details?.[0];
     const field = recipientField(index, detail?.path, gaveKey);
     let reason = detail?.message ?? error.message;
@@ -597,6 +628,7 @@ export class Notifications {
   /** Records a batch that cannot be fanned out at all as failed, unless its batchId already holds a batch. */
   private async recordInvalid(batchId: string, error: MailError): Promise<FanoutOutcome> {
     const at = this.iso();
+    await this.summaries.indexForRetention(batchId, at);
     const created = await this.summaries.create({
       batchId,
       status: 'failed',
@@ -717,8 +749,9 @@ export class Notifications {
     contentHash: string,
     status: BatchStatus,
     stored: boolean,
+    createdAt: string,
   ): BatchSummary {
-    const at = this.iso();
+    const at = createdAt;
     return {
       batchId,
       status,
@@ -735,6 +768,11 @@ export class Notifications {
       createdAt: at,
       updatedAt: at,
     };
+  }
+
+  /** The header of batch `batchId` as stored in mail-batches. */
+  private header(batchId: string, contentHash: string, batch: NotificationBatch): BatchHeader {
+    return { batchId, contentHash, chunkSize: this.chunkSize, total: batch.recipients.length, batch: fieldsOf(batch) };
   }
 
   private trackAccepted(summary: BatchSummary, context: FanoutContext = {}): void {

@@ -5,33 +5,39 @@
  * Write order, and what a crash between two writes leaves behind:
  *
  * 1. idempotency claim (only with a key) — a crash after it: the client's retry with the same key finds the claim,
- *    finds no record, and completes the accept with the claimed id.
- * 2. payload blob `mail-payloads/<id>.json` — a crash after it leaves an orphan blob that nothing points at
- *    (harmless; a lifecycle rule on the container removes old blobs).
- * 3. status record (`queued` or `scheduled`, `dueAt` = when its queue message becomes visible).
- * 4. queue message `{ id }` — a crash between 3 and 4 is the one leftover: a record with no queue message. It is
- *    detected as a `queued`/`scheduled` record whose `dueAt` is well in the past (`StatusStore.overdue`) and
- *    repaired by `requeueOverdue`, or by the client's retry with the same idempotency key. Re-enqueueing is always
- *    safe, because delivery completes idempotently.
- *
- * So a queue message never exists without its blob and record.
+ *    finds no record, and completes the accept with the claimed id. A claim whose record never appeared is free
+ *    again once it is older than the retention period.
+ * 2. payload blob `mail-payloads/<id>.json` — a crash after it leaves a blob that nothing points at (harmless; in
+ *    Azure a lifecycle rule on the container removes old blobs).
+ * 3. queue message `{ id }`, visible at the message's due time — a crash after it leaves a queue message whose record
+ *    never appeared: `deliver` waits briefly for the record, then leaves the message to the host's retries and the
+ *    poison queue, where it is dropped. The request was never answered 202, so nothing accepted is lost.
+ * 4. status record (`queued` or `scheduled`, `dueAt`) — written last, so that every record has its queue message:
+ *    no timer has to look for records whose queue message went missing.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Config } from './config';
 import { MailError } from './errors';
 import type { IdempotencyStore } from './idempotencyStore';
 import { silentLogger, type Logger } from './logger';
 import { parseMessage, type MailMessage } from './message';
+import { batchMessageId, messageIdLocalPart, uuidv7 } from './messageIds';
 import { enqueueOutbox } from './outboxQueue';
 import type { PayloadStore } from './payloadStore';
 import { isAllowedFrom } from './sender';
 import { parseSendRequest, type SendRequest } from './sendRequest';
-import type { StatusStore, StoredRecord, OutboxSource } from './statusStore';
+import { TERMINAL_STATUSES, type StatusStore, type StoredRecord, type OutboxSource } from './statusStore';
 import type { StorageClients } from './storage';
 import type { TemplateRenderer } from './templates';
 
-/** A replayed accept whose record is still waiting this long after it was due re-enqueues its message (see above). */
+/** A replayed accept whose record is still waiting this long after it was due re-enqueues its message (a safety net). */
 export const STRANDED_AFTER_MS = 5 * 60 * 1000;
+/**
+ * A claim younger than this whose record is missing is most likely a concurrent request still writing it: wait for
+ * it (IN_FLIGHT_WAITS_MS) rather than enqueue a second queue message for the same message.
+ */
+const IN_FLIGHT_CLAIM_MS = 10_000;
+const IN_FLIGHT_WAITS_MS = [50, 200, 500];
 
 export interface OutboxDeps {
   config: Config;
@@ -42,6 +48,7 @@ export interface OutboxDeps {
   idempotency: IdempotencyStore;
   logger?: Logger;
   now?: () => number;
+  /** Ids of single messages; default a UUIDv7 of the accept time (see messageIds.ts). */
   newId?: () => string;
 }
 
@@ -75,9 +82,12 @@ export function canonicalJson(value: unknown): string {
   );
 }
 
-/** The Message-ID of outbox message `id`: `<id@domain of From>` (a UUID, so unique without coordination). */
+/**
+ * The Message-ID of outbox message `id`: `<uuid@domain of From>`, or the 32 hex digits of a batch message id (a
+ * batch id may hold characters a Message-ID may not); unique without coordination either way.
+ */
 export function outboxMessageId(id: string, from: string): string {
-  return `<${id}@${from.slice(from.lastIndexOf('@') + 1).toLowerCase()}>`;
+  return `<${messageIdLocalPart(id)}@${from.slice(from.lastIndexOf('@') + 1).toLowerCase()}>`;
 }
 
 /** The hash an idempotent replay must match: the whole validated request except the key itself. */
@@ -96,7 +106,7 @@ export class Outbox {
   constructor(private readonly deps: OutboxDeps) {
     this.logger = deps.logger ?? silentLogger;
     this.now = deps.now ?? Date.now;
-    this.newId = deps.newId ?? randomUUID;
+    this.newId = deps.newId ?? (() => uuidv7(this.now()));
   }
 
   /**
@@ -155,27 +165,26 @@ export class Outbox {
   /** Accepts an already validated request (the HTTP body, a notification recipient, a digest). */
   async acceptRequest(request: SendRequest, options: AcceptOptions): Promise<AcceptResult> {
     const { message, template } = this.render(request);
-    const { storage, status, payloads, idempotency, config } = this.deps;
+    const { storage, status, payloads } = this.deps;
     await storage.ensureResources();
     const hash = payloadHash(request);
     const now = this.now();
-    let id = this.newId();
+    // A batch's message is named by its batch and key, so every fan-out of the batch names the same one.
+    let id =
+      options.batchId !== undefined && request.idempotencyKey !== undefined
+        ? batchMessageId(options.batchId, request.idempotencyKey)
+        : this.newId();
 
     if (request.idempotencyKey !== undefined) {
-      const claim = await idempotency.claim(config.sender, request.idempotencyKey, {
-        id,
-        payloadHash: hash,
-        createdAt: new Date(now).toISOString(),
-      });
-      if (!claim.created) {
-        if (claim.existing.payloadHash !== hash) {
+      const existing = await this.claimKey(request.idempotencyKey, { id, payloadHash: hash, createdAt: now });
+      if (existing) {
+        if (existing.payloadHash !== hash) {
           throw new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
             details: [{ path: 'idempotencyKey', message: 'already used for a different message' }],
           });
         }
-        id = claim.existing.id;
-        const existing = await status.get(id);
-        if (existing) return { id, record: await this.healIfStranded(existing), replayed: true };
+        id = existing.id;
+        if (existing.record) return { id, record: await this.healIfStranded(existing.record), replayed: true };
         // The first request claimed the key and has not written its record yet (it is in flight, or it died):
         // finish the accept under the claimed id. Every write below tolerates the other request doing the same.
         this.logger.info('completing an idempotent accept whose record was missing', { id });
@@ -187,6 +196,8 @@ export class Outbox {
     await payloads.put(id, { message: { ...message, messageId: outboxMessageId(id, message.from.address) } });
     const sendAt = request.sendAt && request.sendAt.getTime() > now ? request.sendAt.getTime() : undefined;
     const dueAt = Math.max(sendAt ?? now, now + (options.holdSeconds ?? 0) * 1000);
+    // The queue message before the record: a record never exists without the message that will deliver it.
+    await enqueueOutbox(storage.outboxQueue, id, (dueAt - now) / 1000);
     const record = {
       id,
       status: sendAt ? ('scheduled' as const) : ('queued' as const),
@@ -202,13 +213,57 @@ export class Outbox {
     };
     const created = await status.create(record);
     if (!created) {
-      // A concurrent request with the same key created it, and enqueues it.
+      // A concurrent request with the same key created it (its queue message and ours both deliver it, once).
       const existing = await status.get(id);
       if (!existing) throw new Error(`Status record ${id} was reported to exist but cannot be read`);
+      if (existing.payloadHash !== hash) {
+        throw new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
+          details: [{ path: 'idempotencyKey', message: 'already used for a different message' }],
+        });
+      }
       return { id, record: existing, replayed: true };
     }
-    await enqueueOutbox(storage.outboxQueue, id, (dueAt - now) / 1000);
     return { id, record: created, replayed: false };
+  }
+
+  /**
+   * Claims `key` for a new message. Returns undefined when this request claimed it, else the message the key
+   * belongs to (with its record, when there is one). A key whose message is past retention (completed longer ago
+   * than MAIL_RETENTION_DAYS, or never recorded and claimed longer ago than that) is expired: it is freed and
+   * claimed afresh, as the retention timer would have done.
+   */
+  private async claimKey(
+    key: string,
+    claim: { id: string; payloadHash: string; createdAt: number },
+  ): Promise<{ id: string; payloadHash: string; record?: StoredRecord } | undefined> {
+    const { idempotency, status, config } = this.deps;
+    const cutoff = claim.createdAt - config.retentionMs;
+    for (let tryNo = 0; tryNo < 3; tryNo++) {
+      const result = await idempotency.claim(config.sender, key, {
+        id: claim.id,
+        payloadHash: claim.payloadHash,
+        createdAt: new Date(claim.createdAt).toISOString(),
+      });
+      if (result.created) return undefined;
+      const existing = result.existing;
+      let record = await status.get(existing.id);
+      if (!record && claim.createdAt - Date.parse(existing.createdAt) < IN_FLIGHT_CLAIM_MS) {
+        for (const pause of IN_FLIGHT_WAITS_MS) {
+          await new Promise((resolve) => setTimeout(resolve, pause));
+          record = await status.get(existing.id);
+          if (record) break;
+        }
+      }
+      const expired = record
+        ? TERMINAL_STATUSES.has(record.status) && Date.parse(record.completedAt ?? record.createdAt) < cutoff
+        : Date.parse(existing.createdAt) < cutoff;
+      if (!expired) return { id: existing.id, payloadHash: existing.payloadHash, ...(record ? { record } : {}) };
+      this.logger.info('an idempotency key past retention is used again; it names a new message', {
+        previous: existing.id,
+      });
+      await idempotency.release(config.sender, key, existing.id, existing.etag);
+    }
+    throw new Error('The idempotency key kept changing hands; retry the request');
   }
 
   /** A replay of a record whose queue message should long have been seen re-enqueues it (crash between 3 and 4). */
@@ -216,20 +271,6 @@ export class Outbox {
     if (record.status !== 'queued' && record.status !== 'scheduled') return record;
     if (Date.parse(record.dueAt) > this.now() - STRANDED_AFTER_MS) return record;
     return (await this.requeue(record)) ?? record;
-  }
-
-  /**
-   * Re-enqueues every `queued`/`scheduled` record due more than `graceMs` ago: repairs the one leftover a crash can
-   * leave (a record without its queue message). Run it from a timer with a grace well above the queue's normal
-   * latency; a message that is merely late gets a duplicate queue message, which delivery drops idempotently.
-   */
-  async requeueOverdue(graceMs = STRANDED_AFTER_MS): Promise<string[]> {
-    await this.deps.storage.ensureResources();
-    const ids: string[] = [];
-    for await (const record of this.deps.status.overdue(new Date(this.now() - graceMs))) {
-      if (await this.requeue(record)) ids.push(record.id);
-    }
-    return ids;
   }
 
   /** Enqueues first, then records the new due time: a queue message must exist for every `dueAt` (see deliver). */

@@ -1,12 +1,11 @@
 /** The outbox queue's messages: `{ id }` only, base64-encoded JSON as host.json's `messageEncoding: "base64"` expects. */
 import type { QueueClient } from '@azure/storage-queue';
+import { isMessageId } from './messageIds';
 
 /** Azure Storage queues hide a message for at most 7 days. */
 export const MAX_VISIBILITY_SECONDS = 7 * 24 * 60 * 60;
 /** Never expire: a message scheduled 7 days ahead would otherwise expire (default TTL 7 days) as it becomes visible. */
 const NEVER_EXPIRES = -1;
-/** Outbox ids are UUIDs (crypto.randomUUID). */
-export const OUTBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface OutboxMessage {
   id: string;
@@ -19,7 +18,7 @@ export function encodeOutboxMessage(message: OutboxMessage): string {
 
 /**
  * Reads the trigger's payload: the host hands over the decoded JSON (an object) or text; a raw queue text may still
- * be base64. Returns undefined for anything that is not `{ id: <uuid> }`.
+ * be base64. Returns undefined for anything that is not `{ id: <message id> }` (see messageIds.ts).
  */
 export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
   let candidate = value;
@@ -33,7 +32,7 @@ export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
     }
   }
   const id = (candidate as { id?: unknown } | null)?.id;
-  return typeof id === 'string' && OUTBOX_ID.test(id) ? { id } : undefined;
+  return typeof id === 'string' && isMessageId(id) ? { id } : undefined;
 }
 
 /** Sends `{ id }` to `queue`, invisible for `delaySeconds` (clamped to 0…7 days). */

@@ -14,6 +14,11 @@
  * A batch schedules all its recipients in one write (`reserveSchedule`), on a line of its own so that single
  * messages deferred meanwhile are not put behind whole batches. Tickets and schedules only spread the wake-ups;
  * the slot taken at send time is what enforces the limit.
+ *
+ * Exchange may refuse a mailbox that this app's own count says has room (554 5.2.0: other apps or people sent from
+ * it too). Delivery then blocks the mailbox here until `blockedUntil`: every instance defers its messages until then,
+ * with wake-up tickets from that time on, and the first message to wake is the probe that finds out whether the
+ * rolling window has freed.
  */
 import type { TableClient } from '@azure/data-tables';
 import type { Config } from './config';
@@ -32,6 +37,10 @@ const MAX_WAIT_SLOTS = 30;
 export const MAX_WAIT_CAP_MS = 60_000;
 /** Daily usage is counted in this many buckets per window (15 minutes for 24 hours). */
 const DAILY_BUCKETS = 96;
+/** A mailbox Exchange refused for its daily quota is probed again after one bucket: 15 minutes for 24 hours. */
+const QUOTA_PROBE_BUCKETS = 1;
+/** ... but never sooner than this, however far time is scaled down. */
+const MIN_QUOTA_PROBE_MS = 1_000;
 /** ETag races before a reservation gives up and defers its message briefly. */
 const MAX_RACES = 25;
 const ROW_KEY = 'pacing';
@@ -58,7 +67,7 @@ export type Reservation =
   /** Send at `at` (epoch ms; wait until then). */
   | { kind: 'slot'; at: number }
   /** Over a limit: come back at `retryAt` (epoch ms). */
-  | { kind: 'defer'; retryAt: number; reason: 'rate' | 'daily' | 'contention' };
+  | { kind: 'defer'; retryAt: number; reason: 'rate' | 'daily' | 'contention' | 'exchange-daily-quota' };
 
 /** The stored state of one mailbox. */
 interface PacingEntity {
@@ -72,6 +81,18 @@ interface PacingEntity {
   nextBatchAt: number;
   /** JSON `[bucketStart, recipients][]`, oldest first. */
   daily: string;
+  /** Exchange refused the mailbox for its daily quota: nobody sends before this (epoch ms; 0 = not blocked). */
+  blockedUntil?: number;
+}
+
+/** The shared state as read, with the ETag of the read. */
+interface PacingState {
+  etag?: string;
+  nextSlotAt: number;
+  nextWakeAt: number;
+  nextBatchAt: number;
+  blockedUntil: number;
+  buckets: Buckets;
 }
 
 type Buckets = Array<[number, number]>;
@@ -93,6 +114,8 @@ export class Pacer {
    * window; half of it absorbs a late start, the other half the spread of SMTP latencies.
    */
   readonly lateToleranceMs: number;
+  /** How long a mailbox Exchange refused for its daily quota stays blocked before a message probes it again. */
+  readonly quotaProbeMs: number;
   private readonly bucketMs: number;
   private readonly partitionKey: string;
   private readonly now: () => number;
@@ -123,6 +146,7 @@ export class Pacer {
       );
     this.lateToleranceMs = (PACING_MARGIN * limits.rateWindowMs) / 2;
     this.bucketMs = limits.dailyWindowMs / DAILY_BUCKETS;
+    this.quotaProbeMs = Math.max(MIN_QUOTA_PROBE_MS, QUOTA_PROBE_BUCKETS * this.bucketMs);
     this.partitionKey = partitionOf(mailbox);
     this.now = options.now ?? Date.now;
   }
@@ -144,6 +168,10 @@ export class Pacer {
     for (let race = 0; race < MAX_RACES; race++) {
       const current = await this.read();
       const now = this.now();
+      if (current.blockedUntil > now) {
+        const wake = await this.ticket(1, 'nextWakeAt');
+        return { kind: 'defer', retryAt: wake ?? current.blockedUntil, reason: 'exchange-daily-quota' };
+      }
       const buckets = this.live(current.buckets, now);
       const used = buckets.reduce((sum, [, n]) => sum + n, 0);
       if (used + recipients > this.limits.dailyRecipientLimit) {
@@ -158,12 +186,7 @@ export class Pacer {
       const last = buckets.at(-1);
       if (last && last[0] === bucketStart) last[1] += recipients;
       else buckets.push([bucketStart, recipients]);
-      const written = await this.write(current.etag, {
-        nextSlotAt: slot + this.intervalMs,
-        nextWakeAt: current.nextWakeAt,
-        nextBatchAt: current.nextBatchAt,
-        daily: JSON.stringify(buckets),
-      });
+      const written = await this.write(current.etag, { ...current, nextSlotAt: slot + this.intervalMs, buckets });
       if (written) return { kind: 'slot', at: slot };
       await sleep(Math.random() * 5);
     }
@@ -179,11 +202,26 @@ export class Pacer {
     return { startAt: startAt ?? this.now(), intervalMs: this.intervalMs };
   }
 
+  /**
+   * Exchange refused the mailbox for its daily quota (554 5.2.0): nobody sends before `quotaProbeMs` from now.
+   * Returns the time the block ends (epoch ms), which is when the first deferred message probes the mailbox again.
+   */
+  async blockForDailyQuota(): Promise<number> {
+    for (let race = 0; race < MAX_RACES; race++) {
+      const current = await this.read();
+      const until = Math.max(current.blockedUntil, this.now() + this.quotaProbeMs);
+      if (await this.write(current.etag, { ...current, blockedUntil: until })) return until;
+      await sleep(Math.random() * 5);
+    }
+    return this.now() + this.quotaProbeMs;
+  }
+
   /** What the shared state says now (for the doctor, tests and benchmarks). */
   async snapshot(): Promise<{
     nextSlotAt: number;
     nextWakeAt: number;
     nextBatchAt: number;
+    blockedUntil: number;
     recipientsInDailyWindow: number;
   }> {
     const current = await this.read();
@@ -192,6 +230,7 @@ export class Pacer {
       nextSlotAt: current.nextSlotAt,
       nextWakeAt: current.nextWakeAt,
       nextBatchAt: current.nextBatchAt,
+      blockedUntil: current.blockedUntil,
       recipientsInDailyWindow: buckets.reduce((sum, [, n]) => sum + n, 0),
     };
   }
@@ -200,14 +239,8 @@ export class Pacer {
   private async ticket(count: number, line: 'nextWakeAt' | 'nextBatchAt'): Promise<number | undefined> {
     for (let race = 0; race < MAX_RACES; race++) {
       const current = await this.read();
-      const start = Math.max(this.now(), current.nextSlotAt, current[line]);
-      const written = await this.write(current.etag, {
-        nextSlotAt: current.nextSlotAt,
-        nextWakeAt: current.nextWakeAt,
-        nextBatchAt: current.nextBatchAt,
-        [line]: start + count * this.intervalMs,
-        daily: JSON.stringify(current.buckets),
-      });
+      const start = Math.max(this.now(), current.nextSlotAt, current[line], current.blockedUntil);
+      const written = await this.write(current.etag, { ...current, [line]: start + count * this.intervalMs });
       if (written) return start;
       await sleep(Math.random() * 5);
     }
@@ -231,38 +264,32 @@ export class Pacer {
     return this.now() + this.limits.dailyWindowMs;
   }
 
-  private async read(): Promise<{
-    etag?: string;
-    nextSlotAt: number;
-    nextWakeAt: number;
-    nextBatchAt: number;
-    buckets: Buckets;
-  }> {
+  private async read(): Promise<PacingState> {
     await this.ensure?.();
     const entity = await readEntity<PacingEntity>(this.table, this.partitionKey, ROW_KEY);
-    if (!entity) return { nextSlotAt: 0, nextWakeAt: 0, nextBatchAt: 0, buckets: [] };
+    if (!entity) return { nextSlotAt: 0, nextWakeAt: 0, nextBatchAt: 0, blockedUntil: 0, buckets: [] };
     return {
       etag: entity.etag,
       nextSlotAt: Number(entity.nextSlotAt) || 0,
       nextWakeAt: Number(entity.nextWakeAt) || 0,
       nextBatchAt: Number(entity.nextBatchAt) || 0,
+      blockedUntil: Number(entity.blockedUntil) || 0,
       buckets: parseBuckets(entity.daily),
     };
   }
 
   /** Writes the state if nobody else changed it since `etag` (insert-only when there was none). False on a lost race. */
-  private async write(
-    etag: string | undefined,
-    state: Pick<PacingEntity, 'nextSlotAt' | 'nextWakeAt' | 'nextBatchAt' | 'daily'>,
-  ): Promise<boolean> {
+  private async write(etag: string | undefined, state: Omit<PacingState, 'etag'>): Promise<boolean> {
     // Explicitly Double: an untyped JSON integer above 2^31 is refused by Table storage.
+    const double = (value: number) => ({ value, type: 'Double' as const });
     const typed = {
       partitionKey: this.partitionKey,
       rowKey: ROW_KEY,
-      ...state,
-      nextSlotAt: { value: state.nextSlotAt, type: 'Double' as const },
-      nextWakeAt: { value: state.nextWakeAt, type: 'Double' as const },
-      nextBatchAt: { value: state.nextBatchAt, type: 'Double' as const },
+      nextSlotAt: double(state.nextSlotAt),
+      nextWakeAt: double(state.nextWakeAt),
+      nextBatchAt: double(state.nextBatchAt),
+      blockedUntil: double(state.blockedUntil),
+      daily: JSON.stringify(state.buckets),
     };
     const written =
       etag === undefined ? await insertEntity(this.table, typed) : await replaceEntity(this.table, typed, etag);

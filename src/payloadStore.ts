@@ -55,6 +55,11 @@ export class PayloadStore {
     }
   }
 
+  /** Deletes the payload (retention). True when it existed. */
+  async delete(id: string): Promise<boolean> {
+    return (await this.container.getBlockBlobClient(PayloadStore.blobName(id)).deleteIfExists()).succeeded;
+  }
+
   /** The payload, or undefined when the blob does not exist. */
   async get(id: string): Promise<StoredPayload | undefined> {
     let buffer: Buffer;

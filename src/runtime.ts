@@ -2,6 +2,8 @@
 import { exportSettings, loadConfig, readSettings, type Config } from './config';
 import type { DeliverDeps } from './deliver';
 import { ensureError } from './errors';
+import { BatchPayloadStore } from './batchPayloadStore';
+import { BatchStore } from './batchStore';
 import { IdempotencyStore } from './idempotencyStore';
 import { createLogger, type Logger } from './logger';
 import { createMailer, type Mailer } from './mailer';
@@ -10,6 +12,7 @@ import { Outbox } from './outbox';
 import { ConnectionSlots } from './connectionSlots';
 import { Pacer, pacingLimits } from './pacing';
 import { PayloadStore } from './payloadStore';
+import { Retention } from './retention';
 import { StatusStore } from './statusStore';
 import { createStorage, storageTargetFromSettings, type StorageClients } from './storage';
 import { templateBundle } from './templateBundle';
@@ -33,6 +36,8 @@ export interface Runtime {
   notifications: Notifications;
   /** The mailbox's shared pacing state (absent with MAIL_PACING=off). */
   pacer?: Pacer;
+  /** Deletes records, keys, payloads and batches past MAIL_RETENTION_DAYS (the retention timer). */
+  retention: Retention;
   logger: Logger;
   now: () => number;
   close(): Promise<void>;
@@ -45,7 +50,7 @@ export interface RuntimeOptions {
   mailer?: Mailer;
   now?: () => number;
   /** Delivery tuning (lease, attempts, back-off) for tests. */
-  delivery?: Pick<DeliverDeps, 'leaseMs' | 'maxAttempts' | 'backoffSeconds'>;
+  delivery?: Pick<DeliverDeps, 'leaseMs' | 'maxAttempts' | 'backoffSeconds' | 'concurrencyBackoffMs'>;
 }
 
 /** Builds a Runtime from `settings` (no network). Throws ConfigError naming each bad setting. */
@@ -75,16 +80,8 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
   const renderer = new TemplateRenderer(templateBundle());
   const status = new StatusStore(storage.statusTable);
   const payloads = new PayloadStore(storage.payloads);
-  const outbox = new Outbox({
-    config,
-    renderer,
-    storage,
-    status,
-    payloads,
-    idempotency: new IdempotencyStore(storage.idempotencyTable),
-    logger,
-    now,
-  });
+  const idempotency = new IdempotencyStore(storage.idempotencyTable);
+  const outbox = new Outbox({ config, renderer, storage, status, payloads, idempotency, logger, now });
   const deliverDeps: DeliverDeps = {
     sender: mailer.sender,
     status,
@@ -94,7 +91,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     logger,
     now,
     leaseMs: config.sendLeaseMs,
-    ...(pacer ? { pacer } : {}),
+    ...(pacer ? { pacer } : { quotaProbeMs: Math.max(1_000, config.limits.dailyWindowMs / 96) }),
     ...options.delivery,
   };
   const notifications = new Notifications({
@@ -109,6 +106,17 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     logger,
     now,
   });
+  const retention = new Retention({
+    config,
+    storage,
+    status,
+    payloads,
+    idempotency,
+    batches: new BatchStore(storage.batchTable),
+    batchBlobs: new BatchPayloadStore(storage.batches),
+    logger,
+    now,
+  });
   return {
     config,
     mailer,
@@ -120,6 +128,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     deliverDeps,
     notifications,
     ...(pacer ? { pacer } : {}),
+    retention,
     logger,
     now,
     close: () => mailer.close(),

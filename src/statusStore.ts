@@ -1,15 +1,29 @@
 /** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
 import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from './errors';
-import { insertEntity, readEntity, replaceEntity } from './tableEntity';
+import { batchPartition, idOfRecord, recordKeys, SINGLE_ROW_KEY, uuidv7Floor } from './messageIds';
+import { deleteEntity, insertEntity, readEntity, replaceEntity } from './tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
 export type MailStatus = (typeof MAIL_STATUSES)[number];
 export type OutboxSource = 'http' | 'notification' | 'digest';
 /** Statuses no delivery changes any more. */
 export const TERMINAL_STATUSES: ReadonlySet<MailStatus> = new Set(['sent', 'failed', 'suppressed']);
-/** The one row of a message's partition. */
-const ROW_KEY = 'status';
+/**
+ * Why a `queued` message is waiting for a later attempt: a transient failure's back-off (`retry`), one of the
+ * mailbox's limits as this app keeps them (`rate`, `daily`, `connections`, `contention`), or Exchange saying the
+ * mailbox is over a limit now (`exchange-daily-quota`: 554 5.2.0; `exchange-concurrency`: 432 4.3.2).
+ */
+export const WAIT_REASONS = [
+  'retry',
+  'rate',
+  'daily',
+  'connections',
+  'contention',
+  'exchange-daily-quota',
+  'exchange-concurrency',
+] as const;
+export type WaitReason = (typeof WAIT_REASONS)[number];
 
 /** A message's status as stored. Dates are ISO 8601 strings. */
 export interface StatusRecord {
@@ -32,6 +46,12 @@ export interface StatusRecord {
   idempotencyKey?: string;
   /** While `sending`: the worker holding the lease owns the record until then. */
   leaseUntil?: string;
+  /** When the record reached `sent`, `failed` or `suppressed`: retention counts from here. */
+  completedAt?: string;
+  /** While `queued` after a deferral: why it waits until `dueAt`. */
+  waitReason?: WaitReason;
+  /** Deferrals because Exchange said the mailbox is over a limit, in a row: spaces out the next probe. */
+  throttles?: number;
 }
 
 /** A stored record with the ETag that guards its next transition. */
@@ -48,6 +68,8 @@ export interface StatusView {
   scheduledFor?: string;
   sentAt?: string;
   messageId?: string;
+  /** While queued after a deferral: why, and until when (no attempt is spent waiting for a limit). */
+  waiting?: { reason: WaitReason; until: string };
   error?: ClassifiedError;
 }
 
@@ -63,6 +85,9 @@ export function statusView(record: StatusRecord): StatusView {
     ...(record.scheduledFor !== undefined ? { scheduledFor: record.scheduledFor } : {}),
     ...(record.sentAt !== undefined ? { sentAt: record.sentAt } : {}),
     ...(record.messageId !== undefined ? { messageId: record.messageId } : {}),
+    ...(record.status === 'queued' && record.waitReason !== undefined
+      ? { waiting: { reason: record.waitReason, until: record.dueAt } }
+      : {}),
     ...(record.error !== undefined ? { error: record.error } : {}),
   };
 }
@@ -87,7 +112,13 @@ type Entity = {
   error?: string;
   idempotencyKey?: string;
   leaseUntil?: string;
+  completedAt?: string;
+  waitReason?: string;
+  throttles?: number;
 };
+
+/** Rows per page when the retention timer reads records. */
+const PAGE_SIZE = 100;
 
 /** Table properties hold at most 32K UTF-16 characters; SMTP replies and messages are far shorter, but never fail a write on it. */
 const MAX_PROPERTY_CHARS = 30_000;
@@ -96,8 +127,7 @@ const clip = (value: string) => (value.length > MAX_PROPERTY_CHARS ? value.slice
 function toEntity(record: StatusRecord): Entity {
   const optional = <K extends keyof StatusRecord>(key: K) => (record[key] !== undefined ? { [key]: record[key] } : {});
   return {
-    partitionKey: record.id,
-    rowKey: ROW_KEY,
+    ...recordKeys(record.id),
     status: record.status,
     source: record.source,
     attempts: record.attempts,
@@ -111,6 +141,9 @@ function toEntity(record: StatusRecord): Entity {
     ...optional('messageId'),
     ...optional('idempotencyKey'),
     ...optional('leaseUntil'),
+    ...optional('completedAt'),
+    ...optional('waitReason'),
+    ...optional('throttles'),
     ...(record.smtp ? { smtpCode: record.smtp.code, smtpResponse: clip(record.smtp.response) } : {}),
     ...(record.error ? { error: clip(JSON.stringify(record.error)) } : {}),
   };
@@ -128,7 +161,7 @@ function fromEntity(entity: Entity & { etag: string }): StoredRecord {
     }
   }
   return {
-    id: entity.partitionKey,
+    id: idOfRecord(entity.partitionKey, entity.rowKey),
     status: entity.status as MailStatus,
     source: entity.source as OutboxSource,
     attempts: entity.attempts,
@@ -142,6 +175,9 @@ function fromEntity(entity: Entity & { etag: string }): StoredRecord {
     ...optional('messageId'),
     ...optional('idempotencyKey'),
     ...optional('leaseUntil'),
+    ...optional('completedAt'),
+    ...optional('waitReason'),
+    ...optional('throttles'),
     ...(entity.smtpCode !== undefined && entity.smtpCode !== null
       ? { smtp: { code: entity.smtpCode, response: entity.smtpResponse ?? '' } }
       : {}),
@@ -165,8 +201,15 @@ export class StatusStore {
 
   /** The record, or undefined when there is none. */
   async get(id: string): Promise<StoredRecord | undefined> {
-    const entity = await readEntity<Entity>(this.table, id, ROW_KEY);
+    const { partitionKey, rowKey } = recordKeys(id);
+    const entity = await readEntity<Entity>(this.table, partitionKey, rowKey);
     return entity && fromEntity(entity);
+  }
+
+  /** Deletes the record if nobody has written it since `current` was read. False when it moved (412) or is gone. */
+  async delete(current: StoredRecord): Promise<boolean> {
+    const { partitionKey, rowKey } = recordKeys(current.id);
+    return deleteEntity(this.table, partitionKey, rowKey, current.etag);
   }
 
   /**
@@ -184,15 +227,13 @@ export class StatusStore {
   }
 
   /**
-   * How many records of notification batch `batchId` are in each status. `batchId` is a plain property, not a key
-   * (records are partitioned by message id), so the service scans the whole table with this filter and returns only
-   * `status`: the cost grows with the table, one transaction per page of at most 1,000 matches or per partition
-   * range scanned. Fine for a status poll; not for a tight loop.
+   * How many records of notification batch `batchId` are in each status. A batch's records are one partition of their
+   * own, so this reads that partition (`status` only, 1,000 rows a page) and nothing else, however large the table.
    */
   async countByBatch(batchId: string): Promise<Record<MailStatus, number>> {
     const counts = Object.fromEntries(MAIL_STATUSES.map((s) => [s, 0])) as Record<MailStatus, number>;
     const entities = this.table.listEntities<{ status: string }>({
-      queryOptions: { filter: odata`batchId eq ${batchId}`, select: ['status'] },
+      queryOptions: { filter: odata`PartitionKey eq ${batchPartition(batchId)}`, select: ['status'] },
     });
     for await (const entity of entities) {
       const status = entity.status as MailStatus;
@@ -202,17 +243,23 @@ export class StatusStore {
   }
 
   /**
-   * Records that are `queued` or `scheduled` but were due before `before`, or `sending` under a lease that ended
-   * before it: their queue message was lost (see Outbox: a crash between creating the record and enqueueing it)
-   * or is stuck behind a long backlog.
+   * The records of batch `batchId`, a page at a time (the retention timer). Reads the batch's partition only.
    */
-  async *overdue(before: Date): AsyncIterable<StoredRecord> {
-    const cutoff = before.toISOString();
-    const filter =
-      `((status eq 'queued' or status eq 'scheduled') and dueAt lt '${cutoff}')` +
-      ` or (status eq 'sending' and leaseUntil lt '${cutoff}')`;
-    for await (const entity of this.table.listEntities<Entity>({ queryOptions: { filter } })) {
-      yield fromEntity(entity as Entity & { etag: string });
-    }
+  async *ofBatch(batchId: string, pageSize = PAGE_SIZE): AsyncIterable<StoredRecord[]> {
+    const pages = this.table
+      .listEntities<Entity>({ queryOptions: { filter: odata`PartitionKey eq ${batchPartition(batchId)}` } })
+      .byPage({ maxPageSize: pageSize });
+    for await (const page of pages) yield page.map((e) => fromEntity(e as Entity & { etag: string }));
+  }
+
+  /**
+   * Single-message records created before `before` (their UUIDv7 ids sort below its floor), a page at a time: a
+   * PartitionKey range, so the cost is the rows in that range, not the table. Batch records (`batch~…` partitions)
+   * sort above every UUIDv7 and are never part of it.
+   */
+  async *createdBefore(before: number, pageSize = PAGE_SIZE): AsyncIterable<StoredRecord[]> {
+    const filter = odata`PartitionKey lt ${uuidv7Floor(before)} and RowKey eq ${SINGLE_ROW_KEY}`;
+    const pages = this.table.listEntities<Entity>({ queryOptions: { filter } }).byPage({ maxPageSize: pageSize });
+    for await (const page of pages) yield page.map((e) => fromEntity(e as Entity & { etag: string }));
   }
 }

@@ -1,6 +1,6 @@
 /**
- * The three Table storage writes every store here is built on: an insert that only one writer can win, a read that
- * tells "absent" from "failed", and a replace guarded by the ETag the writer read.
+ * The Table storage operations every store here is built on: an insert that only one writer can win, a read that
+ * tells "absent" from "failed", and a replace and a delete guarded by the ETag the writer read.
  */
 import type { TableClient, TableEntity } from '@azure/data-tables';
 import { storageStatusCode } from './storage';
@@ -45,6 +45,27 @@ export async function replaceEntity(
     return (await table.updateEntity(entity, 'Replace', { etag })).etag ?? '';
   } catch (error) {
     if (storageStatusCode(error) === 412) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Deletes the entity if nobody has written it since the read that returned `etag` (`*` deletes whatever is there).
+ * Returns false when it no longer matches (412) or is already gone (404): either way, someone else decided.
+ */
+export async function deleteEntity(
+  table: TableClient,
+  partitionKey: string,
+  rowKey: string,
+  etag: string,
+): Promise<boolean> {
+  if (!etag) throw new Error(`Entity ${partitionKey}/${rowKey} has no ETag; re-read it before deleting it`);
+  try {
+    await table.deleteEntity(partitionKey, rowKey, { etag });
+    return true;
+  } catch (error) {
+    const status = storageStatusCode(error);
+    if (status === 412 || status === 404) return false;
     throw error;
   }
 }

@@ -37,8 +37,19 @@ export type MailEventName =
   | 'BatchAccepted'
   | 'NotificationRecipientRejected'
   | 'DigestRun';
-/** Why a message was paced. */
-export const PACING_REASONS = ['rate', 'daily', 'contention', 'connections'] as const;
+/**
+ * Why a message waits (MailPaced, MailDeferred): one of the mailbox's limits as this app keeps them, Exchange saying
+ * the mailbox is over a limit now, or a transient failure's back-off.
+ */
+export const PACING_REASONS = [
+  'rate',
+  'daily',
+  'contention',
+  'connections',
+  'exchange-daily-quota',
+  'exchange-concurrency',
+  'retry',
+] as const;
 export type TelemetrySource = 'http' | 'notification' | 'digest' | 'cli';
 
 /** Only these fields exist, so addresses, subjects, bodies and secrets cannot be recorded. */
@@ -53,7 +64,7 @@ export interface MailEventProperties {
   errorCode?: string;
   transient?: boolean;
   recipientCount?: number;
-  /** MailPaced: which limit (one of PACING_REASONS). */
+  /** MailPaced, MailDeferred: why the message waits (one of PACING_REASONS). */
   reason?: (typeof PACING_REASONS)[number];
   /** MailPaced: how long until the message is back. */
   retryInSeconds?: number;

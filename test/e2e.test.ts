@@ -5,7 +5,6 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { startDevHost, type DevHost } from '../dev/host';
-import { createRuntime } from '../src/runtime';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -179,34 +178,13 @@ describe('POST /api/messages → outbox → Exchange', () => {
     expect(sandbox.smtp.messages.filter((m) => m.parsed.subject === 'Once')).toHaveLength(1);
   });
 
-  it('the outboxRepair timer re-enqueues a record that lost its queue message, and it is sent', async () => {
-    expect(host.functions.find((f) => f.name === 'outboxRepair')).toMatchObject({
+  it('the mailRetention timer is registered hourly and runs through the host', async () => {
+    expect(host.functions.find((f) => f.name === 'mailRetention')).toMatchObject({
       kind: 'timer',
-      schedule: '0 */5 * * * *',
+      schedule: '0 17 * * * *',
     });
-    const rt = createRuntime({ ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString });
-    try {
-      await rt.storage.ensureResources();
-      // A record as a crash between "record written" and "queue message sent" leaves it: no queue message.
-      const now = Date.now();
-      const { id } = await rt.outbox.accept(
-        {
-          to: 'stranded@example.com',
-          subject: 'stranded',
-          text: 'x',
-          sendAt: new Date(now + 60 * 60_000).toISOString(),
-        },
-        { source: 'http' },
-      );
-      const record = (await rt.status.get(id))!;
-      await rt.status.transition(record, { status: 'queued', dueAt: new Date(now - 10 * 60_000).toISOString() });
-      // Its (hour-ahead) queue message stays invisible; the repair must add one that is visible now.
-      await host.runTimer('outboxRepair');
-      host.wakeQueues();
-      expect(await waitForStatus(id, ['sent'])).toMatchObject({ status: 'sent' });
-    } finally {
-      await rt.close();
-    }
+    expect(host.functions.find((f) => f.name === 'outboxRepair')).toBeUndefined();
+    await host.runTimer('mailRetention');
   });
 
   it('GET of an unknown id is 404; preview of an unknown template is 404; no key is 401', async () => {

@@ -15,6 +15,7 @@ import { getNotifications } from '../src/api/notificationsGet';
 import { MAX_BATCH_BODY_BYTES, postNotifications } from '../src/api/notificationsPost';
 import { runApi, type ApiHandler } from '../src/api/runApi';
 import { BatchPayloadStore } from '../src/batchPayloadStore';
+import { batchPartition } from '../src/messageIds';
 import { MAX_LISTED_REJECTIONS } from '../src/batchStore';
 import { deliver } from '../src/deliver';
 import { encodeNotificationMessage } from '../src/notificationQueue';
@@ -132,14 +133,18 @@ async function drainOutbox(): Promise<number> {
   }
 }
 
-/** The outbox status records of a batch. */
-async function recordsOf(batchId: string): Promise<Array<{ partitionKey: string; status: string; dueAt: string }>> {
-  const out: Array<{ partitionKey: string; status: string; dueAt: string }> = [];
-  const entities = rt.storage.statusTable.listEntities<{ status: string; dueAt: string }>({
-    queryOptions: { filter: `batchId eq '${batchId}'` },
+/** The outbox status records of a batch: its partition of MailStatus. */
+async function recordsOf(
+  batchId: string,
+): Promise<Array<{ partitionKey: string; rowKey: string; status: string; dueAt: string }>> {
+  const out: Array<{ partitionKey: string; rowKey: string; status: string; dueAt: string }> = [];
+  const entities = rt.storage.statusTable.listEntities<{ status: string; dueAt: string; batchId: string }>({
+    queryOptions: { filter: `PartitionKey eq '${batchPartition(batchId)}'` },
   });
-  for await (const e of entities)
-    out.push({ partitionKey: e.partitionKey as string, status: e.status, dueAt: e.dueAt });
+  for await (const e of entities) {
+    expect(e.batchId).toBe(batchId);
+    out.push({ partitionKey: e.partitionKey as string, rowKey: e.rowKey as string, status: e.status, dueAt: e.dueAt });
+  }
   return out;
 }
 
@@ -277,7 +282,7 @@ describe('redelivery and duplicates', () => {
     );
     const keys = new Set<string>();
     for (const r of await recordsOf(batchId)) {
-      const entity = await rt.storage.statusTable.getEntity<{ idempotencyKey: string }>(r.partitionKey, 'status');
+      const entity = await rt.storage.statusTable.getEntity<{ idempotencyKey: string }>(r.partitionKey, r.rowKey);
       keys.add(entity.idempotencyKey);
     }
     expect(keys).toEqual(new Set([recipientIdempotencyKey(batchId, 'key.owner@example.com'), `order-${batchId}`]));
@@ -379,8 +384,8 @@ describe('chunks and continuations', () => {
       (await rt.storage.notificationsQueue.receiveMessages()).receivedMessageItems[0]!.messageText,
     );
     expect(first).toEqual({ outcome: 'fanned-out', batchId, offset: 0, next: 3, status: 'fanning-out' });
-    // The inline batch was written to mail-batches before its continuation was enqueued.
-    expect(await rt.storage.batches.getBlobClient(BatchPayloadStore.blobName(batchId)).exists()).toBe(true);
+    // The inline batch was written to mail-batches (its fields and its chunks) before its continuation was enqueued.
+    expect(await rt.storage.batches.getBlobClient(BatchPayloadStore.headerBlobName(batchId)).exists()).toBe(true);
     const peeked = await rt.storage.notificationsQueue.peekMessages({ numberOfMessages: 32 });
     const texts = peeked.peekedMessageItems.map((m) => JSON.parse(Buffer.from(m.messageText, 'base64').toString()));
     expect(texts).toContainEqual({ batchId, offset: 3 });
@@ -463,7 +468,7 @@ describe('pacing for the batch as a whole', () => {
     await enqueue(batchOf([person('p0'), { to: 'bad' }, person('p2'), person('p3'), person('p4')], { batchId }));
     await pump(n);
     expect(calls).toEqual([2, 2]);
-    const due = new Map((await recordsOf(batchId)).map((r) => [r.partitionKey, Date.parse(r.dueAt)]));
+    const due = new Map((await recordsOf(batchId)).map((r) => [r.rowKey, Date.parse(r.dueAt)]));
     const dueTimes = [...due.values()].sort((a, b) => a - b);
     const expected = [startAt, startAt + intervalMs, startAt + 10_000, startAt + 10_000 + intervalMs];
     dueTimes.forEach((t, i) => expect(Math.abs(t - expected[i]!)).toBeLessThan(1_500));
@@ -812,7 +817,7 @@ describe('end to end through the dev host', () => {
     const blobs = BlobServiceClient.fromConnectionString(hostAzurite.connectionString).getContainerClient(
       BATCH_CONTAINER,
     );
-    expect(await blobs.getBlobClient(BatchPayloadStore.blobName(accepted.batchId)).exists()).toBe(true);
+    expect(await blobs.getBlobClient(BatchPayloadStore.headerBlobName(accepted.batchId)).exists()).toBe(true);
 
     const view = await waitForSent(accepted.batchId, count, 60_000);
     expect(view).toMatchObject({ total: count, accepted: count, rejected: 0, category: 'bulk' });

@@ -1,18 +1,22 @@
 /** The outbox against Azurite and the sandbox's Exchange: accept, idempotency, scheduling, delivery, leases, retries and poison. */
 import { readFileSync } from 'node:fs';
 import { CredentialUnavailableError } from '@azure/identity';
+import { TableClient } from '@azure/data-tables';
+import { RestError, type PipelinePolicy } from '@azure/core-rest-pipeline';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { deliver, markPoisoned, type DeliverOutcome } from '../src/deliver';
 import { MailError } from '../src/errors';
 import { IdempotencyStore } from '../src/idempotencyStore';
-import { payloadHash } from '../src/outbox';
+import { Outbox, payloadHash } from '../src/outbox';
+import { uuidv7 } from '../src/messageIds';
+import { StatusStore, statusView } from '../src/statusStore';
 import { enqueueOutbox, parseOutboxMessage } from '../src/outboxQueue';
 import { PayloadStore } from '../src/payloadStore';
 import { createRuntime, type Runtime } from '../src/runtime';
 import { parseSendRequest } from '../src/sendRequest';
-import { asStorageUnavailable, isStorageError, storageTargetFromSettings } from '../src/storage';
+import { asStorageUnavailable, isStorageError, STATUS_TABLE, storageTargetFromSettings } from '../src/storage';
 import { ConfigError } from '../src/config';
 import { SMTP_SEND_AS_APP_ROLE } from '../sandbox/tenant';
 import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
@@ -40,7 +44,11 @@ beforeAll(async () => {
   rt = createRuntime(settings, {
     mailer,
     logger: mailer.logger,
-    delivery: { backoffSeconds: () => TEST_BACKOFF_SECONDS, maxAttempts: TEST_MAX_ATTEMPTS },
+    delivery: {
+      backoffSeconds: () => TEST_BACKOFF_SECONDS,
+      concurrencyBackoffMs: () => TEST_BACKOFF_SECONDS * 1000,
+      maxAttempts: TEST_MAX_ATTEMPTS,
+    },
   });
   await rt.storage.ensureResources();
 });
@@ -278,15 +286,15 @@ describe('scheduling', () => {
 });
 
 describe('delivery failures', () => {
-  it('a transient failure (432 4.3.2) goes back to queued with the error, re-enqueued with back-off, then is sent', async () => {
+  it('a transient failure (421 4.3.2) goes back to queued with the error, re-enqueued with back-off, then is sent', async () => {
     sandbox.ingestion.reset();
-    sandbox.smtp.faults.force432 = 1;
+    Object.assign(sandbox.smtp.faults, { reply421OnCommand: 1, reply421Command: 'MAIL' });
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     const [first] = await drainOnce();
     expect(first).toMatchObject({ outcome: 'deferred', retryInSeconds: TEST_BACKOFF_SECONDS });
     const deferred = await record(id);
-    expect(deferred).toMatchObject({ status: 'queued', attempts: 1 });
-    expect(deferred.error).toMatchObject({ code: 'CONCURRENCY_LIMIT', transient: true, smtp: { code: 432 } });
+    expect(deferred).toMatchObject({ status: 'queued', attempts: 1, waitReason: 'retry' });
+    expect(deferred.error).toMatchObject({ code: 'SMTP_UNAVAILABLE', transient: true, smtp: { code: 421 } });
     expect(await visibleIds()).toEqual([]);
     await waitVisible(1);
     const [second] = await drainOnce();
@@ -294,14 +302,20 @@ describe('delivery failures', () => {
     const sent = await record(id);
     expect(sent).toMatchObject({ status: 'sent', attempts: 2 });
     expect(sent.error).toBeUndefined();
+    expect(sent.completedAt).toBe(sent.sentAt);
     expect(sandbox.smtp.messages).toHaveLength(1);
     await mailer.telemetry.flush();
     const deferredEvent = sandbox.ingestion.events('MailDeferred').find((e) => e.properties.id === id);
-    expect(deferredEvent?.properties).toMatchObject({ source: 'http', attempt: '1', errorCode: 'CONCURRENCY_LIMIT' });
+    expect(deferredEvent?.properties).toMatchObject({
+      source: 'http',
+      attempt: '1',
+      errorCode: 'SMTP_UNAVAILABLE',
+      reason: 'retry',
+    });
   });
 
   it(`fails with "retries exhausted" after ${TEST_MAX_ATTEMPTS} transient failures`, async () => {
-    sandbox.smtp.faults.force432 = 10;
+    Object.assign(sandbox.smtp.faults, { reply421OnCommand: 10, reply421Command: 'MAIL' });
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     for (let attempt = 1; attempt <= TEST_MAX_ATTEMPTS; attempt++) {
       if (attempt > 1) await waitVisible(1);
@@ -309,10 +323,46 @@ describe('delivery failures', () => {
     }
     const failed = await record(id);
     expect(failed).toMatchObject({ status: 'failed', attempts: TEST_MAX_ATTEMPTS });
-    expect(failed.error?.code).toBe('CONCURRENCY_LIMIT');
+    expect(failed.error?.code).toBe('SMTP_UNAVAILABLE');
     expect(failed.error?.message).toMatch(/^retries exhausted: /);
     expect(failed.error?.transient).toBe(false);
+    expect(Date.parse(failed.completedAt!)).toBeGreaterThan(Date.parse(failed.createdAt));
     expect(await visibleIds()).toEqual([]);
+  });
+
+  it('432 4.3.2 (another sender holds the mailbox sessions) is waited out without spending attempts, then sent', async () => {
+    sandbox.ingestion.reset();
+    sandbox.smtp.faults.force432 = TEST_MAX_ATTEMPTS + 1; // more throttles than attempts: none of them may count
+    const { id } = await rt.outbox.accept(body(), { source: 'http' });
+    for (let throttle = 1; throttle <= TEST_MAX_ATTEMPTS + 1; throttle++) {
+      if (throttle > 1) await waitVisible(1);
+      const [outcome] = await drainOnce();
+      expect(outcome).toMatchObject({ outcome: 'paced', reason: 'exchange-concurrency' });
+      const waiting = await record(id);
+      expect(waiting).toMatchObject({ status: 'queued', attempts: 0, throttles: throttle });
+      expect(waiting.error).toMatchObject({ code: 'CONCURRENCY_LIMIT', smtp: { code: 432, enhanced: '4.3.2' } });
+      expect(statusView(waiting).waiting).toEqual({ reason: 'exchange-concurrency', until: waiting.dueAt });
+    }
+    await waitVisible(1);
+    const [sent] = await drainOnce();
+    expect(sent?.outcome).toBe('sent');
+    expect(await record(id)).toMatchObject({ status: 'sent', attempts: 1 });
+    expect((await record(id)).throttles).toBeUndefined();
+    expect(sandbox.smtp.messages).toHaveLength(1);
+    await mailer.telemetry.flush();
+    const deferrals = sandbox.ingestion.events('MailDeferred').filter((e) => e.properties.id === id);
+    expect(deferrals).toHaveLength(TEST_MAX_ATTEMPTS + 1);
+    for (const event of deferrals) {
+      expect(event.properties).toMatchObject({
+        reason: 'exchange-concurrency',
+        errorCode: 'CONCURRENCY_LIMIT',
+        smtpCode: '432',
+        attempt: '0',
+      });
+    }
+    expect(sandbox.ingestion.events('MailThrottled').filter((e) => e.properties.id === id)).toHaveLength(
+      TEST_MAX_ATTEMPTS + 1,
+    );
   });
 
   it('SendAs denied by Exchange is permanent: failed with the classified error and its hint', async () => {
@@ -410,16 +460,71 @@ describe('at-least-once queue, exactly-once send', () => {
     expect(sandbox.smtp.messages).toHaveLength(1);
   });
 
-  it('a record left without its queue message (crash between record and enqueue) is found and re-enqueued', async () => {
+  it('a record written a moment after its queue message (the accept writes the queue message first) is waited for and sent', async () => {
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
-    await rt.storage.outboxQueue.clearMessages(); // the enqueue "never happened"
-    const old = new Date(Date.now() - 10 * 60_000).toISOString();
-    await rt.status.transition(await record(id), { dueAt: old });
-    const requeued = await rt.outbox.requeueOverdue(5 * 60_000);
-    expect(requeued).toContain(id);
-    expect(await rt.outbox.requeueOverdue(5 * 60_000)).not.toContain(id); // once, not on every sweep
-    await drainOnce();
-    expect((await record(id)).status).toBe('sent');
+    const written = await record(id);
+    expect(await rt.status.delete(written)).toBe(true);
+    // The record appears 500 ms into the delivery, as it does when a worker dequeues faster than the accept writes.
+    const late = new Promise<void>((resolve) =>
+      setTimeout(() => {
+        const { etag: _etag, ...rest } = written;
+        void rt.status.create(rest).then(() => resolve());
+      }, 500),
+    );
+    const outcome = await deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, rt.deliverDeps);
+    await late;
+    expect(outcome.outcome).toBe('sent');
+    expect(sandbox.smtp.messages).toHaveLength(1);
+  });
+
+  it('a queue message whose accept died before the record: left to the host while retries remain, dropped at the last, nothing sent', async () => {
+    const id = uuidv7();
+    await enqueueOutbox(rt.storage.outboxQueue, id, 0);
+    await expect(deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, rt.deliverDeps)).rejects.toThrow(
+      /no status record yet/,
+    );
+    expect(await deliver(id, { dequeueCount: 5, maxDequeueCount: 5 }, rt.deliverDeps)).toEqual({ outcome: 'missing' });
+    expect(await markPoisoned(id, { dequeueCount: 6 }, rt.deliverDeps)).toBeUndefined();
+    expect(await rt.status.get(id)).toBeUndefined();
+    expect(sandbox.smtp.messages).toHaveLength(0);
+  });
+
+  it('accept writes the queue message before the record: a record write that fails leaves no record without its queue message, and the retry completes', async () => {
+    // Storage fails every status insert, as a crash right after the enqueue would leave it.
+    let failInserts = true;
+    const failing: PipelinePolicy = {
+      name: 'failStatusInserts',
+      sendRequest: (request, next) => {
+        if (failInserts && request.method === 'POST' && /\/MailStatus\b/.test(request.url)) {
+          return Promise.reject(new RestError('injected: storage failed on the status insert', { statusCode: 503 }));
+        }
+        return next(request);
+      },
+    };
+    const table = TableClient.fromConnectionString(azurite.connectionString, STATUS_TABLE, {
+      allowInsecureConnection: true,
+      additionalPolicies: [{ policy: failing, position: 'perCall' }],
+      retryOptions: { maxRetries: 0 },
+    });
+    const outbox = new Outbox({
+      config: rt.config,
+      renderer: rt.renderer,
+      storage: rt.storage,
+      status: new StatusStore(table),
+      payloads: rt.payloads,
+      idempotency: new IdempotencyStore(rt.storage.idempotencyTable),
+    });
+    const key = `crash-${Date.now()}`;
+    await expect(outbox.accept(body(), { source: 'http', idempotencyKeyHeader: key })).rejects.toThrow(/injected/);
+    const [queued] = await visibleIds();
+    expect(queued).toBeDefined();
+    expect(await rt.status.get(queued!)).toBeUndefined(); // a queue message without a record, never the reverse
+    failInserts = false;
+    const retried = await outbox.accept(body(), { source: 'http', idempotencyKeyHeader: key });
+    expect(retried).toMatchObject({ id: queued, replayed: false });
+    const outcomes = await drainOnce();
+    expect(outcomes.filter((o) => o.outcome === 'sent')).toHaveLength(1);
+    expect(sandbox.smtp.messages).toHaveLength(1);
   });
 });
 

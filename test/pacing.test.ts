@@ -269,14 +269,15 @@ describe('delivery with pacing', () => {
     );
   }, 30_000);
 
-  it('a 432 4.3.2 from Exchange backs off, is retried, and is counted as MailThrottled', async () => {
+  it('a 432 4.3.2 from Exchange backs off without spending the attempt, is retried, and is counted as MailThrottled', async () => {
     sandbox.smtp.faults.force432 = 1;
     const accepted = await rt.outbox.accept({ to: 'e@example.com', subject: 't432', text: 'x' }, { source: 'http' });
     const first = await deliver(accepted.id, {}, rt.deliverDeps);
-    expect(first).toMatchObject({ outcome: 'deferred' });
-    if (first.outcome !== 'deferred') throw new Error('unreachable');
-    expect(first.error.code).toBe('CONCURRENCY_LIMIT');
+    expect(first).toMatchObject({ outcome: 'paced', reason: 'exchange-concurrency' });
+    if (first.outcome !== 'paced') throw new Error('unreachable');
+    expect(first.error?.code).toBe('CONCURRENCY_LIMIT');
     expect(first.retryInSeconds).toBeGreaterThan(0);
+    expect(await rt.status.get(accepted.id)).toMatchObject({ status: 'queued', attempts: 0 });
     await rt.mailer.telemetry.flush();
     const throttled = await sandbox.ingestion.waitFor(
       () => sandbox.ingestion.events('MailThrottled').some((e) => e.properties.id === accepted.id),

@@ -1,6 +1,6 @@
 /** GET /api/messages/{id}: a message's status record, as PRODUCT.md F2 shows it. */
 import { MailError } from '../errors';
-import { OUTBOX_ID } from '../outboxQueue';
+import { isMessageId } from '../messageIds';
 import type { Runtime } from '../runtime';
 import { statusView } from '../statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
@@ -8,9 +8,15 @@ import type { ApiRequest, ApiResponse } from './apiTypes';
 /** Handles GET /api/messages/{id}. */
 export async function getMessage(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
   const id = request.params.id ?? '';
-  if (!OUTBOX_ID.test(id)) {
+  if (!isMessageId(id)) {
     throw new MailError('INVALID_MESSAGE', 'The message id is malformed', {
-      details: [{ path: 'id', message: 'must be a message id as returned by POST /api/messages (a lower-case UUID)' }],
+      details: [
+        {
+          path: 'id',
+          message:
+            'must be a message id as returned by POST /api/messages (a lower-case UUID, or <batchId>~<32 hex digits> for a batch message)',
+        },
+      ],
     });
   }
   await rt.storage.ensureResources();

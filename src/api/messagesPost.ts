@@ -2,7 +2,7 @@
 import { deliver } from '../deliver';
 import { MailError } from '../errors';
 import type { Runtime } from '../runtime';
-import type { StoredRecord } from '../statusStore';
+import { statusView, type StoredRecord } from '../statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { maxBodyBytes, readJsonBody } from './readJsonBody';
 
@@ -71,8 +71,10 @@ export async function postMessage(request: ApiRequest, rt: Runtime): Promise<Api
   if (record.status === 'failed') {
     return { status: 422, jsonBody: { id: record.id, status: 'failed', error: record.error } };
   }
-  // Transient failure, another worker on it, or scheduled: it stays in the outbox.
+  // Transient failure, a limit of the mailbox, another worker on it, or scheduled: it stays in the outbox.
   const response = accepted(request, record, result.replayed);
+  const view = statusView(record);
+  if (view.waiting) (response.jsonBody as Record<string, unknown>).waiting = view.waiting;
   if (record.error) (response.jsonBody as Record<string, unknown>).error = record.error;
   return response;
 }
