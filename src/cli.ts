@@ -8,7 +8,7 @@ import { BASIC_AUTH_DEPRECATION } from './sender';
 import { createLogger } from './logger';
 import { createMailer } from './mailer';
 import { parseMessage } from './message';
-import { Redactor } from './redact';
+import { Redactor, registerSecretSettings } from './redact';
 
 export const EXIT_OK = 0;
 export const EXIT_SEND_FAILED = 1;
@@ -155,6 +155,10 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   let mailer;
   try {
     const settings = readSettings(io.env, path.join(io.cwd, 'local.settings.json'));
+    // The account key and IDENTITY_HEADER are redacted from everything printed from here on; process.env too,
+    // because the Azure SDK reads IDENTITY_HEADER there.
+    registerSecretSettings(redactor, settings);
+    registerSecretSettings(redactor, process.env);
     exportSettings(settings);
     const config = loadConfig(settings);
     mailer = createMailer(config, {

@@ -115,7 +115,8 @@ class MsalAuthSource implements SmtpAuthSource {
     });
     const result = await app.acquireTokenByClientCredential({ scopes: [this.auth.scope], skipCache });
     if (!result?.accessToken) throw new MailError('TOKEN_FAILED', 'Entra ID returned no access token');
-    this.redactor?.add(result.accessToken);
+    // Tokens are many and short-lived: the redactor keeps the most recent ones only.
+    this.redactor?.addToken(result.accessToken);
     return {
       kind: 'xoauth2',
       user: this.config.sender,
@@ -168,7 +169,7 @@ class MsalAuthSource implements SmtpAuthSource {
           try {
             const token = await credential.getToken(TOKEN_EXCHANGE_SCOPE);
             if (!token) throw new Error('no token returned');
-            this.redactor?.add(token.token);
+            this.redactor?.addToken(token.token);
             return token.token;
           } catch (error) {
             throw new MailError(
