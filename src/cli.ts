@@ -19,7 +19,8 @@ const USAGE = `Usage:
                    --subject <text> (--text <text> | --html <html> | --text-file F | --html-file F) [--attach FILE …]
                    [--header "X-Name: value" …] [--json]
 
-Settings come from the environment and from local.settings.json "Values" in the current directory.
+Settings come from the environment and from local.settings.json "Values" in the current directory
+(never read when WEBSITE_INSTANCE_ID is set, i.e. in Azure).
 Exit status: 0 sent (250), 1 send failed (classified error and hint printed), 2 bad usage or settings.`;
 
 /** What the CLI writes; injectable so tests capture it. */
