@@ -8,7 +8,7 @@ import { BASIC_AUTH_DEPRECATION } from './sender';
 import { createLogger } from './logger';
 import { createMailer } from './mailer';
 import { parseMessage } from './message';
-import { Redactor } from './redact';
+import { Redactor, registerSecretSettings } from './redact';
 
 export const EXIT_OK = 0;
 export const EXIT_SEND_FAILED = 1;
@@ -19,7 +19,8 @@ const USAGE = `Usage:
                    --subject <text> (--text <text> | --html <html> | --text-file F | --html-file F) [--attach FILE …]
                    [--header "X-Name: value" …] [--json]
 
-Settings come from the environment and from local.settings.json "Values" in the current directory.
+Settings come from the environment and from local.settings.json "Values" in the current directory
+(never read when WEBSITE_INSTANCE_ID is set, i.e. in Azure).
 Exit status: 0 sent (250), 1 send failed (classified error and hint printed), 2 bad usage or settings.`;
 
 /** What the CLI writes; injectable so tests capture it. */
@@ -155,6 +156,10 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   let mailer;
   try {
     const settings = readSettings(io.env, path.join(io.cwd, 'local.settings.json'));
+    // The account key and IDENTITY_HEADER are redacted from everything printed from here on; process.env too,
+    // because the Azure SDK reads IDENTITY_HEADER there.
+    registerSecretSettings(redactor, settings);
+    registerSecretSettings(redactor, process.env);
     exportSettings(settings);
     const config = loadConfig(settings);
     mailer = createMailer(config, {

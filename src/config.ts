@@ -66,7 +66,8 @@ function positive(name: string, fallback: number, kind: 'whole' | 'seconds' | 'd
       const n = Number(value);
       if (!(kind === 'whole' ? Number.isInteger(n) : Number.isFinite(n)) || n <= 0) {
         const what = kind === 'whole' ? 'a positive whole number' : `a positive number of ${kind}`;
-        ctx.addIssue({ code: 'custom', message: `${name} must be ${what} (got "${value}")` });
+        // The value is not repeated: a secret pasted into the wrong setting would end up in the logs.
+        ctx.addIssue({ code: 'custom', message: `${name} must be ${what}` });
         return z.NEVER;
       }
       return n;
@@ -84,7 +85,7 @@ const onOff = (name: string) =>
       const v = value?.trim().toLowerCase();
       if (v === undefined || v === '' || v === 'on' || v === 'true') return true;
       if (v === 'off' || v === 'false') return false;
-      ctx.addIssue({ code: 'custom', message: `${name} must be "on" or "off" (got "${value}")` });
+      ctx.addIssue({ code: 'custom', message: `${name} must be "on" or "off"` });
       return z.NEVER;
     });
 
@@ -126,6 +127,9 @@ const rawSchema = z.object({
   APPLICATIONINSIGHTS_CONNECTION_STRING: optionalString,
   AZURE_CLIENT_ID: optionalString,
 });
+
+/** Every setting loadConfig reads (AzureWebJobsStorage's identity-based forms are read by src/storage.ts). */
+export const SETTING_NAMES = Object.keys(rawSchema.shape) as ReadonlyArray<keyof typeof rawSchema.shape>;
 
 /** OAuth settings shared by the three OAuth modes. */
 interface OAuthSettings {
@@ -205,51 +209,58 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const parsed = rawSchema.safeParse(env);
   const problems: string[] = [];
   if (!parsed.success) {
-    for (const issue of parsed.error.issues) problems.push(issue.message);
+    for (const issue of parsed.error.issues) {
+      // Our own rules word their message; anything else (a non-string value) is named, never quoted.
+      problems.push(issue.code === 'custom' ? issue.message : `${issue.path.join('.')} is invalid: it must be text`);
+    }
     throw new ConfigError(problems);
   }
   const s = parsed.data;
   const required = (name: keyof typeof s, why = '') => {
     if (s[name] === undefined) problems.push(`${name} is required${why}: ${FIXES[name] ?? 'set it'}`);
   };
-  const invalid = (name: string, value: string) =>
-    problems.push(`${name} is invalid ("${value}"): ${FIXES[name] ?? 'check the value'}`);
+  // Names the setting and the rule, never the value: a secret pasted into the wrong setting (or a connection string
+  // in place of a URL) must not reach the logs, the CLI's output or an HTTP answer.
+  const invalid = (name: string, which = '') =>
+    problems.push(`${name} is invalid${which}: ${FIXES[name] ?? 'check the value'}`);
 
   required('MAIL_SENDER');
   const sender = s.MAIL_SENDER?.toLowerCase() ?? '';
-  if (s.MAIL_SENDER && !EMAIL.test(s.MAIL_SENDER)) invalid('MAIL_SENDER', s.MAIL_SENDER);
+  if (s.MAIL_SENDER && !EMAIL.test(s.MAIL_SENDER)) invalid('MAIL_SENDER');
 
   const allowedFrom = new Set<string>(sender ? [sender] : []);
-  for (const entry of (s.MAIL_ALLOWED_FROM ?? '').split(',').map((e) => e.trim().toLowerCase())) {
-    if (!entry) continue;
+  const entries = (s.MAIL_ALLOWED_FROM ?? '').split(',').map((e) => e.trim().toLowerCase());
+  entries.forEach((entry, index) => {
+    if (!entry) return;
     if (entry.startsWith('@') ? /^@[a-z0-9.-]+\.[a-z]{2,}$/.test(entry) : EMAIL.test(entry)) allowedFrom.add(entry);
-    else invalid('MAIL_ALLOWED_FROM', entry);
-  }
+    // The entry's position finds it without quoting it.
+    else invalid('MAIL_ALLOWED_FROM', ` (entry ${index + 1} of ${entries.length})`);
+  });
 
   const mode = (s.MAIL_AUTH_MODE ?? 'client-secret') as AuthMode;
-  if (!AUTH_MODES.includes(mode)) invalid('MAIL_AUTH_MODE', String(s.MAIL_AUTH_MODE));
+  if (!AUTH_MODES.includes(mode)) invalid('MAIL_AUTH_MODE');
 
   const authorityHost = (s.MAIL_AUTHORITY_HOST ?? DEFAULT_AUTHORITY_HOST).replace(/\/+$/, '');
-  if (!/^https:\/\/[^/\s]+$/.test(authorityHost)) invalid('MAIL_AUTHORITY_HOST', authorityHost);
+  if (!/^https:\/\/[^/\s]+$/.test(authorityHost)) invalid('MAIL_AUTHORITY_HOST');
 
   const scope = s.MAIL_SMTP_SCOPE ?? DEFAULT_SMTP_SCOPE;
-  if (!/^https:\/\/\S+\/\.default$/.test(scope)) invalid('MAIL_SMTP_SCOPE', scope);
+  if (!/^https:\/\/\S+\/\.default$/.test(scope)) invalid('MAIL_SMTP_SCOPE');
 
   const oauth = mode !== 'basic';
   if (oauth) {
     required('MAIL_TENANT_ID', ` for MAIL_AUTH_MODE=${mode}`);
     required('MAIL_CLIENT_ID', ` for MAIL_AUTH_MODE=${mode}`);
-    if (s.MAIL_TENANT_ID && !GUID_OR_DOMAIN.test(s.MAIL_TENANT_ID)) invalid('MAIL_TENANT_ID', s.MAIL_TENANT_ID);
-    if (s.MAIL_CLIENT_ID && !GUID.test(s.MAIL_CLIENT_ID)) invalid('MAIL_CLIENT_ID', s.MAIL_CLIENT_ID);
+    if (s.MAIL_TENANT_ID && !GUID_OR_DOMAIN.test(s.MAIL_TENANT_ID)) invalid('MAIL_TENANT_ID');
+    if (s.MAIL_CLIENT_ID && !GUID.test(s.MAIL_CLIENT_ID)) invalid('MAIL_CLIENT_ID');
   }
   if (mode !== 'federated-identity') required('MAIL_KEY_VAULT_URL', ` for MAIL_AUTH_MODE=${mode}`);
   if (s.MAIL_KEY_VAULT_URL && !/^https:\/\/[^/\s]+\/?$/.test(s.MAIL_KEY_VAULT_URL)) {
-    invalid('MAIL_KEY_VAULT_URL', s.MAIL_KEY_VAULT_URL);
+    invalid('MAIL_KEY_VAULT_URL');
   }
 
   const smtpHost = s.MAIL_SMTP_HOST ?? DEFAULT_SMTP_HOST;
-  if (!/^[a-z0-9.-]+$/i.test(smtpHost)) invalid('MAIL_SMTP_HOST', smtpHost);
-  if (s.MAIL_SMTP_PORT > 65_535) invalid('MAIL_SMTP_PORT', String(s.MAIL_SMTP_PORT));
+  if (!/^[a-z0-9.-]+$/i.test(smtpHost)) invalid('MAIL_SMTP_HOST');
+  if (s.MAIL_SMTP_PORT > 65_535) invalid('MAIL_SMTP_PORT');
 
   let extraCaPem: string | undefined;
   if (s.MAIL_TLS_CA_FILE) {
@@ -264,7 +275,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     }
   }
   if (s.MAIL_UNSUBSCRIBE_BASE_URL && !/^https?:\/\/\S+$/.test(s.MAIL_UNSUBSCRIBE_BASE_URL)) {
-    invalid('MAIL_UNSUBSCRIBE_BASE_URL', s.MAIL_UNSUBSCRIBE_BASE_URL);
+    invalid('MAIL_UNSUBSCRIBE_BASE_URL');
   }
   if (s.MAIL_MAX_RECIPIENTS > 1000) {
     problems.push('MAIL_MAX_RECIPIENTS must be at most 1000: Exchange Online accepts 1 to 1000 recipients per message');
@@ -323,21 +334,43 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   };
 }
 
+/** Set by App Service on every instance in Azure: the app runs on the platform, not on a developer's machine. */
+export const AZURE_INSTANCE_SETTING = 'WEBSITE_INSTANCE_ID';
+
+/** Where in `text` a JSON.parse failure is, as "line L, column C", from the position V8 reports (if it does). */
+function jsonErrorPosition(error: unknown, text: string): string {
+  const position = /position (\d+)/.exec(error instanceof Error ? error.message : '')?.[1];
+  if (position === undefined) return text.trim() === '' ? 'the file is empty' : 'it ends too early';
+  const before = text.slice(0, Number(position));
+  const line = before.split('\n').length;
+  return `at line ${line}, column ${Number(position) - before.lastIndexOf('\n')}`;
+}
+
 /**
  * The settings a local run sees, as `func start` builds them: local.settings.json `Values` first,
  * then the process environment on top. A malformed local.settings.json is a ConfigError.
+ * In Azure (`WEBSITE_INSTANCE_ID` set) the file is never read: app settings are the only source there, and a
+ * local.settings.json that slipped into a deployment must not change (or break) the app.
  */
 export function readSettings(
   env: Record<string, string | undefined> = process.env,
   file = path.resolve('local.settings.json'),
 ): Record<string, string | undefined> {
+  if (env[AZURE_INSTANCE_SETTING]?.trim()) return { ...env };
   if (!existsSync(file)) return { ...env };
-  let values: Record<string, unknown>;
+  const text = readFileSync(file, 'utf8');
+  let json: unknown;
   try {
-    const json = JSON.parse(readFileSync(file, 'utf8')) as { Values?: Record<string, unknown> };
-    values = json.Values ?? {};
+    json = JSON.parse(text);
   } catch (error) {
-    throw new ConfigError([`${file} is not valid JSON (${(error as Error).message}): fix or delete it`]);
+    // JSON.parse's message quotes the text around the error, which can be a secret among the Values.
+    throw new ConfigError([`${file} is not valid JSON (${jsonErrorPosition(error, text)}): fix or delete it`]);
+  }
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    v !== null && typeof v === 'object' && !Array.isArray(v);
+  const values = isObject(json) ? (json.Values ?? {}) : undefined;
+  if (!isObject(values)) {
+    throw new ConfigError([`${file} must hold a JSON object with the settings in "Values": fix or delete it`]);
   }
   const merged: Record<string, string | undefined> = {};
   for (const [key, value] of Object.entries(values)) {

@@ -7,6 +7,7 @@ import { BatchStore } from './batchStore';
 import { IdempotencyStore } from './idempotencyStore';
 import { createLogger, type Logger } from './logger';
 import { createMailer, type Mailer } from './mailer';
+import { defaultRedactor, registerSecretSettings, type Redactor } from './redact';
 import { Notifications } from './notifications';
 import { Outbox } from './outbox';
 import { ConnectionSlots } from './connectionSlots';
@@ -39,6 +40,8 @@ export interface Runtime {
   /** Deletes records, keys, payloads and batches past MAIL_RETENTION_DAYS (the retention timer). */
   retention: Retention;
   logger: Logger;
+  /** Scrubs logs and error answers; knows the storage account key, IDENTITY_HEADER and every Key Vault secret read. */
+  redactor: Redactor;
   now: () => number;
   close(): Promise<void>;
 }
@@ -46,8 +49,10 @@ export interface Runtime {
 export interface RuntimeOptions {
   logger?: Logger;
   telemetry?: Telemetry;
-  /** Use this mailer instead of building one (tests share one sandbox mailer). */
+  /** Use this mailer instead of building one (tests share one sandbox mailer); its redactor is used. */
   mailer?: Mailer;
+  /** The redactor for logs and answers when no mailer is passed; default the process-wide one. */
+  redactor?: Redactor;
   now?: () => number;
   /** Delivery tuning (lease, attempts, back-off) for tests. */
   delivery?: Pick<DeliverDeps, 'leaseMs' | 'maxAttempts' | 'backoffSeconds' | 'concurrencyBackoffMs'>;
@@ -55,9 +60,14 @@ export interface RuntimeOptions {
 
 /** Builds a Runtime from `settings` (no network). Throws ConfigError naming each bad setting. */
 export function createRuntime(settings: Record<string, string | undefined>, options: RuntimeOptions = {}): Runtime {
+  const redactor = options.mailer?.redactor ?? options.redactor ?? defaultRedactor;
+  // Before anything can fail or log: the account key and IDENTITY_HEADER are known to every line written after this.
+  // IDENTITY_HEADER is read from process.env too, because that is where the Azure SDK takes it from.
+  registerSecretSettings(redactor, settings);
+  registerSecretSettings(redactor, process.env);
   const config = loadConfig(settings);
   const storage = createStorage(storageTargetFromSettings(settings));
-  const logger = options.logger ?? createLogger({ component: 'm365-mailer' });
+  const logger = options.logger ?? createLogger({ component: 'm365-mailer', redactor });
   const now = options.now ?? Date.now;
   // F4: the limits hold across instances only through shared storage.
   const slots = config.limits.pacing
@@ -74,6 +84,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     options.mailer ??
     createMailer(config, {
       logger,
+      redactor,
       ...(options.telemetry ? { telemetry: options.telemetry } : {}),
       ...(slots ? { slots } : {}),
     });
@@ -130,6 +141,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     ...(pacer ? { pacer } : {}),
     retention,
     logger,
+    redactor,
     now,
     close: () => mailer.close(),
   };
@@ -147,6 +159,7 @@ export function getRuntime(): Runtime {
   if (built) return built;
   if (failure) throw failure;
   try {
+    registerSecretSettings(defaultRedactor, process.env);
     const settings = readSettings(process.env);
     exportSettings(settings);
     built = createRuntime(settings);

@@ -2,7 +2,7 @@
 import { X509Certificate } from 'node:crypto';
 import { ConfidentialClientApplication, LogLevel, type Configuration } from '@azure/msal-node';
 import { ManagedIdentityCredential, type TokenCredential } from '@azure/identity';
-import forge from 'node-forge';
+import type * as Forge from 'node-forge';
 import { classifyTokenError } from './classify';
 import { isCustomAuthority, type AuthConfig, type Config } from './config';
 import { MailError } from './errors';
@@ -28,6 +28,15 @@ export interface SmtpAuthSource {
 
 type OAuthConfig = Exclude<AuthConfig, { mode: 'basic' }>;
 
+/**
+ * node-forge, loaded on first use: only a PFX certificate needs it, and it is large (some 30 ms of start-up for
+ * every cold start of an app that authenticates with a client secret, a PEM certificate or a federated identity).
+ */
+function loadForge(): typeof Forge {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('node-forge') as typeof Forge;
+}
+
 /** Splits a Key Vault certificate secret (PEM bundle or base64 PFX) into MSAL's certificate credential. */
 export function parseCertificateSecret(
   value: string,
@@ -42,6 +51,7 @@ export function parseCertificateSecret(
     certificate = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(value)?.[0];
   } else if (!contentType || contentType === 'application/x-pkcs12') {
     // Key Vault returns a PFX certificate's secret as base64 with no password.
+    const forge = loadForge();
     const der = forge.util.decode64(value);
     const p12 = forge.pkcs12.pkcs12FromAsn1(forge.asn1.fromDer(der), '');
     const bag = (type: string) => p12.getBags({ bagType: type })[type]?.[0];
@@ -115,7 +125,8 @@ class MsalAuthSource implements SmtpAuthSource {
     });
     const result = await app.acquireTokenByClientCredential({ scopes: [this.auth.scope], skipCache });
     if (!result?.accessToken) throw new MailError('TOKEN_FAILED', 'Entra ID returned no access token');
-    this.redactor?.add(result.accessToken);
+    // Tokens are many and short-lived: the redactor keeps the most recent ones only.
+    this.redactor?.addToken(result.accessToken);
     return {
       kind: 'xoauth2',
       user: this.config.sender,
@@ -168,7 +179,7 @@ class MsalAuthSource implements SmtpAuthSource {
           try {
             const token = await credential.getToken(TOKEN_EXCHANGE_SCOPE);
             if (!token) throw new Error('no token returned');
-            this.redactor?.add(token.token);
+            this.redactor?.addToken(token.token);
             return token.token;
           } catch (error) {
             throw new MailError(

@@ -93,6 +93,18 @@ export function storageTargetFromSettings(settings: Record<string, string | unde
         `${STORAGE_SETTING}${suffix} is required with identity-based storage: the outbox uses queues, tables and blobs`,
     );
   if (missing.length) throw new ConfigError(missing);
+  // Named one by one, and not quoted: a service URI can carry a SAS token.
+  const notUrls = [
+    ['__queueServiceUri', queueServiceUri],
+    ['__tableServiceUri', tableServiceUri],
+    ['__blobServiceUri', blobServiceUri],
+  ]
+    .filter(([, value]) => !/^https?:\/\/[^/\s]+/i.test(value as string) || !URL.canParse(value as string))
+    .map(
+      ([suffix]) =>
+        `${STORAGE_SETTING}${suffix} is invalid: the http(s) URL of the storage account's service, e.g. https://<account>.queue.core.windows.net`,
+    );
+  if (notUrls.length) throw new ConfigError(notUrls);
   const clientId = get('__clientId');
   return {
     kind: 'identity',
@@ -106,8 +118,25 @@ export function storageTargetFromSettings(settings: Record<string, string | unde
 const isLocalHttp = (connectionString: string) =>
   /UseDevelopmentStorage=true/i.test(connectionString) || /Endpoint=http:\/\//i.test(connectionString);
 
-/** Builds the clients (no network). Call `ensureResources()` before first use. */
+/** What a valid AzureWebJobsStorage connection string looks like (the rule a settings error states). */
+const CONNECTION_STRING_RULE =
+  'a storage connection string, "DefaultEndpointsProtocol=https;AccountName=<account>;AccountKey=<key>;EndpointSuffix=core.windows.net" (or "UseDevelopmentStorage=true" locally)';
+
+/**
+ * Builds the clients (no network). Call `ensureResources()` before first use. A malformed connection string is a
+ * ConfigError naming AzureWebJobsStorage and the rule; neither the string nor the SDK's message is repeated, since
+ * the string holds the account key.
+ */
 export function createStorage(target: StorageTarget): StorageClients {
+  try {
+    return buildStorage(target);
+  } catch (error) {
+    if (target.kind !== 'connectionString' || error instanceof MailError) throw error;
+    throw new ConfigError([`${STORAGE_SETTING} is not a valid storage connection string: ${CONNECTION_STRING_RULE}`]);
+  }
+}
+
+function buildStorage(target: StorageTarget): StorageClients {
   const queueRetry = {
     retryOptions: {
       maxTries: STORAGE_MAX_TRIES,

@@ -1,6 +1,7 @@
 /** The m365-mailer CLI: in process for the cases, and the built bundle as a real child process once. */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -12,6 +13,13 @@ const run = promisify(execFile);
 let sandbox: Sandbox;
 let cwd: string;
 const outputs: string[] = [];
+const tempDirs: string[] = [];
+
+function tempDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
 
 async function cli(args: string[], env: Record<string, string | undefined> = sandbox.settings()) {
   let stdout = '';
@@ -26,15 +34,30 @@ async function cli(args: string[], env: Record<string, string | undefined> = san
   return { code, stdout, stderr };
 }
 
+/** Runs the CLI in `dir` with exactly `env` as its environment. */
+async function runCliIn(dir: string, args: string[], env: Record<string, string | undefined>) {
+  let stdout = '';
+  let stderr = '';
+  const code = await runCli(args, {
+    stdout: (t) => (stdout += t),
+    stderr: (t) => (stderr += t),
+    env,
+    cwd: dir,
+  });
+  outputs.push(stdout, stderr);
+  return { code, stdout, stderr };
+}
+
 beforeAll(async () => {
   sandbox = await startSandbox();
   applySandboxEnv(sandbox);
-  cwd = mkdtempSync(path.join(tmpdir(), 'cli-'));
+  cwd = tempDir('cli-');
   writeFileSync(path.join(cwd, 'report.csv'), 'a,b\n1,2\n');
 });
 
 afterAll(async () => {
   await sandbox.close();
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
 });
 
 describe('m365-mailer send', () => {
@@ -145,9 +168,54 @@ describe('m365-mailer send', () => {
     expect(result.stderr).toMatch(/MAIL_SMTP_PORT must be a positive whole number/);
   });
 
+  it('the storage account key and IDENTITY_HEADER are redacted from what the CLI prints, human and --json', async () => {
+    const domain = sandbox.settings().MAIL_SENDER!.split('@')[1]!;
+    const accountKey = randomBytes(30).toString('hex');
+    const identityHeader = process.env.IDENTITY_HEADER!;
+    expect(identityHeader.length).toBeGreaterThanOrEqual(16);
+    const env = {
+      ...sandbox.settings(),
+      AzureWebJobsStorage: `DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=${accountKey};EndpointSuffix=core.windows.net`,
+      MAIL_ALLOWED_FROM: `@${domain}`,
+    };
+    for (const secret of [accountKey, identityHeader]) {
+      // Exchange's SendAsDenied reply quotes the From address: here it carries the secret.
+      const args = ['send', '--from', `${secret}@${domain}`, '--to', 'a@example.com', '--subject', 'x', '--text', 'y'];
+      const human = await cli(args, env);
+      expect(human.code).toBe(EXIT_SEND_FAILED);
+      expect(human.stderr).toMatch(/SMTP: 5\d\d 5\.2\.252 SendAsDenied; .* send as \[redacted\]@/);
+      const json = await cli([...args, '--json'], env);
+      expect(json.code).toBe(EXIT_SEND_FAILED);
+      expect(json.stdout).toContain('[redacted]@');
+      expect(human.stderr + human.stdout + json.stdout + json.stderr).not.toContain(secret);
+    }
+  });
+
+  it('with WEBSITE_INSTANCE_ID set (in Azure), local.settings.json in the directory is not read', async () => {
+    const dir = tempDir('cli-azure-');
+    writeFileSync(path.join(dir, 'local.settings.json'), JSON.stringify({ Values: sandbox.settings() }));
+    const inAzure = await runCliIn(dir, ['send', '--to', 'a@example.com', '--subject', 'x', '--text', 'y'], {
+      WEBSITE_INSTANCE_ID: 'instance-1',
+    });
+    expect(inAzure.code).toBe(EXIT_USAGE);
+    expect(inAzure.stderr).toMatch(/MAIL_SENDER is required/);
+    // A malformed file is not even parsed in Azure; locally it is, and reported.
+    writeFileSync(path.join(dir, 'local.settings.json'), '{ "Values": ');
+    const sent = await runCliIn(dir, ['send', '--to', 'a@example.com', '--subject', 'In Azure', '--text', 'y'], {
+      ...sandbox.settings(),
+      WEBSITE_INSTANCE_ID: 'instance-1',
+    });
+    expect(sent.code).toBe(EXIT_OK);
+    const local = await runCliIn(dir, ['send', '--to', 'a@example.com', '--subject', 'x', '--text', 'y'], {
+      ...sandbox.settings(),
+    });
+    expect(local.code).toBe(EXIT_USAGE);
+    expect(local.stderr).toMatch(/local\.settings\.json is not valid JSON/);
+  });
+
   it('the bundled CLI runs as a real process with settings from local.settings.json', async () => {
     await run(process.execPath, ['scripts/build.mjs'], { cwd: path.resolve(__dirname, '..') });
-    const dir = mkdtempSync(path.join(tmpdir(), 'cli-proc-'));
+    const dir = tempDir('cli-proc-');
     writeFileSync(
       path.join(dir, 'local.settings.json'),
       JSON.stringify({ IsEncrypted: false, Values: sandbox.settings() }),
@@ -171,6 +239,19 @@ describe('m365-mailer send', () => {
     outputs.push(stdout, stderr);
     expect(JSON.parse(stdout)).toMatchObject({ ok: true, smtp: { code: 250 } });
     expect(sandbox.smtp.messages.at(-1)?.parsed.subject).toBe('From a process');
+
+    // The same process in Azure (WEBSITE_INSTANCE_ID set) does not read the file beside it.
+    const inAzure = await run(
+      process.execPath,
+      [path.resolve(__dirname, '../dist/cli.js'), 'send', '--to', 'p@example.com', '--subject', 's', '--text', 't'],
+      { cwd: dir, env: { ...env, WEBSITE_INSTANCE_ID: 'instance-1' } },
+    ).then(
+      () => ({ code: 0, stderr: '' }),
+      (error: { code: number; stderr: string }) => error,
+    );
+    outputs.push(inAzure.stderr);
+    expect(inAzure.code).toBe(EXIT_USAGE);
+    expect(inAzure.stderr).toMatch(/MAIL_SENDER is required/);
   });
 
   it('no secret or token appears in any CLI output', () => {

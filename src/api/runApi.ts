@@ -17,9 +17,16 @@ export async function runApi(
   } catch (error) {
     return errorResponse(error);
   }
+  let response: ApiResponse;
   try {
-    return await handler(request, rt);
+    response = await handler(request, rt);
   } catch (error) {
-    return errorResponse(error, rt.logger);
+    response = errorResponse(error, rt.logger);
   }
+  // An error answer can quote what a server or an SDK said (a 422's SMTP reply, a storage message): the last
+  // chance to take out the account key, IDENTITY_HEADER, Key Vault secrets and tokens before they leave the app.
+  if (response.status >= 400 && response.jsonBody !== undefined) {
+    response = { ...response, jsonBody: rt.redactor.redactValue(response.jsonBody) };
+  }
+  return response;
 }
