@@ -19,6 +19,8 @@ import { QueueClient } from '@azure/storage-queue';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { startDevHost, type DevHost } from '../dev/host';
+import { ConnectionSlots } from '../src/connectionSlots';
+import { createRuntime } from '../src/runtime';
 import { OUTBOX_POISON_QUEUE, OUTBOX_QUEUE } from '../src/storage';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 
@@ -229,7 +231,11 @@ describe('the host retries a delivery that throws, then poisons it: the status e
 
 describe('a delivery worker killed between taking the lease and recording the result', () => {
   /** Starts the worker process on a new message and resolves with the message id once it is accepted. */
-  async function startWorker(subject: string): Promise<{ child: ChildProcess; id: string; stderr: () => string }> {
+  async function startWorker(
+    subject: string,
+    leaseMs = WORKER_LEASE_MS,
+    env: Record<string, string> = {},
+  ): Promise<{ child: ChildProcess; id: string; stderr: () => string; stdout: () => string }> {
     // `node --import tsx` rather than `npx tsx`: one process, so SIGKILL kills the worker itself (npx and the tsx CLI
     // each put a parent process in front of it, which a kill would orphan it behind).
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'fixtures/deliveryWorker.ts')], {
@@ -238,9 +244,10 @@ describe('a delivery worker killed between taking the lease and recording the re
         ...process.env,
         ...sandbox.settings(),
         AzureWebJobsStorage: azurite.connectionString,
-        TEST_LEASE_MS: String(WORKER_LEASE_MS),
+        TEST_LEASE_MS: String(leaseMs),
         TEST_HOLD_SECONDS: String(WORKER_HOLD_SECONDS),
         TEST_MESSAGE: JSON.stringify({ to: 'killed@example.com', subject, text: 'sent once the worker is gone' }),
+        ...env,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -258,7 +265,7 @@ describe('a delivery worker killed between taking the lease and recording the re
       },
       15_000,
     );
-    return { child, id, stderr: () => err };
+    return { child, id, stderr: () => err, stdout: () => out };
   }
 
   async function kill(child: ChildProcess): Promise<void> {
@@ -267,6 +274,64 @@ describe('a delivery worker killed between taking the lease and recording the re
     await exited;
     expect(child.signalCode).toBe('SIGKILL');
   }
+
+  it('stalled past its lease while waiting for its send slot: it does not send; the worker that took over sends once', async () => {
+    const subject = 'Stalled past the lease';
+    // One send every 5 s (5.15 s with the pacing margin) for the worker: the slot taken here just before it starts
+    // leaves it a wait of 5 s minus its start-up, within the 5 s an inline send may wait, holding its lease.
+    const slow = { MAIL_RATE_PER_MINUTE: '1', MAIL_RATE_WINDOW_SECONDS: '5' };
+    const leaseMs = 12_000;
+    const rt = createRuntime({ ...sandbox.settings(), ...slow, AzureWebJobsStorage: azurite.connectionString });
+    try {
+      // A worker killed holding an SMTP connection slot keeps it until its blob lease expires (15 s): the worker
+      // must find one free, or it defers the message instead of holding it.
+      const slots = new ConnectionSlots(rt.storage.pacingLeases, rt.config.sender, rt.config.limits.maxConnections);
+      await waitFor(
+        'a free SMTP connection slot',
+        async () => ((await slots.leasedCount()) < rt.config.limits.maxConnections ? true : undefined),
+        30_000,
+      );
+      const slot = await rt.pacer!.reserve(1, { maxWaitMs: 10_000 });
+      if (slot.kind !== 'slot') throw new Error(`expected a send slot, got ${JSON.stringify(slot)}`);
+    } finally {
+      await rt.close();
+    }
+    const { child, id, stdout } = await startWorker(subject, leaseMs, slow);
+    await waitFor('the worker to take the lease', async () =>
+      (await status(id)).status === 'sending' ? true : undefined,
+    );
+    child.kill('SIGSTOP'); // the stall: the worker sleeps through its slot and its lease
+    const stalledAt = Date.now();
+    try {
+      // The host's copy of the queue message (held 3 s) finds the live lease, comes back when it ends, takes over.
+      const final = await waitForStatus(id, ['sent', 'failed'], 30_000);
+      expect(final).toMatchObject({ status: 'sent', attempts: 2 });
+      expect(Date.now() - stalledAt).toBeGreaterThan(leaseMs - 2_000);
+      expect(received(subject)).toHaveLength(1);
+    } finally {
+      child.kill('SIGCONT');
+    }
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    await waitFor('the stalled worker to finish', () => (child.exitCode !== null ? true : undefined), 20_000);
+    await exited;
+    const outcome = stdout()
+      .split('\n')
+      .filter((l) => l.includes('"outcome"'))
+      .map((l) => JSON.parse(l) as { outcome: string; reason?: string });
+    expect(outcome).toEqual([{ event: 'outcome', outcome: 'waiting', reason: 'lease-lost' }]);
+    // Still exactly one copy, from the worker that took over.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(received(subject)).toHaveLength(1);
+    expect((await status(id)).status).toBe('sent');
+    // Leave the mailbox's pacing as the next test expects it: no send slot reserved ahead at this slow rate.
+    const after = createRuntime({ ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString });
+    try {
+      const { nextSlotAt } = await after.pacer!.snapshot();
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, nextSlotAt - Date.now())));
+    } finally {
+      await after.close();
+    }
+  }, 60_000);
 
   it('hung before DATA ends (the SMTP greeting never comes): taken over after the lease, sent exactly once', async () => {
     const subject = 'Killed before DATA';
