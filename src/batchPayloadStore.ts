@@ -1,7 +1,7 @@
 /** Notification batches in Blob storage (`mail-batches/<batchId>.json`): batches over the 64 KB queue cap, and batches whose fan-out continues later. */
 import type { ContainerClient } from '@azure/storage-blob';
 import type { NotificationBatch } from './notificationRequest';
-import { storageStatusCode } from './storage';
+import { downloadBlob, storageStatusCode } from './storage';
 
 const FORMAT_VERSION = 1;
 
@@ -42,7 +42,7 @@ export class BatchPayloadStore {
   async get(batchId: string): Promise<StoredBatch | undefined> {
     let buffer: Buffer;
     try {
-      buffer = await this.container.getBlockBlobClient(BatchPayloadStore.blobName(batchId)).downloadToBuffer();
+      buffer = await downloadBlob(this.container.getBlockBlobClient(BatchPayloadStore.blobName(batchId)));
     } catch (error) {
       if (storageStatusCode(error) === 404) return undefined;
       throw error;

@@ -1,0 +1,227 @@
+/** Every outbound call is bounded: a hung Table, Blob or Queue endpoint ends as a classified transient error in bounded time. */
+import http from 'node:http';
+import net from 'node:net';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { DEV_ACCOUNT_KEY, startAzurite, type AzuriteInstance } from '../dev/azurite';
+import { errorResponse } from '../src/api/errorResponse';
+import { MailError } from '../src/errors';
+import { PayloadStore } from '../src/payloadStore';
+import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage';
+
+/** Scheduling slack on a shared 2-core machine: bounds are checked generously, never as speed measurements. */
+const SLACK_MS = 4_000;
+
+/** A TCP server on loopback that accepts connections and never answers: a hung storage account. */
+interface HungServer {
+  port: number;
+  /** Connections accepted so far: one per try the client made. */
+  connections: number;
+  close(): Promise<void>;
+}
+
+async function startHungServer(): Promise<HungServer> {
+  const sockets = new Set<net.Socket>();
+  const state = { connections: 0 };
+  const server = net.createServer((socket) => {
+    state.connections += 1;
+    sockets.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    port,
+    get connections() {
+      return state.connections;
+    },
+    set connections(value: number) {
+      state.connections = value;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Awaits `promise`, which must reject; returns the error and how long it took. */
+async function failure(promise: () => Promise<unknown>): Promise<{ error: unknown; ms: number }> {
+  const started = Date.now();
+  try {
+    await promise();
+  } catch (error) {
+    return { error, ms: Date.now() - started };
+  }
+  throw new Error('expected the call to fail');
+}
+
+function expectTransient(error: unknown, code: MailError['code']): MailError {
+  expect(error).toBeInstanceOf(MailError);
+  const mailError = error as MailError;
+  expect(mailError.code).toBe(code);
+  expect(mailError.transient).toBe(true);
+  return mailError;
+}
+
+describe('storage: a hung account ends as STORAGE_UNAVAILABLE after every try was cut', () => {
+  const TRY_MS = 400;
+  // Each try is cut at TRY_MS, then the SDK backs off (at most 2 s) and tries again.
+  const BOUND_MS = STORAGE_MAX_TRIES * TRY_MS + 2 * 2_000 + SLACK_MS;
+  let hung: HungServer;
+  let storage: ReturnType<typeof createStorage>;
+
+  beforeAll(async () => {
+    hung = await startHungServer();
+    const endpoint = `http://127.0.0.1:${hung.port}/devstoreaccount1`;
+    const connectionString = `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${DEV_ACCOUNT_KEY};BlobEndpoint=${endpoint};QueueEndpoint=${endpoint};TableEndpoint=${endpoint};`;
+    storage = createStorage({ kind: 'connectionString', connectionString }, { tryTimeoutMs: TRY_MS });
+  });
+
+  afterAll(async () => {
+    await hung?.close();
+  });
+
+  beforeEach(() => {
+    hung.connections = 0;
+  });
+
+  /** What the HTTP API and the queue trigger make of the failure. */
+  function expectStorageUnavailable(error: unknown): void {
+    // The queue trigger rethrows storage errors so that the host retries the message.
+    expect(isStorageError(error)).toBe(true);
+    const classified = expectTransient(asStorageUnavailable(error), 'STORAGE_UNAVAILABLE');
+    expect(classified.message).toContain(`did not answer within ${TRY_MS} ms`);
+    // An HTTP caller gets 503 with Retry-After.
+    const response = errorResponse(error);
+    expect(response.status).toBe(503);
+    expect(response.headers?.['Retry-After']).toBeDefined();
+  }
+
+  it('Table: an entity read', async () => {
+    const { error, ms } = await failure(() => storage.statusTable.getEntity('p', 'r'));
+    expectStorageUnavailable(error);
+    expect(hung.connections).toBe(STORAGE_MAX_TRIES);
+    expect(ms).toBeGreaterThanOrEqual(STORAGE_MAX_TRIES * TRY_MS - 50);
+    expect(ms).toBeLessThan(BOUND_MS);
+  });
+
+  it('Blob: an upload and a download through clients derived from the container', async () => {
+    const upload = await failure(() =>
+      storage.payloads.getBlockBlobClient('a.json').uploadData(Buffer.from('{}'), {
+        blobHTTPHeaders: { blobContentType: 'application/json' },
+      }),
+    );
+    expectStorageUnavailable(upload.error);
+    expect(hung.connections).toBe(STORAGE_MAX_TRIES);
+    expect(upload.ms).toBeLessThan(BOUND_MS);
+
+    const download = await failure(() => storage.payloads.getBlockBlobClient('a.json').downloadToBuffer());
+    expectStorageUnavailable(download.error);
+    expect(hung.connections).toBe(2 * STORAGE_MAX_TRIES);
+    expect(download.ms).toBeGreaterThanOrEqual(STORAGE_MAX_TRIES * TRY_MS - 50);
+    expect(download.ms).toBeLessThan(BOUND_MS);
+  });
+
+  it('Queue: sending a message', async () => {
+    const { error, ms } = await failure(() => storage.outboxQueue.sendMessage('{}'));
+    expectStorageUnavailable(error);
+    expect(hung.connections).toBe(STORAGE_MAX_TRIES);
+    expect(ms).toBeGreaterThanOrEqual(STORAGE_MAX_TRIES * TRY_MS - 50);
+    expect(ms).toBeLessThan(BOUND_MS);
+  });
+
+  it('creating the resources fails as a whole, and is tried again on the next call', async () => {
+    const first = await failure(() => storage.ensureResources());
+    expectStorageUnavailable(first.error);
+    expect(first.ms).toBeLessThan(BOUND_MS);
+    const connections = hung.connections;
+    await failure(() => storage.ensureResources());
+    expect(hung.connections).toBeGreaterThan(connections);
+  });
+});
+
+describe('storage: a blob whose body stalls after the headers', () => {
+  const TRY_MS = 400;
+  let server: http.Server;
+  let storage: ReturnType<typeof createStorage>;
+
+  beforeAll(async () => {
+    // Answers like Blob storage, then sends 3 of the 10 bytes it announced and nothing more.
+    server = http.createServer((request, response) => {
+      const headers = {
+        'content-type': 'application/json',
+        'x-ms-blob-type': 'BlockBlob',
+        etag: '"0x1"',
+        'last-modified': new Date().toUTCString(),
+        'x-ms-version': '2025-01-05',
+        'accept-ranges': 'bytes',
+        'content-length': '10',
+      };
+      if (request.method === 'HEAD') return void response.writeHead(200, headers).end();
+      response.writeHead(206, { ...headers, 'content-range': 'bytes 0-9/10' });
+      response.write('{"a":');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const endpoint = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/devstoreaccount1`;
+    const connectionString = `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${DEV_ACCOUNT_KEY};BlobEndpoint=${endpoint};QueueEndpoint=${endpoint};TableEndpoint=${endpoint};`;
+    storage = createStorage({ kind: 'connectionString', connectionString }, { tryTimeoutMs: TRY_MS });
+  });
+
+  afterAll(async () => {
+    server?.closeAllConnections();
+    await new Promise((resolve) => server?.close(resolve));
+  });
+
+  it('reading a payload is cut by the per-try bound and is a storage failure, not a broken payload', async () => {
+    const { error, ms } = await failure(() => new PayloadStore(storage.payloads).get('stalled'));
+    // The delivery worker fails a message as PAYLOAD_INVALID for anything that is not a storage error.
+    expect(isStorageError(error)).toBe(true);
+    const classified = expectTransient(asStorageUnavailable(error), 'STORAGE_UNAVAILABLE');
+    expect(classified.message).toContain("the blob's body could not be read");
+    expect(ms).toBeGreaterThanOrEqual(TRY_MS - 50);
+    expect(ms).toBeLessThan(STORAGE_MAX_TRIES * TRY_MS + 2 * 2_000 + SLACK_MS);
+  });
+});
+
+describe('storage: the bound leaves a healthy account alone', () => {
+  let azurite: AzuriteInstance;
+
+  beforeAll(async () => {
+    azurite = await startAzurite();
+  });
+
+  afterAll(async () => {
+    await azurite?.stop();
+  });
+
+  it('queues, tables and blobs (derived clients included) work with the per-try bound in place', async () => {
+    const storage = createStorage({ kind: 'connectionString', connectionString: azurite.connectionString });
+    await storage.ensureResources();
+    await storage.outboxQueue.sendMessage('{"id":"x"}');
+    expect((await storage.outboxQueue.receiveMessages()).receivedMessageItems).toHaveLength(1);
+    await storage.statusTable.upsertEntity({ partitionKey: 'p', rowKey: 'r', value: 1 });
+    expect((await storage.statusTable.getEntity<{ value: number }>('p', 'r')).value).toBe(1);
+    await storage.payloads.getBlockBlobClient('x.json').uploadData(Buffer.from('{"a":1}'));
+    expect((await storage.payloads.getBlockBlobClient('x.json').downloadToBuffer()).toString()).toBe('{"a":1}');
+    // A second service-derived client of each kind: the bound is in the shared pipeline once, not once per client.
+    await storage.poisonQueue.sendMessage('{"id":"y"}');
+    await storage.batches.getBlockBlobClient('b.json').uploadData(Buffer.from('{}'));
+    // Payloads are read through downloadBlob: a stored one comes back, a missing one is still "none".
+    const payloads = new PayloadStore(storage.payloads);
+    const message = {
+      from: { address: 'a@example.com' },
+      to: [{ address: 'b@example.com' }],
+      cc: [],
+      bcc: [],
+      subject: 'Hello',
+      text: 'Hi',
+      attachments: [{ filename: 'a.txt', content: Buffer.from('attached') }],
+      headers: {},
+    };
+    expect(await payloads.put('m1', { message })).toBe(true);
+    expect((await payloads.get('m1'))?.message.attachments[0]?.content.toString()).toBe('attached');
+    expect(await payloads.get('missing')).toBeUndefined();
+  });
+});
