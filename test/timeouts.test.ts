@@ -1,15 +1,22 @@
-/** Every outbound call is bounded: a hung Table, Blob or Queue endpoint ends as a classified transient error in bounded time. */
+/** Every outbound call is bounded: a hung Table, Blob, Queue, Key Vault or managed identity endpoint ends as a classified transient error in bounded time. */
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DEV_ACCOUNT_KEY, startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { errorResponse } from '../src/api/errorResponse';
+import { loadConfig, type Config } from '../src/config';
 import { MailError } from '../src/errors';
 import { PayloadStore } from '../src/payloadStore';
+import { KeyVaultSecrets, createAzureCredential } from '../src/secrets';
 import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage';
+import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 
+/** How long the sandbox holds a request it was told to delay: far beyond every bound configured below. */
+const HANG_MS = 10_000;
 /** Scheduling slack on a shared 2-core machine: bounds are checked generously, never as speed measurements. */
 const SLACK_MS = 4_000;
+
+let sandbox: Sandbox;
 
 /** A TCP server on loopback that accepts connections and never answers: a hung storage account. */
 interface HungServer {
@@ -57,6 +64,39 @@ async function failure(promise: () => Promise<unknown>): Promise<{ error: unknow
   throw new Error('expected the call to fail');
 }
 
+/** Resolves once `condition` holds, or after `timeoutMs` (the assertions that follow say what was missing). */
+async function until(condition: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+}
+
+async function timed<T>(promise: () => Promise<T>): Promise<{ value: T; ms: number }> {
+  const started = Date.now();
+  const value = await promise();
+  return { value, ms: Date.now() - started };
+}
+
+function config(mode: 'client-secret' | 'federated-identity' = 'client-secret'): Config {
+  return loadConfig(sandbox.settings(mode));
+}
+
+function vaultUrl(c: Config): string {
+  if (!('keyVaultUrl' in c.auth)) throw new Error('no vault in this mode');
+  return c.auth.keyVaultUrl;
+}
+
+/** The app's Key Vault reader against the sandbox, with the given bounds. */
+function secrets(
+  c: Config,
+  bounds: { tryTimeoutMs?: number; readTimeoutMs?: number; credentialTryTimeoutMs?: number },
+) {
+  return new KeyVaultSecrets(vaultUrl(c), createAzureCredential(c, { tryTimeoutMs: bounds.credentialTryTimeoutMs }), {
+    extraCaPem: c.extraCaPem,
+    ...(bounds.tryTimeoutMs !== undefined ? { tryTimeoutMs: bounds.tryTimeoutMs } : {}),
+    ...(bounds.readTimeoutMs !== undefined ? { readTimeoutMs: bounds.readTimeoutMs } : {}),
+  });
+}
+
 function expectTransient(error: unknown, code: MailError['code']): MailError {
   expect(error).toBeInstanceOf(MailError);
   const mailError = error as MailError;
@@ -64,6 +104,25 @@ function expectTransient(error: unknown, code: MailError['code']): MailError {
   expect(mailError.transient).toBe(true);
   return mailError;
 }
+
+beforeAll(async () => {
+  sandbox = await startSandbox();
+  applySandboxEnv(sandbox);
+  // MSAL keeps managed identity tokens in a process-wide cache; tokens that live less than its 5-minute renewal
+  // margin are never served from it, so every test here really asks the identity endpoint.
+  sandbox.identity.tokenLifetimeSeconds = 60;
+});
+
+afterAll(async () => {
+  await sandbox?.close();
+});
+
+beforeEach(() => {
+  sandbox.entra.faults.splice(0);
+  sandbox.keyVault.faults.splice(0);
+  sandbox.identity.faults.splice(0);
+  sandbox.ingestion.reset();
+});
 
 describe('storage: a hung account ends as STORAGE_UNAVAILABLE after every try was cut', () => {
   const TRY_MS = 400;
@@ -223,5 +282,58 @@ describe('storage: the bound leaves a healthy account alone', () => {
     expect(await payloads.put('m1', { message })).toBe(true);
     expect((await payloads.get('m1'))?.message.attachments[0]?.content.toString()).toBe('attached');
     expect(await payloads.get('missing')).toBeUndefined();
+  });
+});
+
+describe('Key Vault', () => {
+  it('a hung identity endpoint behind the vault credential: KEY_VAULT_UNAVAILABLE within the read bound, then a fresh read', async () => {
+    const c = config();
+    const reader = secrets(c, { credentialTryTimeoutMs: 300, readTimeoutMs: 2_000 });
+    for (let i = 0; i < 50; i++) sandbox.identity.faults.push({ kind: 'delay', ms: HANG_MS });
+    const { error, ms } = await failure(() => reader.get('mail-client-secret'));
+    const classified = expectTransient(error, 'KEY_VAULT_UNAVAILABLE');
+    expect(classified.message).toContain("Key Vault secret 'mail-client-secret'");
+    expect(classified.message).toContain('within 2000 ms');
+    expect(sandbox.identity.requests.length).toBeGreaterThan(0);
+    expect(ms).toBeGreaterThanOrEqual(2_000 - 50);
+    expect(ms).toBeLessThan(2_000 + SLACK_MS);
+
+    // The endpoint recovers. The credential's own retries, still running, are shared by the client's next token
+    // request, so let them land first. The failed read was not cached: the next one goes to the vault.
+    sandbox.identity.faults.splice(0);
+    await until(() => sandbox.identity.requests.some((r) => r.status === 200), 20_000);
+    const vaultReads = sandbox.keyVault.reads.filter((r) => r.status === 200).length;
+    const again = await reader.get('mail-client-secret');
+    expect(again.value).toBe(sandbox.tenant.app.secrets[0]);
+    expect(sandbox.keyVault.reads.filter((r) => r.status === 200).length).toBe(vaultReads + 1);
+  });
+
+  it('a hung vault: every try is cut, the read fails KEY_VAULT_UNAVAILABLE, and the failed read is not cached', async () => {
+    const reader = secrets(config(), { tryTimeoutMs: 400, readTimeoutMs: 20_000 });
+    // One delay per try: the SecretClient tries three times.
+    sandbox.keyVault.faults.push(
+      { kind: 'delay', ms: HANG_MS },
+      { kind: 'delay', ms: HANG_MS },
+      { kind: 'delay', ms: HANG_MS },
+    );
+    const { error, ms } = await failure(() => reader.get('mail-client-secret'));
+    const classified = expectTransient(error, 'KEY_VAULT_UNAVAILABLE');
+    expect(classified.message).toContain('did not answer within 400 ms');
+    // The per-try bound ended it, long before the read bound.
+    expect(sandbox.keyVault.faults).toHaveLength(0);
+    expect(ms).toBeGreaterThanOrEqual(3 * 400 - 50);
+    expect(ms).toBeLessThan(3 * 400 + 2 * 2_000 + SLACK_MS);
+
+    const again = await reader.get('mail-client-secret');
+    expect(again.value).toBe(sandbox.tenant.app.secrets[0]);
+  });
+
+  it('one hung try is cut and retried: the read succeeds', async () => {
+    const reader = secrets(config(), { tryTimeoutMs: 400, readTimeoutMs: 20_000 });
+    sandbox.keyVault.faults.push({ kind: 'delay', ms: HANG_MS });
+    const { value, ms } = await timed(() => reader.get('mail-client-secret'));
+    expect(value.value).toBe(sandbox.tenant.app.secrets[0]);
+    expect(ms).toBeGreaterThanOrEqual(400 - 50);
+    expect(ms).toBeLessThan(HANG_MS);
   });
 });
