@@ -112,7 +112,7 @@ export const ERROR_CODES = {
   },
   TOKEN_ENDPOINT_UNAVAILABLE: {
     transient: true,
-    hint: 'The Entra ID token endpoint failed or could not be reached; the message is retried. Check MAIL_AUTHORITY_HOST and outbound HTTPS.',
+    hint: 'The Entra ID token endpoint failed, could not be reached or did not answer in time; the message is retried. Check MAIL_AUTHORITY_HOST and outbound HTTPS.',
   },
   TOKEN_FAILED: { transient: false, hint: 'Entra ID refused the token request; see the AADSTS code in the message.' },
   KEY_VAULT_FORBIDDEN: {

@@ -1,4 +1,4 @@
-/** Every outbound call is bounded: a hung Table, Blob, Queue, Key Vault or managed identity endpoint ends as a classified transient error in bounded time. */
+/** Every outbound call is bounded: a hung Table, Blob, Queue, Key Vault, Entra ID or managed identity endpoint ends as a classified transient error in bounded time. */
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -8,6 +8,7 @@ import { loadConfig, type Config } from '../src/config';
 import { MailError } from '../src/errors';
 import { PayloadStore } from '../src/payloadStore';
 import { KeyVaultSecrets, createAzureCredential } from '../src/secrets';
+import { createSmtpAuthSource, type SmtpAuthTimeouts } from '../src/smtpAuth';
 import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 
@@ -335,5 +336,70 @@ describe('Key Vault', () => {
     expect(value.value).toBe(sandbox.tenant.app.secrets[0]);
     expect(ms).toBeGreaterThanOrEqual(400 - 50);
     expect(ms).toBeLessThan(HANG_MS);
+  });
+});
+
+describe('MSAL (Entra ID token)', () => {
+  const fast: SmtpAuthTimeouts = { tokenRequestTimeoutMs: 400 };
+
+  it('a hung token endpoint: TOKEN_ENDPOINT_UNAVAILABLE within the request bound; the next call gets a token', async () => {
+    const c = config();
+    const auth = createSmtpAuthSource(c, secrets(c, {}), undefined, fast);
+    sandbox.entra.faults.push({ kind: 'delay', ms: HANG_MS });
+    const { error, ms } = await failure(() => auth.get());
+    const classified = expectTransient(error, 'TOKEN_ENDPOINT_UNAVAILABLE');
+    expect(classified.message).toContain('did not answer within 400 ms');
+    expect(sandbox.entra.faults).toHaveLength(0);
+    expect(ms).toBeLessThan(400 + SLACK_MS);
+
+    const login = await auth.get();
+    expect(login.kind).toBe('xoauth2');
+    expect(sandbox.entra.requests.filter((r) => r.grant === 'client_secret').map((r) => r.status)).toEqual(
+      expect.arrayContaining([200]),
+    );
+  });
+
+  it('building the client behind a hung Key Vault read: KEY_VAULT_UNAVAILABLE within the build bound; the hung build is not kept', async () => {
+    const c = config();
+    // The vault reader's own bounds outlast the hang: only the build bound can end the first call.
+    const auth = createSmtpAuthSource(c, secrets(c, { tryTimeoutMs: 30_000, readTimeoutMs: 30_000 }), undefined, {
+      ...fast,
+      clientBuildTimeoutMs: 600,
+    });
+    sandbox.keyVault.faults.push({ kind: 'delay', ms: HANG_MS });
+    const readsBefore = sandbox.keyVault.reads.filter((r) => r.principal !== undefined).length;
+    const { error, ms } = await failure(() => auth.get());
+    const classified = expectTransient(error, 'KEY_VAULT_UNAVAILABLE');
+    expect(classified.message).toContain('within 600 ms while building the token client');
+    expect(ms).toBeGreaterThanOrEqual(600 - 50);
+    expect(ms).toBeLessThan(600 + SLACK_MS);
+
+    // The vault still holds the first read. Had the hung build been kept, this call would wait for it (HANG_MS):
+    // instead it builds again and reads the secret afresh, which the vault answers at once.
+    const { value, ms: againMs } = await timed(() => auth.get());
+    expect(value.kind).toBe('xoauth2');
+    expect(againMs).toBeLessThan(HANG_MS / 2);
+    expect(sandbox.keyVault.reads.filter((r) => r.principal !== undefined).length).toBe(readsBefore + 2);
+  });
+
+  it('federated identity, a hung managed identity endpoint: TOKEN_FEDERATION (transient) within the assertion bound; the next call gets a token', async () => {
+    const auth = createSmtpAuthSource(config('federated-identity'), undefined, undefined, {
+      ...fast,
+      assertionTimeoutMs: 1_500,
+      credentialTryTimeoutMs: 300,
+    });
+    for (let i = 0; i < 50; i++) sandbox.identity.faults.push({ kind: 'delay', ms: HANG_MS });
+    const { error, ms } = await failure(() => auth.get());
+    const classified = expectTransient(error, 'TOKEN_FEDERATION');
+    expect(classified.message).toContain('did not give a token');
+    expect(classified.hint).toContain('IDENTITY_ENDPOINT');
+    expect(sandbox.identity.requests.some((r) => r.resource === 'api://AzureADTokenExchange')).toBe(true);
+    expect(ms).toBeGreaterThanOrEqual(1_500 - 50);
+    expect(ms).toBeLessThan(1_500 + SLACK_MS);
+
+    sandbox.identity.faults.splice(0);
+    const login = await auth.get();
+    expect(login.kind).toBe('xoauth2');
+    expect(sandbox.entra.requests.at(-1)).toMatchObject({ grant: 'federated', status: 200 });
   });
 });
