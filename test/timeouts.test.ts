@@ -1,4 +1,4 @@
-/** Every outbound call is bounded: a hung Table, Blob, Queue, Key Vault, Entra ID or managed identity endpoint ends as a classified transient error in bounded time. */
+/** Every outbound call is bounded: a hung Table, Blob, Queue, Key Vault, Entra ID, managed identity or ingestion endpoint ends as a classified transient error in bounded time. */
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import { PayloadStore } from '../src/payloadStore';
 import { KeyVaultSecrets, createAzureCredential } from '../src/secrets';
 import { createSmtpAuthSource, type SmtpAuthTimeouts } from '../src/smtpAuth';
 import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage';
+import { createTelemetry, type Telemetry } from '../src/telemetry';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 
 /** How long the sandbox holds a request it was told to delay: far beyond every bound configured below. */
@@ -401,5 +402,46 @@ describe('MSAL (Entra ID token)', () => {
     const login = await auth.get();
     expect(login.kind).toBe('xoauth2');
     expect(sandbox.entra.requests.at(-1)).toMatchObject({ grant: 'federated', status: 200 });
+  });
+});
+
+describe('telemetry exporter', () => {
+  const started: Telemetry[] = [];
+
+  afterAll(async () => {
+    await Promise.allSettled(started.map((t) => t.shutdown()));
+  });
+
+  it('a hung ingestion endpoint: each request is cut at its bound and reported to onError; flush() returns and never throws', async () => {
+    const errors: unknown[] = [];
+    const telemetry = createTelemetry({
+      connectionString: sandbox.ingestion.connectionString,
+      extraCaPem: sandbox.ca.certPem,
+      requestTimeoutMs: 400,
+      retry: { maxRetries: 1, retryDelayInMs: 50, maxRetryDelayInMs: 100 },
+      // Far above the request bound: flush() returning early shows the request was cut, not abandoned by flush().
+      flushTimeoutMs: 20_000,
+      onError: (error) => errors.push(error),
+    });
+    started.push(telemetry);
+    sandbox.ingestion.delayNext(10, HANG_MS);
+    telemetry.trackEvent('MailSent', { id: 'held' });
+    const { ms } = await timed(() => telemetry.flush());
+    expect(ms).toBeLessThan(2 * 400 + SLACK_MS);
+    expect(errors.map((e) => (e as Error).message)).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^Application Insights ingestion failed: .* did not answer within 400 ms$/),
+      ]),
+    );
+    // The capture saw the client close its connection: no socket is left waiting on the hung endpoint.
+    await until(() => sandbox.ingestion.requests.some((r) => r.status === 0), SLACK_MS);
+    expect(sandbox.ingestion.requests.some((r) => r.status === 0)).toBe(true);
+    expect(sandbox.ingestion.events('MailSent')).toHaveLength(0);
+
+    // The endpoint recovers: the next event goes through.
+    sandbox.ingestion.reset();
+    telemetry.trackEvent('MailSent', { id: 'after' });
+    await telemetry.flush();
+    expect(sandbox.ingestion.events('MailSent').map((e) => e.properties.id)).toEqual(['after']);
   });
 });
