@@ -48,10 +48,11 @@ export interface CapturedMetric {
   tags: Record<string, string>;
 }
 
-/** One POST the capture answered. */
+/** One POST the capture answered, or that its client gave up on. */
 export interface CapturedRequest {
   method: string;
   path: string;
+  /** The status answered; 0 when the client closed the connection first (a request held by `delayNext`). */
   status: number;
   contentEncoding?: string;
   itemCount: number;
@@ -77,7 +78,12 @@ export interface IngestionCapture {
   waitFor(predicate: (items: CapturedEnvelope[]) => boolean, timeoutMs?: number): Promise<boolean>;
   /** Answers the next `count` track posts with `status` (default 503) and Breeze's error body. */
   failNext(count: number, status?: number): void;
-  /** Forgets everything received and any pending failures. */
+  /**
+   * Holds the next `count` track posts for `ms` before answering them as usual: a hung endpoint when `ms` outlasts
+   * the client's patience. A client that closes the connection first is recorded with status 0.
+   */
+  delayNext(count: number, ms: number): void;
+  /** Forgets everything received and any pending failures or delays. */
   reset(): void;
   close(): Promise<void>;
 }
@@ -149,6 +155,8 @@ export async function startIngestionCapture(options: {
   const rawBodies: string[] = [];
   const requests: CapturedRequest[] = [];
   const failures = { remaining: 0, status: 503 };
+  const delays = { remaining: 0, ms: 0 };
+  const held = new Set<NodeJS.Timeout>();
   const waiters = new Set<(closing?: boolean) => void>();
 
   const notify = () => {
@@ -243,11 +251,31 @@ export async function startIngestionCapture(options: {
     });
     request.on('end', () => {
       if (size > MAX_BODY_BYTES) return;
-      try {
-        handle(request, response, Buffer.concat(chunks));
-      } catch (error) {
-        if (!response.headersSent) sendJson(response, 500, { error: (error as Error).message });
-      }
+      const answer = () => {
+        try {
+          handle(request, response, Buffer.concat(chunks));
+        } catch (error) {
+          if (!response.headersSent) sendJson(response, 500, { error: (error as Error).message });
+        }
+      };
+      if (delays.remaining <= 0) return answer();
+      delays.remaining -= 1;
+      const timer = setTimeout(() => {
+        held.delete(timer);
+        answer();
+      }, delays.ms);
+      held.add(timer);
+      response.on('close', () => {
+        if (!held.delete(timer)) return;
+        // The client gave up on the held request (its own timeout): nothing is answered, nothing received.
+        clearTimeout(timer);
+        requests.push({
+          method: request.method ?? '',
+          path: new URL(request.url ?? '/', 'https://capture').pathname,
+          status: 0,
+          itemCount: 0,
+        });
+      });
     });
     request.on('error', () => response.destroy());
   });
@@ -323,14 +351,21 @@ export async function startIngestionCapture(options: {
       failures.remaining = count;
       failures.status = status;
     },
+    delayNext(count, ms) {
+      delays.remaining = count;
+      delays.ms = ms;
+    },
     reset() {
       items.length = 0;
       rawBodies.length = 0;
       requests.length = 0;
       failures.remaining = 0;
+      delays.remaining = 0;
     },
     async close() {
       for (const check of [...waiters]) check(true);
+      for (const timer of held) clearTimeout(timer);
+      held.clear();
       await closeServer(server);
     },
   };

@@ -6,7 +6,7 @@
 import type { ContainerClient } from '@azure/storage-blob';
 import type { Address } from './message';
 import type { NotificationBatch, RecipientInput } from './notificationRequest';
-import { storageStatusCode } from './storage';
+import { downloadBlob, storageStatusCode } from './storage';
 
 const FORMAT_VERSION = 2;
 const HEADER_BLOB = 'batch.json';
@@ -136,7 +136,7 @@ export class BatchPayloadStore {
   private async read(name: string): Promise<unknown> {
     let buffer: Buffer;
     try {
-      buffer = await this.container.getBlockBlobClient(name).downloadToBuffer();
+      buffer = await downloadBlob(this.container.getBlockBlobClient(name));
     } catch (error) {
       if (storageStatusCode(error) === 404) return undefined;
       throw error;

@@ -1,5 +1,6 @@
 /** Classifies failures from nodemailer, MSAL and the Azure SDK into MailError codes, using Exchange Online's reply texts. */
 import { MailError, ensureError, type MailErrorCode, type SmtpReply } from './errors';
+import { isTimeoutError, isUnreachableError } from './timeouts';
 
 /** Socket-level error codes that mean "try again later". */
 const TRANSIENT_SOCKET_CODES = new Set([
@@ -178,11 +179,19 @@ export function classifyKeyVaultError(value: unknown, secretName: string): MailE
   if (error.statusCode === 404) {
     return new MailError('KEY_VAULT_SECRET_NOT_FOUND', `${what}: not found (404)`, { cause: error });
   }
-  if (
+  const credentialError =
     error.name === 'CredentialUnavailableError' ||
     error.name === 'AggregateAuthenticationError' ||
-    error.name === 'AuthenticationError'
-  ) {
+    error.name === 'AuthenticationError';
+  // No answer in time, from the vault or from the identity endpoint behind the credential: transient, not a setup
+  // error. (The credential chain reports an unreachable identity endpoint as "unavailable" and moves on.)
+  if (isTimeoutError(error) || (credentialError && isUnreachableError(error))) {
+    const detail = credentialError
+      ? 'the managed identity endpoint could not be reached or did not answer in time'
+      : error.message.split('\n')[0];
+    return new MailError('KEY_VAULT_UNAVAILABLE', `${what}: ${detail}`, { cause: error });
+  }
+  if (credentialError) {
     return new MailError('KEY_VAULT_AUTH', `${what}: no credential could get a Key Vault token (${error.name})`, {
       cause: error,
     });

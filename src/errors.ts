@@ -112,7 +112,7 @@ export const ERROR_CODES = {
   },
   TOKEN_ENDPOINT_UNAVAILABLE: {
     transient: true,
-    hint: 'The Entra ID token endpoint failed or could not be reached; the message is retried. Check MAIL_AUTHORITY_HOST and outbound HTTPS.',
+    hint: 'The Entra ID token endpoint failed, could not be reached or did not answer in time; the message is retried. Check MAIL_AUTHORITY_HOST and outbound HTTPS.',
   },
   TOKEN_FAILED: { transient: false, hint: 'Entra ID refused the token request; see the AADSTS code in the message.' },
   KEY_VAULT_FORBIDDEN: {
@@ -123,7 +123,10 @@ export const ERROR_CODES = {
     transient: false,
     hint: 'No such secret in the vault (404). Create it, or point the *_NAME setting at the right secret.',
   },
-  KEY_VAULT_UNAVAILABLE: { transient: true, hint: 'Key Vault is unavailable (5xx or network); the read is retried.' },
+  KEY_VAULT_UNAVAILABLE: {
+    transient: true,
+    hint: 'Key Vault, or the managed identity endpoint that gives its token, failed (5xx, 429), could not be reached or did not answer in time; the read is retried. If it persists, check outbound HTTPS to the vault and its firewall (selected networks, private endpoint).',
+  },
   KEY_VAULT_AUTH: {
     transient: false,
     hint: 'No identity could get a token for Key Vault. In Azure, assign a managed identity (AZURE_CLIENT_ID for user-assigned); locally, run the sandbox or sign in with az login.',

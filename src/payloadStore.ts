@@ -1,7 +1,7 @@
 /** Rendered outbox messages in Blob storage (`mail-payloads/<id>.json`), so that queue messages carry only an id (Azure caps them at 64 KB). */
 import type { ContainerClient } from '@azure/storage-blob';
 import type { MailMessage } from './message';
-import { storageStatusCode } from './storage';
+import { downloadBlob, storageStatusCode } from './storage';
 
 const FORMAT_VERSION = 1;
 
@@ -64,7 +64,7 @@ export class PayloadStore {
   async get(id: string): Promise<StoredPayload | undefined> {
     let buffer: Buffer;
     try {
-      buffer = await this.container.getBlockBlobClient(PayloadStore.blobName(id)).downloadToBuffer();
+      buffer = await downloadBlob(this.container.getBlockBlobClient(PayloadStore.blobName(id)));
     } catch (error) {
       if (storageStatusCode(error) === 404) return undefined;
       throw error;

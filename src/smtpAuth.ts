@@ -7,11 +7,42 @@ import { classifyTokenError } from './classify';
 import { isCustomAuthority, type AuthConfig, type Config } from './config';
 import { MailError } from './errors';
 import type { Redactor } from './redact';
-import type { SecretSource } from './secrets';
-import { azureClientPolicies, msalNetworkClient } from './trust';
+import { KEY_VAULT_READ_TIMEOUT_MS, type SecretSource } from './secrets';
+import {
+  CREDENTIAL_TRY_TIMEOUT_MS,
+  DeadlineExceededError,
+  isUnreachableError,
+  timeoutHttpClient,
+  withDeadline,
+} from './timeouts';
+import { azureClientPolicies, msalNetworkClient, TOKEN_REQUEST_TIMEOUT_MS } from './trust';
 
 /** The audience of the managed identity token that stands in for a client secret (public cloud). */
 export const TOKEN_EXCHANGE_SCOPE = 'api://AzureADTokenExchange/.default';
+
+/**
+ * Building the token client (reading its secret or certificate from Key Vault) must finish within this. Above
+ * KEY_VAULT_READ_TIMEOUT_MS, so that Key Vault's own error normally tells what happened; this bound holds whatever
+ * the SecretSource, and a build cut by it is dropped so the next call starts again with a fresh read.
+ */
+export const MSAL_CLIENT_BUILD_TIMEOUT_MS = KEY_VAULT_READ_TIMEOUT_MS + 5_000;
+/**
+ * The managed identity's assertion (federated-identity mode) must arrive within this, retries of the identity
+ * endpoint included.
+ */
+export const MANAGED_IDENTITY_ASSERTION_TIMEOUT_MS = 30_000;
+
+/** Time bounds of the token source; each defaults to the constant of the same name. Tests pass short ones. */
+export interface SmtpAuthTimeouts {
+  /** Each HTTP request to Entra ID ({@link TOKEN_REQUEST_TIMEOUT_MS}). */
+  tokenRequestTimeoutMs?: number;
+  /** Building the MSAL client, its Key Vault read included ({@link MSAL_CLIENT_BUILD_TIMEOUT_MS}). */
+  clientBuildTimeoutMs?: number;
+  /** The whole managed identity assertion ({@link MANAGED_IDENTITY_ASSERTION_TIMEOUT_MS}). */
+  assertionTimeoutMs?: number;
+  /** Each request of the managed identity credential ({@link CREDENTIAL_TRY_TIMEOUT_MS}). */
+  credentialTryTimeoutMs?: number;
+}
 
 /** What one SMTP connection authenticates with. */
 export type SmtpLogin =
@@ -76,6 +107,8 @@ class MsalAuthSource implements SmtpAuthSource {
   readonly mode: OAuthConfig['mode'];
   private app?: Promise<ConfidentialClientApplication>;
   private skipCacheNext = false;
+  /** Set when a build timed out: its secret read may still hang in the SecretSource's cache, so read afresh. */
+  private rereadSecret = false;
   private readonly assertionCredential?: TokenCredential;
 
   constructor(
@@ -83,10 +116,15 @@ class MsalAuthSource implements SmtpAuthSource {
     private readonly config: Config,
     private readonly secrets: SecretSource | undefined,
     private readonly redactor?: Redactor,
+    private readonly timeouts: SmtpAuthTimeouts = {},
   ) {
     this.mode = auth.mode;
     if (auth.mode === 'federated-identity') {
-      const policies = { additionalPolicies: azureClientPolicies(config.extraCaPem) };
+      const policies = {
+        additionalPolicies: azureClientPolicies(config.extraCaPem),
+        // An HTTP client rather than a policy: ManagedIdentityCredential replaces `additionalPolicies` with its own.
+        httpClient: timeoutHttpClient(timeouts.credentialTryTimeoutMs ?? CREDENTIAL_TRY_TIMEOUT_MS),
+      };
       this.assertionCredential = auth.managedIdentityClientId
         ? new ManagedIdentityCredential({ clientId: auth.managedIdentityClientId, ...policies })
         : new ManagedIdentityCredential(policies);
@@ -118,9 +156,11 @@ class MsalAuthSource implements SmtpAuthSource {
   }
 
   private async acquire(skipCache: boolean, refreshSecret = false): Promise<SmtpLogin> {
-    if (!this.app || refreshSecret) this.app = this.createApp(refreshSecret);
-    const app = await this.app.catch((error: unknown) => {
-      this.app = undefined;
+    if (!this.app || refreshSecret) this.app = this.buildApp(refreshSecret);
+    const building = this.app;
+    const app = await building.catch((error: unknown) => {
+      // A failed or timed-out build is not kept: the next call builds again (a newer build is left alone).
+      if (this.app === building) this.app = undefined;
       throw error;
     });
     const result = await app.acquireTokenByClientCredential({ scopes: [this.auth.scope], skipCache });
@@ -136,6 +176,31 @@ class MsalAuthSource implements SmtpAuthSource {
     };
   }
 
+  /** {@link createApp} within the build bound; a build cut by it fails as KEY_VAULT_UNAVAILABLE (transient). */
+  private buildApp(refreshSecret: boolean): Promise<ConfidentialClientApplication> {
+    const reread = refreshSecret || this.rereadSecret;
+    this.rereadSecret = false;
+    const timeoutMs = this.timeouts.clientBuildTimeoutMs ?? MSAL_CLIENT_BUILD_TIMEOUT_MS;
+    return withDeadline(() => this.createApp(reread), timeoutMs, 'building the token client').catch(
+      (error: unknown) => {
+        if (!(error instanceof DeadlineExceededError)) throw error;
+        this.rereadSecret = true;
+        const secretName =
+          this.auth.mode === 'client-secret'
+            ? this.auth.clientSecretName
+            : this.auth.mode === 'client-certificate'
+              ? this.auth.clientCertName
+              : undefined;
+        // Only the Key Vault read can take this long: the rest of the build is local.
+        throw new MailError(
+          'KEY_VAULT_UNAVAILABLE',
+          `Key Vault secret '${secretName ?? 'unknown'}': not read within ${timeoutMs} ms while building the token client`,
+          { cause: error },
+        );
+      },
+    );
+  }
+
   private async createApp(refreshSecret: boolean): Promise<ConfidentialClientApplication> {
     const auth = this.auth;
     const custom = isCustomAuthority(this.config);
@@ -146,7 +211,10 @@ class MsalAuthSource implements SmtpAuthSource {
         ...(custom ? { knownAuthorities: [new URL(auth.authorityHost).host] } : {}),
       },
       system: {
-        ...(this.config.extraCaPem ? { networkClient: msalNetworkClient(this.config.extraCaPem) } : {}),
+        // Always ours, extra CA or not: MSAL's own client bounds no token request.
+        networkClient: msalNetworkClient(this.config.extraCaPem, {
+          timeoutMs: this.timeouts.tokenRequestTimeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS,
+        }),
         loggerOptions: { logLevel: LogLevel.Error, piiLoggingEnabled: false, loggerCallback: () => {} },
       },
     };
@@ -176,19 +244,30 @@ class MsalAuthSource implements SmtpAuthSource {
       auth: {
         ...base.auth,
         clientAssertion: async () => {
+          const timeoutMs = this.timeouts.assertionTimeoutMs ?? MANAGED_IDENTITY_ASSERTION_TIMEOUT_MS;
           try {
-            const token = await credential.getToken(TOKEN_EXCHANGE_SCOPE);
+            // The credential ignores the abort signal (MSAL does not take one); the deadline holds regardless.
+            const token = await withDeadline(
+              (abortSignal) => credential.getToken(TOKEN_EXCHANGE_SCOPE, { abortSignal }),
+              timeoutMs,
+              'the managed identity token request',
+            );
             if (!token) throw new Error('no token returned');
             this.redactor?.addToken(token.token);
             return token.token;
           } catch (error) {
+            const unreachable = isUnreachableError(error);
             throw new MailError(
               'TOKEN_FEDERATION',
-              `The managed identity could not get a token for ${TOKEN_EXCHANGE_SCOPE}: ${(error as Error).message.split('\n')[0]}`,
+              unreachable
+                ? `The managed identity endpoint did not give a token for ${TOKEN_EXCHANGE_SCOPE} in time (bound ${timeoutMs} ms) or could not be reached`
+                : `The managed identity could not get a token for ${TOKEN_EXCHANGE_SCOPE}: ${(error as Error).message.split('\n')[0]}`,
               {
                 cause: error,
                 transient: true,
-                hint: 'Assign a managed identity to the Function App (AZURE_CLIENT_ID for user-assigned) and add it as a federated credential of the app registration.',
+                hint: unreachable
+                  ? "The Function App's managed identity endpoint (IDENTITY_ENDPOINT) did not answer; the message is retried. If it persists, restart the Function App or check the platform's status."
+                  : 'Assign a managed identity to the Function App (AZURE_CLIENT_ID for user-assigned) and add it as a federated credential of the app registration.',
               },
             );
           }
@@ -226,15 +305,19 @@ class PasswordAuthSource implements SmtpAuthSource {
   }
 }
 
-/** Builds the SMTP credential source for `config.auth.mode`. */
+/**
+ * Builds the SMTP credential source for `config.auth.mode`. Every call it makes is bounded (`timeouts`, defaults
+ * above): a hung dependency surfaces as a classified transient MailError.
+ */
 export function createSmtpAuthSource(
   config: Config,
   secrets: SecretSource | undefined,
   redactor?: Redactor,
+  timeouts: SmtpAuthTimeouts = {},
 ): SmtpAuthSource {
   if (config.auth.mode === 'basic') {
     if (!secrets) throw new MailError('CONFIG_INVALID', 'MAIL_KEY_VAULT_URL is required for MAIL_AUTH_MODE=basic');
     return new PasswordAuthSource(config.auth, config.sender, secrets);
   }
-  return new MsalAuthSource(config.auth, config, secrets, redactor);
+  return new MsalAuthSource(config.auth, config, secrets, redactor, timeouts);
 }

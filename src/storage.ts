@@ -2,9 +2,11 @@
 import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
 import { TableClient } from '@azure/data-tables';
 import { QueueServiceClient, type QueueClient } from '@azure/storage-queue';
-import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
+import { BlobServiceClient, type BlobClient, type ContainerClient } from '@azure/storage-blob';
+import { RestError, type Pipeline, type PipelinePolicy } from '@azure/core-rest-pipeline';
 import { ConfigError } from './config';
-import { MailError } from './errors';
+import { MailError, ensureError } from './errors';
+import { CREDENTIAL_TRY_TIMEOUT_MS, isTimeoutError, timeoutHttpClient, tryTimeoutPolicy } from './timeouts';
 
 /** The queue the outbox worker (outboxDeliver) listens to; the host moves failing messages to `<name>-poison`. */
 export const OUTBOX_QUEUE = 'mail-outbox';
@@ -30,10 +32,21 @@ export const PACING_LEASE_CONTAINER = 'mail-pacing';
 export const STORAGE_SETTING = 'AzureWebJobsStorage';
 
 /** Storage calls are retried a little by the SDK, then fail fast: an HTTP caller gets 503, the queue host retries. */
-const STORAGE_MAX_TRIES = 3;
+export const STORAGE_MAX_TRIES = 3;
 const STORAGE_RETRY_DELAY_MS = 200;
 const STORAGE_MAX_RETRY_DELAY_MS = 2_000;
-const STORAGE_TRY_TIMEOUT_MS = 30_000;
+/**
+ * Every queue, table and blob request (one try) must be answered within this, or it is cut and retried; the same
+ * value goes to the service as its own `timeout`. Generous enough for a 48 MB payload upload inside an Azure region;
+ * a hung endpoint fails after STORAGE_MAX_TRIES of it plus the back-off (about 91 s).
+ */
+export const STORAGE_TRY_TIMEOUT_MS = 30_000;
+
+/** Options of {@link createStorage}. */
+export interface StorageOptions {
+  /** The per-try bound of every storage request; default {@link STORAGE_TRY_TIMEOUT_MS}. */
+  tryTimeoutMs?: number;
+}
 
 export interface StorageClients {
   outboxQueue: QueueClient;
@@ -111,38 +124,62 @@ export function storageTargetFromSettings(settings: Record<string, string | unde
     queueServiceUri: queueServiceUri as string,
     tableServiceUri: tableServiceUri as string,
     blobServiceUri: blobServiceUri as string,
-    credential: new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {}),
+    // The storage token's requests are bounded as well: a hung identity endpoint must not hang every storage call.
+    credential: new DefaultAzureCredential({
+      ...(clientId ? { managedIdentityClientId: clientId } : {}),
+      httpClient: timeoutHttpClient(CREDENTIAL_TRY_TIMEOUT_MS),
+    }),
   };
 }
 
 const isLocalHttp = (connectionString: string) =>
   /UseDevelopmentStorage=true/i.test(connectionString) || /Endpoint=http:\/\//i.test(connectionString);
 
+/**
+ * Adds the per-try timeout to the pipeline a queue or blob service client shares with every client derived from it
+ * (getQueueClient, getContainerClient, getBlockBlobClient…). The Storage SDKs have no option for it: their
+ * `tryTimeoutInMs` is only sent to the service, and a policy passed as `additionalPolicies` is added again by each
+ * derived client, which the pipeline refuses ("Duplicate policy names"). Their context's pipeline is not public API,
+ * so its absence fails here, at start-up, rather than leaving storage calls unbounded; the timeout tests pin it.
+ */
+function boundEveryTry(client: QueueServiceClient | BlobServiceClient, policy: PipelinePolicy): void {
+  const pipeline = (client as unknown as { storageClientContext?: { pipeline?: Pipeline } }).storageClientContext
+    ?.pipeline;
+  if (typeof pipeline?.addPolicy !== 'function') {
+    throw new Error('The Azure Storage SDK no longer exposes its client pipeline: storage requests cannot be bounded');
+  }
+  // After Sign, like `perRetry` additional policies: inside the SDK's retry loop, after the request is signed.
+  pipeline.addPolicy(policy, { afterPhase: 'Sign' });
+}
+
 /** What a valid AzureWebJobsStorage connection string looks like (the rule a settings error states). */
 const CONNECTION_STRING_RULE =
   'a storage connection string, "DefaultEndpointsProtocol=https;AccountName=<account>;AccountKey=<key>;EndpointSuffix=core.windows.net" (or "UseDevelopmentStorage=true" locally)';
 
 /**
- * Builds the clients (no network). Call `ensureResources()` before first use. A malformed connection string is a
- * ConfigError naming AzureWebJobsStorage and the rule; neither the string nor the SDK's message is repeated, since
- * the string holds the account key.
+ * Builds the clients (no network). Call `ensureResources()` before first use. Every request of every client is
+ * bounded by `options.tryTimeoutMs` per try: a hung storage endpoint ends as STORAGE_UNAVAILABLE. A malformed
+ * connection string is a ConfigError naming AzureWebJobsStorage and the rule; neither the string nor the SDK's
+ * message is repeated, since the string holds the account key.
  */
-export function createStorage(target: StorageTarget): StorageClients {
+export function createStorage(target: StorageTarget, options: StorageOptions = {}): StorageClients {
   try {
-    return buildStorage(target);
+    return buildStorage(target, options);
   } catch (error) {
     if (target.kind !== 'connectionString' || error instanceof MailError) throw error;
     throw new ConfigError([`${STORAGE_SETTING} is not a valid storage connection string: ${CONNECTION_STRING_RULE}`]);
   }
 }
 
-function buildStorage(target: StorageTarget): StorageClients {
+function buildStorage(target: StorageTarget, options: StorageOptions): StorageClients {
+  const tryTimeoutMs = options.tryTimeoutMs ?? STORAGE_TRY_TIMEOUT_MS;
   const queueRetry = {
     retryOptions: {
       maxTries: STORAGE_MAX_TRIES,
       retryDelayInMs: STORAGE_RETRY_DELAY_MS,
       maxRetryDelayInMs: STORAGE_MAX_RETRY_DELAY_MS,
-      tryTimeoutInMs: STORAGE_TRY_TIMEOUT_MS,
+      // The service's own timeout is in whole seconds; 0 would be refused, so short (test) bounds send none.
+      ...(tryTimeoutMs >= 1_000 ? { tryTimeoutInMs: tryTimeoutMs } : {}),
     },
   };
   const tableOptions = {
@@ -151,6 +188,8 @@ function buildStorage(target: StorageTarget): StorageClients {
       retryDelayInMs: STORAGE_RETRY_DELAY_MS,
       maxRetryDelayInMs: STORAGE_MAX_RETRY_DELAY_MS,
     },
+    // Each TableClient has a pipeline of its own, so the documented option works here.
+    additionalPolicies: [{ policy: tryTimeoutPolicy(tryTimeoutMs), position: 'perRetry' as const }],
   };
   let queues: QueueServiceClient;
   let blobs: BlobServiceClient;
@@ -167,6 +206,8 @@ function buildStorage(target: StorageTarget): StorageClients {
     blobs = new BlobServiceClient(target.blobServiceUri, target.credential, queueRetry);
     table = (name) => new TableClient(target.tableServiceUri, name, target.credential, tableOptions);
   }
+  boundEveryTry(queues, tryTimeoutPolicy(tryTimeoutMs));
+  boundEveryTry(blobs, tryTimeoutPolicy(tryTimeoutMs));
   const clients = {
     outboxQueue: queues.getQueueClient(OUTBOX_QUEUE),
     poisonQueue: queues.getQueueClient(OUTBOX_POISON_QUEUE),
@@ -234,6 +275,26 @@ export function isStorageError(error: unknown): boolean {
   return error instanceof Error && (error.name === 'RestError' || isCredentialError(error));
 }
 
+/**
+ * Reads a whole blob. A failure while its body streams (cut by the per-try bound, or the connection dropped) comes out
+ * of the Storage SDK as an AbortError or a plain "received less data" Error, which would pass for a broken blob. It is
+ * a storage failure like any other, so it is rethrown as a RestError that {@link isStorageError} recognises.
+ */
+export async function downloadBlob(blob: BlobClient): Promise<Buffer> {
+  try {
+    return await blob.downloadToBuffer();
+  } catch (error) {
+    if (isStorageError(error)) throw error;
+    const cause = ensureError(error);
+    throw Object.assign(
+      new RestError(`the blob's body could not be read (${cause.message.split('\n')[0]})`, {
+        code: 'REQUEST_SEND_ERROR',
+      }),
+      { cause },
+    );
+  }
+}
+
 /** Turns a storage SDK failure into STORAGE_UNAVAILABLE (transient), keeping the cause; anything else is returned as is. */
 export function asStorageUnavailable(error: unknown): MailError | undefined {
   if (error instanceof MailError) return error.code === 'STORAGE_UNAVAILABLE' ? error : undefined;
@@ -251,6 +312,8 @@ export function asStorageUnavailable(error: unknown): MailError | undefined {
       ? `storage refused the request (${status}): check the app identity's storage roles or the account key`
       : status
         ? `storage answered ${status}`
-        : `storage could not be reached (${(error as { code?: string }).code ?? 'network error'})`;
+        : isTimeoutError(error)
+          ? `storage did not answer in time (${(error as Error).message}, after ${STORAGE_MAX_TRIES} tries)`
+          : `storage could not be reached (${(error as { code?: string }).code ?? 'network error'}: ${(error as Error).message.split('\n')[0]?.slice(0, 200)})`;
   return new MailError('STORAGE_UNAVAILABLE', `Storage unavailable: ${what}`, { cause: error });
 }

@@ -25,6 +25,7 @@ import type { Histogram, Context } from '@opentelemetry/api';
 import type { LoggerProvider } from '@opentelemetry/sdk-logs';
 import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import type { MeterProvider } from '@opentelemetry/sdk-metrics';
+import { tryTimeoutPolicy } from './timeouts';
 
 export type MailEventName =
   | 'MailSent'
@@ -123,6 +124,11 @@ export interface TelemetryOptions {
   flushTimeoutMs?: number;
   /** HTTP retries on 5xx/network errors inside one export (Azure SDK pipeline); default 3 retries from 800 ms. */
   retry?: { maxRetries?: number; retryDelayInMs?: number; maxRetryDelayInMs?: number };
+  /**
+   * Each request to the ingestion endpoint (one try) must be answered within this, or it is cut (and retried, then
+   * reported to `onError`); default {@link TELEMETRY_REQUEST_TIMEOUT_MS}.
+   */
+  requestTimeoutMs?: number;
   /** Called with internal telemetry errors (load failures, export failures). Default: ignored. */
   onError?: (error: unknown) => void;
 }
@@ -138,6 +144,12 @@ export const MAIL_EVENT_NAMES: readonly MailEventName[] = [
   'DigestRun',
 ];
 export const DURATION_METRIC = 'mail.send.duration';
+/**
+ * Each request to the ingestion endpoint must be answered within this. Ingestion answers in well under a second;
+ * without a bound a hung endpoint would hold the export's socket and request for ever (flush() gives up waiting,
+ * the request does not).
+ */
+export const TELEMETRY_REQUEST_TIMEOUT_MS = 10_000;
 /** The attribute that makes AzureMonitorLogExporter emit an EventData (custom event) envelope. */
 export const CUSTOM_EVENT_NAME_ATTRIBUTE = 'microsoft.custom_event.name';
 
@@ -353,8 +365,12 @@ function buildPipeline(
     // The pipeline's own tlsPolicy: Node's roots plus the extra CA, verification on (as src/trust.ts trustedCas).
     ...(options.extraCaPem ? { tlsOptions: { ca: [...tls.rootCertificates, options.extraCaPem].join('\n') } } : {}),
     ...(options.retry ? { retryOptions: options.retry } : {}),
-    // The exporter reports failed or dropped batches to nobody; this policy tells onError about them.
-    additionalPolicies: [{ policy: ingestionObserver(report), position: 'perCall' }],
+    additionalPolicies: [
+      // The exporter reports failed or dropped batches to nobody; this policy tells onError about them.
+      { policy: ingestionObserver(report), position: 'perCall' },
+      // Inside the retry loop: a hung try is cut and retried; the last one reaches the observer as an error.
+      { policy: tryTimeoutPolicy(options.requestTimeoutMs ?? TELEMETRY_REQUEST_TIMEOUT_MS), position: 'perRetry' },
+    ],
   };
   const { logExporter, metricExporter } = withStatsbeatOff(() => ({
     logExporter: new m.exporter.AzureMonitorLogExporter(exporterOptions),

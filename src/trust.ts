@@ -1,11 +1,9 @@
 /** Extra CA trust for every outbound TLS connection (MSAL, Azure SDK, SMTP), with verification always on. */
 import https from 'node:https';
 import tls from 'node:tls';
-import type { INetworkModule, NetworkRequestOptions, NetworkResponse } from '@azure/msal-node';
+import { AuthError, type INetworkModule, type NetworkRequestOptions, type NetworkResponse } from '@azure/msal-node';
 import type { AdditionalPolicyConfig } from '@azure/core-client';
 import { tlsPolicy } from '@azure/core-rest-pipeline';
-
-const HTTP_TIMEOUT_MS = 30_000;
 
 /**
  * The CA list to verify servers against: Node's bundled roots plus `extraCaPem`.
@@ -28,44 +26,69 @@ export function azureClientPolicies(extraCaPem: string | undefined): AdditionalP
 }
 
 /**
- * An MSAL network module built on `https.request` with our agent. MSAL's default client uses
- * `fetch`, which cannot be given a CA at run time on Node 20.
+ * Each HTTP request MSAL makes to Entra ID (OIDC discovery, the token request) must be answered, body included,
+ * within this. Entra answers in well under a second; a request cut short fails the token as transient.
  */
-export function msalNetworkClient(extraCaPem: string | undefined): INetworkModule {
+export const TOKEN_REQUEST_TIMEOUT_MS = 15_000;
+
+/**
+ * An MSAL network module built on `https.request` with our agent. MSAL's default client uses `fetch`, which cannot
+ * be given a CA at run time on Node 20, and bounds no POST: here every request, the token POST included, ends within
+ * `options.timeoutMs` (default {@link TOKEN_REQUEST_TIMEOUT_MS}) with an MSAL `network_error` naming only the host.
+ */
+export function msalNetworkClient(
+  extraCaPem: string | undefined,
+  options: { timeoutMs?: number } = {},
+): INetworkModule {
   const agent = httpsAgent(extraCaPem);
-  const send = <T>(method: 'GET' | 'POST', url: string, options?: NetworkRequestOptions, timeoutMs?: number) =>
+  const limit = options.timeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS;
+  const send = <T>(method: 'GET' | 'POST', url: string, request?: NetworkRequestOptions, timeoutMs?: number) =>
     new Promise<NetworkResponse<T>>((resolve, reject) => {
-      const request = https.request(
-        url,
-        { method, agent, headers: options?.headers, timeout: timeoutMs ?? HTTP_TIMEOUT_MS },
-        (response) => {
-          const chunks: Buffer[] = [];
-          response.on('data', (chunk: Buffer) => chunks.push(chunk));
-          response.on('error', reject);
-          response.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            const headers: Record<string, string> = {};
-            for (const [name, value] of Object.entries(response.headers)) {
-              if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
-            }
-            let body: unknown;
-            try {
-              body = text ? JSON.parse(text) : {};
-            } catch {
-              // MSAL inspects the status and error fields; a non-JSON body (an HTML error page) is kept as text.
-              body = { error: 'invalid_response', error_description: text.slice(0, 200) };
-            }
-            resolve({ headers, body: body as T, status: response.statusCode ?? 0 });
-          });
-        },
-      );
-      request.on('timeout', () => request.destroy(new Error(`Request to ${new URL(url).host} timed out`)));
-      request.on('error', reject);
-      if (options?.body) request.write(options.body);
-      request.end();
+      // MSAL passes its own, shorter bounds for some GETs (region discovery); never a longer one than ours.
+      const bound = Math.min(timeoutMs ?? limit, limit);
+      const body = method === 'POST' ? (request?.body ?? '') : undefined;
+      const headers: Record<string, string> = { ...request?.headers };
+      // A fixed length rather than chunked encoding, which some proxies in front of Entra refuse.
+      if (body !== undefined && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) {
+        headers['Content-Length'] = String(Buffer.byteLength(body));
+      }
+      // Called from the request's events only, which come after `timer` below is set.
+      const settle = (outcome: () => void) => {
+        clearTimeout(timer);
+        outcome();
+      };
+      const req = https.request(url, { method, agent, headers }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('error', (error) => settle(() => reject(error)));
+        response.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          const responseHeaders: Record<string, string> = {};
+          for (const [name, value] of Object.entries(response.headers)) {
+            if (value !== undefined) responseHeaders[name] = Array.isArray(value) ? value.join(', ') : value;
+          }
+          let parsed: unknown;
+          try {
+            parsed = text ? JSON.parse(text) : {};
+          } catch {
+            // MSAL inspects the status and error fields; a non-JSON body (an HTML error page) is kept as text.
+            parsed = { error: 'invalid_response', error_description: text.slice(0, 200) };
+          }
+          settle(() => resolve({ headers: responseHeaders, body: parsed as T, status: response.statusCode ?? 0 }));
+        });
+      });
+      // The whole exchange, not the socket's idle time: a server that trickles bytes is cut as well.
+      const timer = setTimeout(() => {
+        // An MSAL error, so that MSAL passes it on as it is instead of a bare network_error.
+        reject(new AuthError('network_error', '', `${new URL(url).host} did not answer within ${bound} ms`));
+        req.destroy();
+      }, bound);
+      req.on('error', (error) => settle(() => reject(error)));
+      if (body) req.write(body);
+      req.end();
     });
   return {
-    sendGetRequestAsync: (url, options, timeout) => send('GET', url, options, timeout),
-    sendPostRequestAsync: (url, options) => send('POST', url, options),
+    sendGetRequestAsync: (url, request, timeout) => send('GET', url, request, timeout),
+    sendPostRequestAsync: (url, request) => send('POST', url, request),
   };
 }

@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { AggregateAuthenticationError, CredentialUnavailableError } from '@azure/identity';
+import { AuthError } from '@azure/msal-node';
 import { ERROR_CODES } from '../src/errors';
 import { classifyKeyVaultError, classifySmtpError, classifyTokenError, parseSmtpReply } from '../src/classify';
 
@@ -153,6 +155,38 @@ describe('classifyKeyVaultError', () => {
     expect(missing.message).toContain("'mail-client-secret'");
     const down = classifyKeyVaultError(Object.assign(new Error('unavailable'), { statusCode: 503 }), 'x');
     expect(down).toMatchObject({ code: 'KEY_VAULT_UNAVAILABLE', transient: true });
+  });
+
+  it('a credential chain that gave up on an unreachable identity endpoint is transient; one without an identity is not', () => {
+    // The shape DefaultAzureCredential throws when the managed identity endpoint is cut or refuses (MSAL's
+    // network_error under ManagedIdentityCredential's "Network unreachable"), then the CLIs are not found.
+    const unreachable = new AggregateAuthenticationError(
+      [
+        new CredentialUnavailableError('EnvironmentCredential is unavailable.'),
+        new CredentialUnavailableError('ManagedIdentityCredential: Network unreachable. Message: network_error', {
+          cause: new AuthError('network_error', ''),
+        }),
+        new CredentialUnavailableError('Azure CLI could not be found.'),
+      ],
+      'ChainedTokenCredential authentication failed.',
+    );
+    const classified = classifyKeyVaultError(unreachable, 'mail-client-secret');
+    expect(classified).toMatchObject({ code: 'KEY_VAULT_UNAVAILABLE', transient: true });
+    expect(classified.message).toContain('managed identity endpoint');
+
+    const noIdentity = new AggregateAuthenticationError(
+      [
+        new CredentialUnavailableError('EnvironmentCredential is unavailable.'),
+        new CredentialUnavailableError(
+          'ManagedIdentityCredential: Authentication failed. Message Attempted to use the IMDS endpoint, but it is not available.',
+        ),
+      ],
+      'ChainedTokenCredential authentication failed.',
+    );
+    expect(classifyKeyVaultError(noIdentity, 'mail-client-secret')).toMatchObject({
+      code: 'KEY_VAULT_AUTH',
+      transient: false,
+    });
   });
 });
 
