@@ -7,6 +7,11 @@ export const MAX_VISIBILITY_SECONDS = 7 * 24 * 60 * 60;
 const NEVER_EXPIRES = -1;
 /** Outbox ids are UUIDs (crypto.randomUUID). */
 export const OUTBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/**
+ * `{ id }` is 47 characters of JSON, 64 in base64: a longer text is no message of ours, and is dropped before it is
+ * decoded or parsed (whatever its depth or size).
+ */
+export const MAX_OUTBOX_MESSAGE_CHARS = 1024;
 
 export interface OutboxMessage {
   id: string;
@@ -23,8 +28,12 @@ export function encodeOutboxMessage(message: OutboxMessage): string {
  */
 export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
   let candidate = value;
-  if (Buffer.isBuffer(candidate)) candidate = candidate.toString('utf8');
+  if (Buffer.isBuffer(candidate)) {
+    if (candidate.length > MAX_OUTBOX_MESSAGE_CHARS) return undefined;
+    candidate = candidate.toString('utf8');
+  }
   if (typeof candidate === 'string') {
+    if (candidate.length > MAX_OUTBOX_MESSAGE_CHARS) return undefined;
     const text = candidate.trim().startsWith('{') ? candidate : Buffer.from(candidate, 'base64').toString('utf8');
     try {
       candidate = JSON.parse(text);
@@ -32,7 +41,9 @@ export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
       return undefined;
     }
   }
-  const id = (candidate as { id?: unknown } | null)?.id;
+  // Only `id` is read, never walked: an object the host parsed, however deep, costs nothing more here.
+  if (candidate === null || typeof candidate !== 'object' || Array.isArray(candidate)) return undefined;
+  const id = (candidate as { id?: unknown }).id;
   return typeof id === 'string' && OUTBOX_ID.test(id) ? { id } : undefined;
 }
 
