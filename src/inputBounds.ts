@@ -277,7 +277,31 @@ export function capProblems(problems: FieldProblem[]): FieldProblem[] {
 export function parseBoundedJson(text: string, limits: JsonLimits, root = '', what = 'Invalid request body'): unknown {
   const problem = scanJsonText(text, limits, root);
   if (problem) throw invalidInput(what, [problem]);
-  return JSON.parse(text) as unknown;
+  const value = JSON.parse(text) as unknown;
+  if (value !== null && typeof value === 'object') {
+    scanned.set(value, { maxDepth: limits.maxDepth ?? MAX_JSON_DEPTH, maxValues: limits.maxValues });
+  }
+  return value;
+}
+
+/**
+ * Values parseBoundedJson returned, with the bounds their text was scanned against: walking them again (parse
+ * functions bound what they are given, whoever calls them) would cost as much as the scan did, for nothing.
+ */
+const scanned = new WeakMap<object, { maxDepth: number; maxValues: number }>();
+
+/**
+ * The depth or size problem of a value a parse function was handed, or undefined: nothing when parseBoundedJson
+ * already scanned it within these bounds, else inspectJson's walk.
+ */
+export function boundsProblem(value: unknown, limits: JsonLimits, root = ''): FieldProblem | undefined {
+  if (value !== null && typeof value === 'object') {
+    const done = scanned.get(value);
+    if (done && done.maxDepth <= (limits.maxDepth ?? MAX_JSON_DEPTH) && done.maxValues <= limits.maxValues) {
+      return undefined;
+    }
+  }
+  return inspectJson(value, limits, root).problem;
 }
 
 /**

@@ -2,7 +2,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { MailError, type FieldProblem } from './errors';
-import { canonicalJsonIterative, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from './inputBounds';
+import { boundsProblem, canonicalJsonIterative, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from './inputBounds';
 import { addressSchema, MAX_SUBJECT_CHARS, type Address } from './message';
 import { canonicalJson } from './outbox';
 import { isAllowedFrom } from './sender';
@@ -136,8 +136,8 @@ export function parseNotificationBatch(body: unknown, rules: BatchRules): Parsed
   }
   // Depth and size first: a queue message arrives parsed by the host, and the content hash, zod and JSON.stringify
   // recurse into it. A too-deep batch is then recorded as failed, naming the field, like any other invalid one.
-  const bounds = inspectJson(body, { maxValues: MAX_BATCH_JSON_VALUES });
-  if (bounds.problem) throw invalid([bounds.problem]);
+  const tooLarge = boundsProblem(body, { maxValues: MAX_BATCH_JSON_VALUES });
+  if (tooLarge) throw invalid([tooLarge]);
   const parsed = batchSchema.safeParse(body);
   if (!parsed.success) throw invalid(problemsOf(parsed.error));
   const b = parsed.data;

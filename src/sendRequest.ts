@@ -1,7 +1,7 @@
 /** The body of POST /api/messages: its schema and the rules that span fields, each failure naming its field. */
 import { z } from 'zod';
 import type { MailError, FieldProblem } from './errors';
-import { formatPath, inspectJson, invalidInput, MAX_BODY_JSON_VALUES, MAX_PATH_KEY_CHARS } from './inputBounds';
+import { formatPath, boundsProblem, invalidInput, MAX_BODY_JSON_VALUES, MAX_PATH_KEY_CHARS } from './inputBounds';
 import { addressListSchema, addressSchema, fieldProblems, messageInputSchema, type Address } from './message';
 import { TEMPLATE_NAME } from './templates';
 
@@ -169,8 +169,8 @@ export function parseSendRequest(
   }
   // Depth and size before zod, the canonical hash or JSON.stringify recurse into it (HTTP bodies were scanned as
   // text already; this covers every other caller).
-  const bounds = inspectJson(body, { maxValues: MAX_BODY_JSON_VALUES });
-  if (bounds.problem) throw invalid([bounds.problem]);
+  const tooLarge = boundsProblem(body, { maxValues: MAX_BODY_JSON_VALUES });
+  if (tooLarge) throw invalid([tooLarge]);
   const parsed = sendRequestSchema.safeParse(body);
   if (!parsed.success) {
     // Report the rules across fields too, so that one round trip shows every problem.
