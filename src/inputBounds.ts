@@ -182,7 +182,7 @@ export function inspectJson(
   const maxDepth = limits.maxDepth ?? MAX_JSON_DEPTH;
   const maxString = limits.maxStringChars ?? Infinity;
   let chars = 0;
-  let values = 0;
+  let values = 1; // the outer container, as the text scan counts it
   let longString: JsonInspection['longString'];
   const leaf = (v: unknown, at: () => string) => {
     if (typeof v === 'string') {
@@ -214,7 +214,6 @@ export function inspectJson(
     if (extra !== undefined) segments.push(extra);
     return formatPath(segments, root);
   };
-  values = 1;
   chars += 2;
   if (maxDepth < 1) return { problem: { path: pathTo(), message: depthMessage(maxDepth) }, chars };
   while (stack.length > 0) {
@@ -235,9 +234,11 @@ export function inspectJson(
     if (values > limits.maxValues) {
       return { problem: { path: pathTo(), message: valuesMessage(limits.maxValues) }, chars };
     }
-    chars += i > 0 ? 1 : 0;
-    if (frame.keys) leaf(segment, () => pathTo(segment));
-    if (frame.keys) chars += 1;
+    if (i > 0) chars += 1; // the comma
+    if (frame.keys) {
+      leaf(segment, () => pathTo(segment)); // the key, and its colon
+      chars += 1;
+    }
     if (isContainer(child)) {
       if (stack.length >= maxDepth) {
         return { problem: { path: pathTo(segment), message: depthMessage(maxDepth) }, chars };

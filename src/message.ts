@@ -25,6 +25,7 @@ export const MAX_LIST_ENTRIES = 1000;
 const CONTROL_CHARS = /[\u0000-\u0008\u000a-\u001f\u007f]/;
 /** One part of an address (local part, domain): no whitespace, no @, no characters that need quoting. */
 const ADDRESS_PART = /^[^\s@<>()",;:\\[\]]+$/;
+/** At most 78 characters are looked at, whatever the name's length. */
 const HEADER_NAME = /^X-[A-Za-z0-9-]{1,76}$/;
 /** Headers Exchange Online writes itself (transport, anti-spam, Forefront): a caller must not be able to forge them. */
 const RESERVED_HEADER = /^X-(?:MS-Exchange-|Microsoft-Antispam|Forefront-)/i;
@@ -33,6 +34,7 @@ const NAME_SPECIALS = /["<>]/;
 /** base64 before the padding, and the padding (at most two "=", then line breaks only). Single classes: linear. */
 const BASE64_BODY = /^[A-Za-z0-9+/\r\n]*$/;
 const BASE64_PADDING = /^={0,2}[\r\n]*$/;
+/** type/subtype: neither class holds the "/", so each `+` ends where the next part must start (no backtracking). */
 const CONTENT_TYPE = /^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+-]+$/i;
 
 /**
