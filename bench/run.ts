@@ -8,6 +8,7 @@ import { applySandboxEnv } from '../test/support';
 import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
 import { runFanoutBench } from './fanout';
+import { runHostileBench, TARGET_AFTER_RATIO } from './hostile';
 import { runHttpAcceptBench } from './httpAccept';
 import { runPacingBench } from './pacing';
 
@@ -121,6 +122,46 @@ async function main(): Promise<void> {
         ['slowest chunk (s), of a 600 s functionTimeout', String(Math.round(f.maxChunkMs / 100) / 10)],
         ['peak RSS (MiB), baseline', `${f.peakRssMiB} (${f.baselineRssMiB})`],
         ['GET /api/notifications/{batchId} (ms)', String(f.countQueryMs)],
+      ]);
+    }
+    if (want('hostile')) {
+      const h = await runHostileBench(env, quick ? { reps: 3, requests: 20 } : {});
+      results.hostile = h;
+      table([
+        [
+          `Hostile POST /api/messages bodies vs a normal body of the same size (median of ${h.reps}, in process)`,
+          'bytes',
+          'hostile ms',
+          'worst ms',
+          'normal ms',
+          'ratio',
+          `<= ${h.target}x`,
+        ],
+        ...h.shapes.map((s) => [
+          `${s.shape} (${s.outcome}; normal: ${s.normal})`,
+          String(s.bytes),
+          String(s.hostileMedianMs),
+          String(s.hostileWorstMs),
+          String(s.normalMedianMs),
+          String(s.ratio),
+          s.verdict,
+        ]),
+        ['worst ratio', '', '', '', '', String(h.worstRatio), h.worstRatio <= h.target ? 'PASS' : 'FALLS SHORT'],
+      ]);
+      table([
+        [
+          `Dev host over HTTP: ${h.http.requests} normal POSTs before / right after the hostile ones`,
+          'p50 ms',
+          'p99 ms',
+        ],
+        ['before', String(h.http.beforeP50Ms), String(h.http.beforeP99Ms)],
+        [`after (first: ${h.http.firstAfterMs} ms)`, String(h.http.afterP50Ms), String(h.http.afterP99Ms)],
+        [`ratio after/before p50 (<= ${TARGET_AFTER_RATIO})`, String(h.http.ratioP50), h.http.verdict],
+        [
+          `hostile answers: ${h.http.hostileAnswers.map((a) => a.status).join(' ')}`,
+          `slowest ${Math.max(...h.http.hostileAnswers.map((a) => a.ms))} ms`,
+          '',
+        ],
       ]);
     }
     const out = path.resolve('bench/results/latest.json');

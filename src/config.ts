@@ -1,8 +1,10 @@
 /** The typed Config: every setting of PRODUCT.md "Settings", parsed and validated once, with errors that name the setting and the fix. */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { MailError } from './errors';
+import { trimTrailingSlashes } from './inputBounds';
+import { isEmailAddress, MAX_ADDRESS_CHARS } from './message';
 
 export const DEFAULT_SMTP_HOST = 'smtp.office365.com';
 export const DEFAULT_SMTP_PORT = 587;
@@ -36,9 +38,27 @@ export const MICROSOFT_AUTHORITY_HOSTS = new Set([
 export const AUTH_MODES = ['client-secret', 'client-certificate', 'federated-identity', 'basic'] as const;
 export type AuthMode = (typeof AUTH_MODES)[number];
 
-const EMAIL = /^[^\s@<>()",;:\\[\]]+@[^\s@<>()",;:\\[\]]+\.[^\s@<>()",;:\\[\]]+$/;
-const GUID_OR_DOMAIN = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z0-9.-]+\.[a-z]{2,})$/i;
 const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** The longest URL, host or name setting looked at: a longer value is invalid before any pattern runs on it. */
+export const MAX_SETTING_CHARS = 2048;
+const DOMAIN_CHARS = /^[a-z0-9.-]+$/i;
+const TOP_LEVEL_DOMAIN = /^[a-z]{2,}$/i;
+
+/** An address setting: bounded, then the linear check the message schema uses. */
+const isEmail = (value: string) => value.length <= MAX_ADDRESS_CHARS && isEmailAddress(value);
+
+/**
+ * `contoso.com`: letters, digits, dots and dashes, ending in a dot and a top-level domain of two or more letters.
+ * Split at the last dot rather than matched as `[a-z0-9.-]+\.[a-z]{2,}`, whose two parts both take dots and letters.
+ */
+function isDomain(value: string): boolean {
+  if (value.length > MAX_SETTING_CHARS || !DOMAIN_CHARS.test(value)) return false;
+  const dot = value.lastIndexOf('.');
+  return dot > 0 && TOP_LEVEL_DOMAIN.test(value.slice(dot + 1));
+}
+
+/** A pattern test on a setting that first bounds its length. */
+const matches = (pattern: RegExp, value: string) => value.length <= MAX_SETTING_CHARS && pattern.test(value);
 
 /** Fixes shown after "<SETTING> is invalid/required:". */
 const FIXES: Record<string, string> = {
@@ -226,13 +246,13 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
 
   required('MAIL_SENDER');
   const sender = s.MAIL_SENDER?.toLowerCase() ?? '';
-  if (s.MAIL_SENDER && !EMAIL.test(s.MAIL_SENDER)) invalid('MAIL_SENDER');
+  if (s.MAIL_SENDER && !isEmail(s.MAIL_SENDER)) invalid('MAIL_SENDER');
 
   const allowedFrom = new Set<string>(sender ? [sender] : []);
   const entries = (s.MAIL_ALLOWED_FROM ?? '').split(',').map((e) => e.trim().toLowerCase());
   entries.forEach((entry, index) => {
     if (!entry) return;
-    if (entry.startsWith('@') ? /^@[a-z0-9.-]+\.[a-z]{2,}$/.test(entry) : EMAIL.test(entry)) allowedFrom.add(entry);
+    if (entry.startsWith('@') ? isDomain(entry.slice(1)) : isEmail(entry)) allowedFrom.add(entry);
     // The entry's position finds it without quoting it.
     else invalid('MAIL_ALLOWED_FROM', ` (entry ${index + 1} of ${entries.length})`);
   });
@@ -240,32 +260,34 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const mode = (s.MAIL_AUTH_MODE ?? 'client-secret') as AuthMode;
   if (!AUTH_MODES.includes(mode)) invalid('MAIL_AUTH_MODE');
 
-  const authorityHost = (s.MAIL_AUTHORITY_HOST ?? DEFAULT_AUTHORITY_HOST).replace(/\/+$/, '');
-  if (!/^https:\/\/[^/\s]+$/.test(authorityHost)) invalid('MAIL_AUTHORITY_HOST');
+  const authorityHost = trimTrailingSlashes(s.MAIL_AUTHORITY_HOST ?? DEFAULT_AUTHORITY_HOST);
+  if (!matches(/^https:\/\/[^/\s]+$/, authorityHost)) invalid('MAIL_AUTHORITY_HOST');
 
   const scope = s.MAIL_SMTP_SCOPE ?? DEFAULT_SMTP_SCOPE;
-  if (!/^https:\/\/\S+\/\.default$/.test(scope)) invalid('MAIL_SMTP_SCOPE');
+  // `\S+` then a literal suffix: the only backtracking is \S+ giving back one character at a time (linear).
+  if (!matches(/^https:\/\/\S+\/\.default$/, scope)) invalid('MAIL_SMTP_SCOPE');
 
   const oauth = mode !== 'basic';
   if (oauth) {
     required('MAIL_TENANT_ID', ` for MAIL_AUTH_MODE=${mode}`);
     required('MAIL_CLIENT_ID', ` for MAIL_AUTH_MODE=${mode}`);
-    if (s.MAIL_TENANT_ID && !GUID_OR_DOMAIN.test(s.MAIL_TENANT_ID)) invalid('MAIL_TENANT_ID');
-    if (s.MAIL_CLIENT_ID && !GUID.test(s.MAIL_CLIENT_ID)) invalid('MAIL_CLIENT_ID');
+    if (s.MAIL_TENANT_ID && !(matches(GUID, s.MAIL_TENANT_ID) || isDomain(s.MAIL_TENANT_ID))) invalid('MAIL_TENANT_ID');
+    if (s.MAIL_CLIENT_ID && !matches(GUID, s.MAIL_CLIENT_ID)) invalid('MAIL_CLIENT_ID');
   }
   if (mode !== 'federated-identity') required('MAIL_KEY_VAULT_URL', ` for MAIL_AUTH_MODE=${mode}`);
-  if (s.MAIL_KEY_VAULT_URL && !/^https:\/\/[^/\s]+\/?$/.test(s.MAIL_KEY_VAULT_URL)) {
+  if (s.MAIL_KEY_VAULT_URL && !matches(/^https:\/\/[^/\s]+\/?$/, s.MAIL_KEY_VAULT_URL)) {
     invalid('MAIL_KEY_VAULT_URL');
   }
 
   const smtpHost = s.MAIL_SMTP_HOST ?? DEFAULT_SMTP_HOST;
-  if (!/^[a-z0-9.-]+$/i.test(smtpHost)) invalid('MAIL_SMTP_HOST');
+  if (!matches(DOMAIN_CHARS, smtpHost)) invalid('MAIL_SMTP_HOST');
   if (s.MAIL_SMTP_PORT > 65_535) invalid('MAIL_SMTP_PORT');
 
   let extraCaPem: string | undefined;
   if (s.MAIL_TLS_CA_FILE) {
     const file = path.resolve(s.MAIL_TLS_CA_FILE);
-    if (!existsSync(file))
+    // A directory (or anything not a file) would make readFileSync throw EISDIR: it is as missing as no file.
+    if (!existsSync(file) || !statSync(file).isFile())
       problems.push(`MAIL_TLS_CA_FILE points at a file that does not exist (${file}): ${FIXES.MAIL_TLS_CA_FILE}`);
     else {
       extraCaPem = readFileSync(file, 'utf8');
@@ -274,7 +296,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       }
     }
   }
-  if (s.MAIL_UNSUBSCRIBE_BASE_URL && !/^https?:\/\/\S+$/.test(s.MAIL_UNSUBSCRIBE_BASE_URL)) {
+  if (s.MAIL_UNSUBSCRIBE_BASE_URL && !matches(/^https?:\/\/\S+$/, s.MAIL_UNSUBSCRIBE_BASE_URL)) {
     invalid('MAIL_UNSUBSCRIBE_BASE_URL');
   }
   if (s.MAIL_MAX_RECIPIENTS > 1000) {
@@ -282,7 +304,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   if (problems.length > 0) throw new ConfigError(problems);
 
-  const vault = (s.MAIL_KEY_VAULT_URL ?? '').replace(/\/+$/, '');
+  const vault = trimTrailingSlashes(s.MAIL_KEY_VAULT_URL ?? '');
   const oauthSettings: OAuthSettings = {
     tenantId: s.MAIL_TENANT_ID ?? '',
     clientId: s.MAIL_CLIENT_ID ?? '',

@@ -5,10 +5,16 @@
  * `messageEncoding: "base64"` expects; plain JSON is read too.
  */
 import type { QueueClient } from '@azure/storage-queue';
+import { canonicalJsonIterative, inspectJson } from './inputBounds';
 import { BATCH_ID } from './notificationRequest';
 
 /** Never expire: a continuation must not vanish behind a long backlog (the default TTL is 7 days). */
 const NEVER_EXPIRES = -1;
+/**
+ * A queue message is at most 64 KiB (the Storage limit), so its text is at most this many UTF-16 units; longer text
+ * cannot have come from the queue and is not decoded or parsed.
+ */
+export const MAX_QUEUE_MESSAGE_CHARS = 64 * 1024;
 
 /** What a queue message turned out to be. */
 export type NotificationMessage =
@@ -28,13 +34,15 @@ export function encodeNotificationMessage(value: unknown): string {
 
 /**
  * Reads the trigger's payload: the host hands over decoded JSON (an object) or text; a raw queue text may still be
- * base64. An object with only `batchId` and `offset` is a reference; any other object is a batch.
+ * base64. An object with only `batchId` and `offset` is a reference; any other object is a batch, whose depth and
+ * size parseNotificationBatch bounds before anything recurses into it (a too-deep one is recorded as failed).
  */
 export function parseNotificationMessage(value: unknown): NotificationMessage {
   let candidate = value;
   if (Buffer.isBuffer(candidate)) candidate = candidate.toString('utf8');
   if (typeof candidate === 'string') {
     const raw = candidate;
+    if (raw.length > MAX_QUEUE_MESSAGE_CHARS) return { kind: 'unreadable', text: raw };
     const text = raw.trim().startsWith('{') ? raw : Buffer.from(raw, 'base64').toString('utf8');
     try {
       candidate = JSON.parse(text);
@@ -43,7 +51,10 @@ export function parseNotificationMessage(value: unknown): NotificationMessage {
     }
   }
   if (candidate === null || typeof candidate !== 'object' || Array.isArray(candidate)) {
-    return { kind: 'unreadable', text: typeof value === 'string' ? value : (JSON.stringify(candidate) ?? '') };
+    if (typeof value === 'string') return { kind: 'unreadable', text: value };
+    // An array the host parsed may be too deep for JSON.stringify (a RangeError would send it to the poison queue).
+    const deep = inspectJson(candidate, { maxValues: Infinity }).problem !== undefined;
+    return { kind: 'unreadable', text: deep ? canonicalJsonIterative(candidate) : (JSON.stringify(candidate) ?? '') };
   }
   const object = candidate as Record<string, unknown>;
   const keys = Object.keys(object);

@@ -1,12 +1,13 @@
-/** A batch notification (PRODUCT.md F5): its schema, the batch-level rules, and the ids and keys derived from it. */
+/** A batch notification: its schema, the batch-level rules, and the ids and keys derived from it. */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { MailError, type FieldProblem } from './errors';
+import { boundsProblem, canonicalJsonIterative, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from './inputBounds';
 import { addressSchema, MAX_SUBJECT_CHARS, type Address } from './message';
 import { canonicalJson } from './outbox';
 import { isAllowedFrom } from './sender';
-import { checkSendAt, IDEMPOTENCY_KEY, problemsOf } from './sendRequest';
-import { TEMPLATE_NAME } from './templates';
+import { checkSendAt, IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY_CHARS, problemsOf } from './sendRequest';
+import { TEMPLATE_NAME, templateDataProblems } from './templates';
 
 /** Batch ids: letters, digits and . _ - (safe as a Table PartitionKey and a blob name). */
 export const BATCH_ID = /^[A-Za-z0-9._-]{1,100}$/;
@@ -32,6 +33,10 @@ const recipientSchema = z
       data: z.record(z.string(), z.unknown(), { error: 'data must be an object' }).optional(),
       idempotencyKey: z
         .string({ error: 'idempotencyKey must be a string' })
+        .max(MAX_IDEMPOTENCY_KEY_CHARS, {
+          error: 'idempotencyKey must be 1 to 200 characters of letters, digits and . _ : -',
+          abort: true,
+        })
         .regex(IDEMPOTENCY_KEY, { error: 'idempotencyKey must be 1 to 200 characters of letters, digits and . _ : -' })
         .optional(),
     },
@@ -58,12 +63,22 @@ const batchSchema = z
     data: z.record(z.string(), z.unknown(), { error: 'data must be an object' }).optional(),
     sendAt: z.string({ error: 'sendAt must be an RFC 3339 date-time string such as 2026-11-23T08:00:00Z' }).optional(),
     category: z.enum(NOTIFICATION_CATEGORIES, { error: 'category must be "transactional" or "bulk"' }).optional(),
+    // Counted before any recipient is parsed (zod's .max() would parse every one of them first).
     recipients: z
-      .array(recipientSchema, { error: 'recipients is required: an array of { to, data?, idempotencyKey? }' })
-      .min(1, { error: 'recipients must not be empty' })
-      .max(MAX_BATCH_RECIPIENTS, {
-        error: `at most ${MAX_BATCH_RECIPIENTS} recipients per batch: split larger sends into several batches`,
-      }),
+      .unknown()
+      .superRefine((value, ctx) => {
+        if (Array.isArray(value) && value.length > MAX_BATCH_RECIPIENTS) {
+          ctx.addIssue({
+            code: 'custom',
+            message: `at most ${MAX_BATCH_RECIPIENTS} recipients per batch: split larger sends into several batches`,
+          });
+        }
+      })
+      .pipe(
+        z
+          .array(recipientSchema, { error: 'recipients is required: an array of { to, data?, idempotencyKey? }' })
+          .min(1, { error: 'recipients must not be empty' }),
+      ),
   })
   .strict();
 
@@ -105,7 +120,7 @@ function invalid(problems: FieldProblem[]): MailError {
       .slice(0, 5)
       .map((d) => `${d.path}: ${d.message}`)
       .join('; ')}${problems.length > 5 ? ` (and ${problems.length - 5} more)` : ''}`,
-    { details: problems },
+    { details: capProblems(problems) },
   );
 }
 
@@ -119,10 +134,17 @@ export function parseNotificationBatch(body: unknown, rules: BatchRules): Parsed
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw invalid([{ path: '(body)', message: 'the batch must be a JSON object' }]);
   }
+  // Depth and size first: a queue message arrives parsed by the host, and the content hash, zod and JSON.stringify
+  // recurse into it. A too-deep batch is then recorded as failed, naming the field, like any other invalid one.
+  const tooLarge = boundsProblem(body, { maxValues: MAX_BATCH_JSON_VALUES });
+  if (tooLarge) throw invalid([tooLarge]);
   const parsed = batchSchema.safeParse(body);
   if (!parsed.success) throw invalid(problemsOf(parsed.error));
   const b = parsed.data;
-  const problems: FieldProblem[] = [];
+  // The shared data goes to every recipient: too large is the batch's problem (a recipient's own data is checked
+  // when it is rendered, and rejects that recipient alone).
+  const problems: FieldProblem[] = b.data !== undefined ? templateDataProblems(b.data) : [];
+  if (problems.length) throw invalid(problems);
   const sendAt =
     b.sendAt !== undefined
       ? checkSendAt(b.sendAt, rules.now, problems, { allowPast: rules.allowPastSendAt ?? false })
@@ -169,7 +191,13 @@ export function batchContentHash(batch: NotificationBatch): string {
  * redelivery of the message maps to the same batch.
  */
 export function deriveBatchId(content: unknown): string {
-  const text = typeof content === 'string' ? content : canonicalJson(content);
+  // Content too deep for JSON.stringify is hashed over the same canonical text, built without recursion.
+  const text =
+    typeof content === 'string'
+      ? content
+      : inspectJson(content, { maxValues: Infinity }).problem
+        ? canonicalJsonIterative(content)
+        : canonicalJson(content);
   return `${DERIVED_BATCH_PREFIX}${sha256(text).slice(0, 32)}`;
 }
 

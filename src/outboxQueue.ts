@@ -6,6 +6,11 @@ import { isMessageId } from './messageIds';
 export const MAX_VISIBILITY_SECONDS = 7 * 24 * 60 * 60;
 /** Never expire: a message scheduled 7 days ahead would otherwise expire (default TTL 7 days) as it becomes visible. */
 const NEVER_EXPIRES = -1;
+/**
+ * `{ id }` is at most about 150 characters of JSON, 200 in base64: a longer text is no message of ours, and is dropped before it is
+ * decoded or parsed (whatever its depth or size).
+ */
+export const MAX_OUTBOX_MESSAGE_CHARS = 1024;
 
 export interface OutboxMessage {
   id: string;
@@ -22,8 +27,12 @@ export function encodeOutboxMessage(message: OutboxMessage): string {
  */
 export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
   let candidate = value;
-  if (Buffer.isBuffer(candidate)) candidate = candidate.toString('utf8');
+  if (Buffer.isBuffer(candidate)) {
+    if (candidate.length > MAX_OUTBOX_MESSAGE_CHARS) return undefined;
+    candidate = candidate.toString('utf8');
+  }
   if (typeof candidate === 'string') {
+    if (candidate.length > MAX_OUTBOX_MESSAGE_CHARS) return undefined;
     const text = candidate.trim().startsWith('{') ? candidate : Buffer.from(candidate, 'base64').toString('utf8');
     try {
       candidate = JSON.parse(text);
@@ -31,7 +40,9 @@ export function parseOutboxMessage(value: unknown): OutboxMessage | undefined {
       return undefined;
     }
   }
-  const id = (candidate as { id?: unknown } | null)?.id;
+  // Only `id` is read, never walked: an object the host parsed, however deep, costs nothing more here.
+  if (candidate === null || typeof candidate !== 'object' || Array.isArray(candidate)) return undefined;
+  const id = (candidate as { id?: unknown }).id;
   return typeof id === 'string' && isMessageId(id) ? { id } : undefined;
 }
 

@@ -1,6 +1,7 @@
-/** The body of POST /api/messages (PRODUCT.md F2): its schema and the rules that span fields, each failure naming its field. */
+/** The body of POST /api/messages: its schema and the rules that span fields, each failure naming its field. */
 import { z } from 'zod';
-import { MailError, type FieldProblem } from './errors';
+import type { MailError, FieldProblem } from './errors';
+import { formatPath, boundsProblem, invalidInput, MAX_BODY_JSON_VALUES, MAX_PATH_KEY_CHARS } from './inputBounds';
 import { addressListSchema, addressSchema, fieldProblems, messageInputSchema, type Address } from './message';
 import { TEMPLATE_NAME } from './templates';
 
@@ -8,8 +9,11 @@ import { TEMPLATE_NAME } from './templates';
 export const MAX_SCHEDULE_AHEAD_MS = 7 * 24 * 60 * 60 * 1000;
 /** A sendAt this far in the past is taken as "now" (clock skew between caller and app); further back is an error. */
 export const SEND_AT_PAST_SKEW_MS = 5 * 60 * 1000;
+export const MAX_IDEMPOTENCY_KEY_CHARS = 200;
 export const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,200}$/;
 const IDEMPOTENCY_KEY_RULE = '1 to 200 characters of letters, digits and . _ : -';
+/** The longest RFC 3339 date-time (nanoseconds and an offset) is 35 characters; anything longer is not one. */
+export const MAX_SEND_AT_CHARS = 40;
 /** RFC 3339 date-time with an explicit offset: a time without one would be read in the app's time zone. */
 const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2})$/i;
 
@@ -17,6 +21,7 @@ const fields = messageInputSchema.shape;
 
 const idempotencyKeySchema = z
   .string({ error: `idempotencyKey must be a string of ${IDEMPOTENCY_KEY_RULE}` })
+  .max(MAX_IDEMPOTENCY_KEY_CHARS, { error: `idempotencyKey must be ${IDEMPOTENCY_KEY_RULE}`, abort: true })
   .regex(IDEMPOTENCY_KEY, { error: `idempotencyKey must be ${IDEMPOTENCY_KEY_RULE}` });
 
 const sendRequestSchema = z
@@ -68,13 +73,7 @@ export interface SendRequest {
 }
 
 function invalid(problems: FieldProblem[]): MailError {
-  return new MailError(
-    'INVALID_MESSAGE',
-    `Invalid request: ${problems.map((d) => `${d.path}: ${d.message}`).join('; ')}`,
-    {
-      details: problems,
-    },
-  );
+  return invalidInput('Invalid request', problems);
 }
 
 /** zod reports unknown fields once for the whole object; callers want each named. */
@@ -84,9 +83,10 @@ export function problemsOf(error: z.ZodError): FieldProblem[] {
     if (issue.code === 'unrecognized_keys') {
       const prefix = fieldProblems(new z.ZodError([issue]))[0]?.path ?? '(body)';
       for (const key of issue.keys) {
+        const shown = key.length > MAX_PATH_KEY_CHARS ? `${key.slice(0, MAX_PATH_KEY_CHARS)}…` : key;
         out.push({
-          path: prefix === '(body)' ? key : `${prefix}.${key}`,
-          message: `unknown field "${key}"`,
+          path: prefix === '(body)' ? formatPath([key]) : `${prefix}.${shown}`,
+          message: `unknown field "${shown}"`,
         });
       }
     } else {
@@ -106,7 +106,7 @@ export function checkSendAt(
   problems: FieldProblem[],
   options: { allowPast?: boolean } = {},
 ): Date | undefined {
-  if (!RFC3339.test(value)) {
+  if (value.length > MAX_SEND_AT_CHARS || !RFC3339.test(value)) {
     problems.push({
       path: 'sendAt',
       message: 'must be an RFC 3339 date-time with a time zone, such as 2026-11-23T08:00:00Z',
@@ -167,6 +167,10 @@ export function parseSendRequest(
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw invalid([{ path: '(body)', message: 'the body must be a JSON object' }]);
   }
+  // Depth and size before zod, the canonical hash or JSON.stringify recurse into it (HTTP bodies were scanned as
+  // text already; this covers every other caller).
+  const tooLarge = boundsProblem(body, { maxValues: MAX_BODY_JSON_VALUES });
+  if (tooLarge) throw invalid([tooLarge]);
   const parsed = sendRequestSchema.safeParse(body);
   if (!parsed.success) {
     // Report the rules across fields too, so that one round trip shows every problem.
@@ -185,7 +189,7 @@ export function parseSendRequest(
   let idempotencyKey = b.idempotencyKey;
   const header = options.idempotencyKeyHeader ?? undefined;
   if (header !== undefined) {
-    if (!IDEMPOTENCY_KEY.test(header)) {
+    if (header.length > MAX_IDEMPOTENCY_KEY_CHARS || !IDEMPOTENCY_KEY.test(header)) {
       problems.push({ path: 'Idempotency-Key', message: `the Idempotency-Key header must be ${IDEMPOTENCY_KEY_RULE}` });
     } else if (idempotencyKey !== undefined && idempotencyKey !== header) {
       problems.push({

@@ -1,8 +1,23 @@
 /** Renders email templates: Handlebars in strict mode, HTML escaped, the subject as one header line, a text part always. */
 import Handlebars from 'handlebars';
 import { compile as compileHtmlToText } from 'html-to-text';
-import { MailError, ensureError } from './errors';
+import { MailError, ensureError, type FieldProblem } from './errors';
+import { inspectJson, MAX_BODY_JSON_VALUES } from './inputBounds';
 import { MAX_SUBJECT_CHARS } from './message';
+
+/**
+ * The most template data rendered at once: its size as JSON text, in characters. Rendering (escaping above all) and
+ * the text part cost time in proportion to it, so it is bounded before any of that runs.
+ */
+export const MAX_TEMPLATE_DATA_CHARS = 256 * 1024;
+/** The longest string (value or key) in template data. */
+export const MAX_TEMPLATE_STRING_CHARS = 64 * 1024;
+/** The rendered subject is bounded before it is folded onto one line; folded, it must fit MAX_SUBJECT_CHARS. */
+export const MAX_RENDERED_SUBJECT_CHARS = 4 * MAX_SUBJECT_CHARS;
+/** The longest URL the link helper emits. */
+export const MAX_LINK_CHARS = 2048;
+/** The schemes the link helper emits; anything else (javascript:, data:, http:) is refused. */
+export const LINK_SCHEMES: readonly string[] = ['https:', 'mailto:'];
 
 /** A template's name is its folder under templates/. */
 export const TEMPLATE_NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
@@ -44,8 +59,47 @@ const TEXT_OPTIONS = { strict: true, noEscape: true } as const;
 
 /** How a Handlebars strict-mode failure reads: `"id" not defined in [object Object] - 3:14`. */
 const STRICT_MISS = /^"([^"]+)" not defined in /;
-/** A run of whitespace that contains a line break or another control character: folded to one space in the subject. */
-const SUBJECT_BREAK = /\s*[\u0000-\u001f\u007f\u0085\u2028\u2029]+\s*/g;
+/** A run of whitespace and control characters (one class, so matching it is linear). */
+const SUBJECT_SPACE_RUN = /[\s\u0000-\u001f\u007f\u0085]+/g;
+/** A line break or another control character: a run holding one becomes a single space. */
+const SUBJECT_BREAK = /[\u0000-\u001f\u007f\u0085\u2028\u2029]/;
+/** Whitespace and control characters a URL must not hold (a URL parser would drop some of them silently). */
+const URL_SPACE = /[\s\u0000-\u001f\u007f]/;
+
+/**
+ * Folds a rendered subject onto one header line: every run of whitespace that holds a line break or another control
+ * character becomes one space; runs of plain spaces stay. Linear: the runs are found by a single-class regex, and each
+ * is tested once (the old `\s*[breaks]+\s*` retried every start inside a long run of spaces).
+ */
+export function foldSubject(subject: string): string {
+  return subject.replace(SUBJECT_SPACE_RUN, (run) => (SUBJECT_BREAK.test(run) ? ' ' : run)).trim();
+}
+
+/** Why the link helper refused a value: rendered as a 400 naming the data field it came from. */
+class LinkError extends Error {
+  constructor(
+    readonly value: unknown,
+    readonly reason: string,
+  ) {
+    super(`link: ${reason}`);
+  }
+}
+
+/** The reason `value` may not be a link, or undefined when it may (an https: or mailto: URL). */
+function linkProblem(value: unknown): string | undefined {
+  const scheme = LINK_SCHEMES.map((s) => s.replace(':', '')).join(' or ');
+  if (typeof value !== 'string' || value === '') return `must be an ${scheme} URL`;
+  if (value.length > MAX_LINK_CHARS) return `must be a URL of at most ${MAX_LINK_CHARS} characters`;
+  if (URL_SPACE.test(value)) return 'must be a URL without spaces or control characters';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return `must be an absolute ${scheme} URL`;
+  }
+  if (!LINK_SCHEMES.includes(url.protocol)) return `must be an ${scheme} URL (not ${url.protocol})`;
+  return undefined;
+}
 
 /** The text part of templates without text.hbs: links as "text [url]", data tables as aligned columns. */
 const htmlToText = compileHtmlToText({
@@ -90,9 +144,12 @@ export class TemplateRenderer {
   readonly #hbs = Handlebars.create();
   readonly #compiled = new Map<string, Compiled>();
   readonly #paths = new Map<string, LocatedPath[]>();
+  /** The probe of the render in progress (rendering is synchronous), for the link helper's error. */
+  #probe: AccessProbe | undefined;
 
   constructor(bundle: TemplateBundle) {
     this.#bundle = bundle;
+    this.#hbs.registerHelper('link', (value: unknown) => this.#link(value));
     for (const name of Object.keys(bundle.templates)) {
       if (!TEMPLATE_NAME.test(name)) throw new Error(`Template name "${name}" must match ${TEMPLATE_NAME}`);
     }
@@ -134,9 +191,16 @@ export class TemplateRenderer {
     if (data === null || typeof data !== 'object' || Array.isArray(data)) {
       throw invalid(`Template "${name}" needs an object as data`, [{ path: 'data', message: 'must be an object' }]);
     }
+    checkData(name, data);
     const probe = new AccessProbe();
     const context = probe.wrap(data, '');
-    const subject = this.#run(name, 'subject', compiled.subject, context, probe).replace(SUBJECT_BREAK, ' ').trim();
+    const raw = this.#run(name, 'subject', compiled.subject, context, probe);
+    if (raw.length > MAX_RENDERED_SUBJECT_CHARS) {
+      throw invalid(`Template "${name}" rendered a subject of ${raw.length} characters`, [
+        { path: 'data', message: `the rendered subject must be at most ${MAX_SUBJECT_CHARS} characters` },
+      ]);
+    }
+    const subject = foldSubject(raw);
     if (subject.length > MAX_SUBJECT_CHARS) {
       throw invalid(`Template "${name}" rendered a subject of ${subject.length} characters`, [
         { path: 'data', message: `the rendered subject must be at most ${MAX_SUBJECT_CHARS} characters` },
@@ -174,15 +238,36 @@ export class TemplateRenderer {
 
   #run(name: string, part: Part, template: Delegate, context: unknown, probe: AccessProbe): string {
     probe.lastMiss = undefined;
+    this.#probe = probe;
     try {
       return template(context);
     } catch (error) {
       throw this.#renderError(name, part, ensureError(error), probe);
+    } finally {
+      this.#probe = undefined;
     }
+  }
+
+  /**
+   * `{{link url}}`: emits `url` (escaped, as every `{{…}}`) when it is an https: or mailto: URL, and otherwise fails
+   * the render with a 400 naming the data field the value came from. Every href built from data goes through it, so
+   * no `javascript:` or `data:` link can be sent.
+   */
+  #link(value: unknown): string {
+    const reason = linkProblem(value);
+    if (reason !== undefined) throw new LinkError(value, reason);
+    return value as string;
   }
 
   /** Turns a render failure into INVALID_MESSAGE, naming the missing variable's full data path where it can. */
   #renderError(name: string, part: Part, error: Error, probe: AccessProbe): MailError {
+    if (error instanceof LinkError) {
+      const path = probe.pathOf(error.value);
+      const field = path ? `data.${path}` : 'data';
+      // A missing value reads as it did before the link helper: a missing variable.
+      const reason = error.value == null && path ? `missing template variable "${path}"` : error.reason;
+      return invalid(`Template "${name}" (${part}.hbs): ${field} ${reason}`, [{ path: field, message: reason }]);
+    }
     const variable = STRICT_MISS.exec(error.message)?.[1];
     if (variable === undefined) {
       return invalid(
@@ -237,13 +322,60 @@ function invalid(message: string, details: { path: string; message: string }[], 
 }
 
 /**
+ * What is wrong with `data` as template data, without rendering it: depth (the probe and Handlebars recurse), total
+ * size (MAX_TEMPLATE_DATA_CHARS) and the longest string (MAX_TEMPLATE_STRING_CHARS). The total comes first, as the
+ * field to fix is then the data as a whole. Paths start with `root`.
+ */
+export function templateDataProblems(data: unknown, root = 'data'): FieldProblem[] {
+  const found = inspectJson(data, { maxValues: MAX_BODY_JSON_VALUES, maxStringChars: MAX_TEMPLATE_STRING_CHARS }, root);
+  const problems: FieldProblem[] = [];
+  if (found.problem) problems.push(found.problem);
+  else if (found.chars > MAX_TEMPLATE_DATA_CHARS) {
+    problems.push({
+      path: root,
+      message: `the template data must not exceed ${MAX_TEMPLATE_DATA_CHARS} characters as JSON (it has about ${found.chars})`,
+    });
+  }
+  if (found.longString) {
+    problems.push({
+      path: found.longString.path,
+      message: `is ${found.longString.length} characters; a template data string may have at most ${MAX_TEMPLATE_STRING_CHARS}`,
+    });
+  }
+  return problems;
+}
+
+/** Throws INVALID_MESSAGE naming the field when `data` is too deep or too large to render (templateDataProblems). */
+function checkData(name: string, data: object): void {
+  const problems = templateDataProblems(data);
+  if (problems.length) {
+    throw invalid(
+      `Template "${name}" data is too large: ${problems.map((p) => `${p.path}: ${p.message}`).join('; ')}`,
+      problems,
+    );
+  }
+}
+
+/**
  * Wraps the data in proxies that remember the path of every object handed to the template, so that a strict-mode
  * miss (`"sku" not defined`) can be reported as `order.items[1].sku`. Strict lookups test `name in parent`, which
  * reaches the `has` trap just before Handlebars throws.
  */
 class AccessProbe {
   lastMiss: { key: string; path: string } | undefined;
+  /** The last property read, and where each string value was read: helpers get values, not their paths. */
+  lastRead: { path: string; value: unknown } | undefined;
+  readonly #stringPaths = new Map<string, string>();
   readonly #proxies = new WeakMap<object, object>();
+
+  /**
+   * The data path `value` was read from: the last read when it returned this value (a helper's argument is read just
+   * before the helper runs), else where this string was first read (an argument passed on through a partial's hash).
+   */
+  pathOf(value: unknown): string | undefined {
+    if (this.lastRead && Object.is(this.lastRead.value, value)) return this.lastRead.path;
+    return typeof value === 'string' ? this.#stringPaths.get(value) : undefined;
+  }
 
   wrap(value: unknown, path: string): unknown {
     if (!isPlainData(value)) return value;
@@ -262,10 +394,13 @@ class AccessProbe {
       get: (target, key, receiver) => {
         const result: unknown = Reflect.get(target, key, receiver);
         if (typeof key !== 'string') return result;
+        const at = joinPath(path, key, target);
+        this.lastRead = { path: at, value: result };
+        if (typeof result === 'string' && !this.#stringPaths.has(result)) this.#stringPaths.set(result, at);
         // A proxy must return a non-writable, non-configurable property as it is.
         const descriptor = Object.getOwnPropertyDescriptor(target, key);
         if (!descriptor || (!descriptor.writable && !descriptor.configurable)) return result;
-        return this.wrap(result, joinPath(path, key, target));
+        return this.wrap(result, at);
       },
     });
     this.#proxies.set(value, proxy);

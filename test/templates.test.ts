@@ -10,7 +10,14 @@ import { MailError } from '../src/errors';
 import * as devTemplateBundle from '../src/templateBundle';
 import { templateBundle, templateBundleOrigin } from '../src/templateBundle';
 import { TEMPLATES_DIR, loadTemplateBundle } from '../src/templateLoader';
-import { TemplateRenderer, type TemplateBundle } from '../src/templates';
+import {
+  foldSubject,
+  MAX_RENDERED_SUBJECT_CHARS,
+  MAX_TEMPLATE_DATA_CHARS,
+  MAX_TEMPLATE_STRING_CHARS,
+  TemplateRenderer,
+  type TemplateBundle,
+} from '../src/templates';
 
 const renderer = new TemplateRenderer(templateBundle());
 
@@ -229,6 +236,100 @@ describe('subject', () => {
     const error = thrown(() => renderer.render('notification', { title: 'x'.repeat(1000), paragraphs: [] }));
     expect(error.code).toBe('INVALID_MESSAGE');
     expect(error.details?.[0]?.path).toBe('data');
+  });
+});
+
+describe('the link helper', () => {
+  const notification = (url: unknown) => ({ title: 't', paragraphs: [], action: { label: 'Go', url } });
+
+  it('emits https: and mailto: URLs as given (escaped), in the button and in the fallback link', () => {
+    for (const url of [
+      'https://status.example.com/a?b=1&c=2',
+      'mailto:help@example.com?subject=Hi',
+      'HTTPS://X.EXAMPLE',
+    ]) {
+      const html = renderer.render('notification', notification(url)).html;
+      const escaped = url.replace(/&/g, '&amp;').replace(/=/g, '&#x3D;');
+      expect(html.split(`href="${escaped}"`)).toHaveLength(3);
+    }
+  });
+
+  it.each([
+    'javascript:alert(1)',
+    'JavaScript:alert(1)',
+    'data:text/html,<script>alert(1)</script>',
+    'http://example.com',
+    'vbscript:msgbox',
+    '//example.com/x',
+    '/relative',
+    ' https://example.com',
+    'https://exa mple.com',
+    'java\nscript:alert(1)',
+    `https://example.com/${'a'.repeat(2048)}`,
+    '',
+    42,
+  ])('refuses %j as a 400 naming the data field', (url) => {
+    const error = thrown(() => renderer.render('notification', notification(url)));
+    expect(error.code).toBe('INVALID_MESSAGE');
+    expect(error.details).toEqual([{ path: 'data.action.url', message: expect.stringMatching(/URL/) }]);
+  });
+
+  it("names the field passed through a partial's hash, and a missing one as a missing variable", () => {
+    const data = orderSample();
+    data.shipment.trackingUrl = 'javascript:alert(1)';
+    expect(thrown(() => renderer.render('order-shipped', data)).details?.[0]?.path).toBe('data.shipment.trackingUrl');
+    delete (data.shipment as Partial<OrderData['shipment']>).trackingUrl;
+    expect(thrown(() => renderer.render('order-shipped', data)).details).toEqual([
+      { path: 'data.shipment.trackingUrl', message: 'missing template variable "shipment.trackingUrl"' },
+    ]);
+  });
+
+  it('every href of the shipped templates goes through it', () => {
+    const bundle = templateBundle();
+    const sources = [
+      ...Object.values(bundle.templates).flatMap((t) => [t.html, t.text ?? '']),
+      ...Object.values(bundle.partials),
+      ...Object.values(bundle.layouts),
+    ];
+    const hrefs = sources.flatMap((source) => [...source.matchAll(/href="([^"]*)"/g)].map((m) => m[1]));
+    expect(hrefs.length).toBeGreaterThan(0);
+    for (const href of hrefs) expect(href).toMatch(/^(\{\{link [^}]+\}\}|https:\/\/[^{]*|mailto:[^{]*)$/);
+  });
+});
+
+describe('bounds on the data and the subject', () => {
+  it(`refuses a data string over ${MAX_TEMPLATE_STRING_CHARS} characters, naming it`, () => {
+    const error = thrown(() =>
+      renderer.render('notification', { title: 't', paragraphs: ['ok', 'p'.repeat(MAX_TEMPLATE_STRING_CHARS + 1)] }),
+    );
+    expect(error.details).toEqual([{ path: 'data.paragraphs[1]', message: expect.stringMatching(/at most 65536/) }]);
+  });
+
+  it(`refuses data over ${MAX_TEMPLATE_DATA_CHARS} characters as JSON, naming data`, () => {
+    const paragraphs = Array.from({ length: 5 }, () => 'p'.repeat(60_000));
+    const error = thrown(() => renderer.render('notification', { title: 't', paragraphs }));
+    expect(error.details).toEqual([{ path: 'data', message: expect.stringMatching(/must not exceed 262144/) }]);
+  });
+
+  it('refuses data nested deeper than 32 levels, naming the field, before rendering', () => {
+    let deep: unknown = 'x';
+    for (let i = 0; i < 5_000; i++) deep = { a: deep };
+    const error = thrown(() => renderer.render('notification', { title: 't', paragraphs: [], deep }));
+    expect(error.details?.[0]?.path).toMatch(/^data\.deep(\.a)+$/);
+  });
+
+  it(`refuses a rendered subject over ${MAX_RENDERED_SUBJECT_CHARS} characters before folding it`, () => {
+    const title = `a${' \n'.repeat(MAX_RENDERED_SUBJECT_CHARS)}b`;
+    expect(thrown(() => renderer.render('notification', { title, paragraphs: [] })).details).toEqual([
+      { path: 'data', message: 'the rendered subject must be at most 998 characters' },
+    ]);
+  });
+
+  it('folds a subject in linear time', () => {
+    const started = performance.now();
+    expect(foldSubject(`${' '.repeat(200_000)}x`)).toBe('x');
+    expect(foldSubject(`a${' '.repeat(200_000)}\u0001${' '.repeat(200_000)}b`)).toBe('a b');
+    expect(performance.now() - started).toBeLessThan(500);
   });
 });
 

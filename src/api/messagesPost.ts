@@ -1,6 +1,7 @@
 /** POST /api/messages: accept into the outbox (202), or with `?wait=true` deliver inline through the same `deliver`. */
 import { deliver } from '../deliver';
 import { MailError } from '../errors';
+import { trimTrailingSlashes } from '../inputBounds';
 import type { Runtime } from '../runtime';
 import { statusView, type StoredRecord } from '../statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
@@ -23,7 +24,7 @@ function parseWait(value: string | null): boolean {
 /** The status URL of a message: this request's URL (without its query: no function key) plus the id. */
 export function statusUrl(requestUrl: string, id: string): string {
   const url = new URL(requestUrl);
-  return `${url.origin}${url.pathname.replace(/\/+$/, '')}/${id}`;
+  return `${url.origin}${trimTrailingSlashes(url.pathname)}/${id}`;
 }
 
 function accepted(request: ApiRequest, record: StoredRecord, replayed: boolean): ApiResponse {

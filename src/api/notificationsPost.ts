@@ -1,5 +1,6 @@
-/** POST /api/notifications: accepts a batch notification (F5) — stored in Blob storage, fanned out from the queue (202). */
+/** POST /api/notifications: accepts a batch notification — stored in Blob storage, fanned out from the queue (202). */
 import { MailError } from '../errors';
+import { MAX_BATCH_JSON_VALUES } from '../inputBounds';
 import type { Runtime } from '../runtime';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { statusUrl } from './messagesPost';
@@ -10,7 +11,7 @@ export const MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024;
 
 async function readBatchBody(request: ApiRequest): Promise<unknown> {
   try {
-    return await readJsonBody(request, MAX_BATCH_BODY_BYTES);
+    return await readJsonBody(request, MAX_BATCH_BODY_BYTES, MAX_BATCH_JSON_VALUES);
   } catch (error) {
     // The generic hint talks about attachments; a batch is too large for another reason.
     if (error instanceof MailError && error.code === 'PAYLOAD_TOO_LARGE') {

@@ -1,5 +1,6 @@
 /** Reads a JSON request body with a byte cap: the declared length is checked first, the stream is cut off at the cap. */
 import { MailError } from '../errors';
+import { MAX_BODY_JSON_VALUES, parseBoundedJson } from '../inputBounds';
 import type { ApiRequest } from './apiTypes';
 
 /** Room for the JSON around the base64 attachments (field names, addresses, text and HTML bodies, template data). */
@@ -52,9 +53,15 @@ async function readCapped(body: ReadableStream<Uint8Array> | null, limit: number
 
 /**
  * The parsed JSON body. Throws MailError UNSUPPORTED_MEDIA_TYPE (not application/json), PAYLOAD_TOO_LARGE (over
- * `limit` bytes, by Content-Length or by what arrived) or INVALID_MESSAGE naming `(body)` (empty, not UTF-8, not JSON).
+ * `limit` bytes, by Content-Length or by what arrived) or INVALID_MESSAGE naming `(body)` (empty, not UTF-8, not JSON)
+ * or the field nested deeper than MAX_JSON_DEPTH, or holding more than `maxValues` values — checked on the text,
+ * before JSON.parse spends time on a structure that would be refused (see src/jsonBounds.ts).
  */
-export async function readJsonBody(request: ApiRequest, limit: number): Promise<unknown> {
+export async function readJsonBody(
+  request: ApiRequest,
+  limit: number,
+  maxValues: number = MAX_BODY_JSON_VALUES,
+): Promise<unknown> {
   if (!isJsonContentType(request.headers.get('content-type'))) {
     throw new MailError('UNSUPPORTED_MEDIA_TYPE', 'The request body must be JSON (Content-Type: application/json)', {
       details: [{ path: 'Content-Type', message: 'must be application/json (UTF-8)' }],
@@ -71,8 +78,9 @@ export async function readJsonBody(request: ApiRequest, limit: number): Promise<
     throw badBody('the body is not valid UTF-8');
   }
   try {
-    return JSON.parse(text) as unknown;
+    return parseBoundedJson(text, { maxValues });
   } catch (error) {
+    if (error instanceof MailError) throw error;
     const reason = error instanceof Error ? error.message.slice(0, MAX_ECHO_CHARS) : 'parse error';
     throw badBody(`the body is not valid JSON (${reason})`);
   }

@@ -1,6 +1,8 @@
 /** GET /api/templates/{name}/preview: renders a template with its sample.json or `?data=`, as JSON or as the HTML itself. */
 import { MailError } from '../errors';
+import { MAX_BODY_JSON_VALUES, parseBoundedJson } from '../inputBounds';
 import type { Runtime } from '../runtime';
+import { MAX_TEMPLATE_DATA_CHARS } from '../templates';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 
 /** The preview is served from the app's own origin: forbid scripts and remote loads, as a sandboxed iframe would. */
@@ -12,10 +14,15 @@ const invalid = (path: string, message: string) =>
 function previewData(request: ApiRequest, rt: Runtime, name: string): unknown {
   const raw = request.query.get('data');
   if (raw === null) return rt.renderer.sample(name) ?? {};
+  // Bounded before it is parsed: the data could not be rendered anyway (MAX_TEMPLATE_DATA_CHARS).
+  if (raw.length > MAX_TEMPLATE_DATA_CHARS) {
+    throw invalid('data', `must be at most ${MAX_TEMPLATE_DATA_CHARS} characters of JSON`);
+  }
   let data: unknown;
   try {
-    data = JSON.parse(raw);
-  } catch {
+    data = parseBoundedJson(raw, { maxValues: MAX_BODY_JSON_VALUES }, 'data', 'Invalid preview request');
+  } catch (error) {
+    if (error instanceof MailError) throw error;
     throw invalid('data', 'must be a JSON object (URL-encoded)');
   }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) throw invalid('data', 'must be a JSON object');
