@@ -75,6 +75,42 @@ export function foldSubject(subject: string): string {
   return subject.replace(SUBJECT_SPACE_RUN, (run) => (SUBJECT_BREAK.test(run) ? ' ' : run)).trim();
 }
 
+/** The characters Handlebars escapes in HTML output, and what it writes for each. */
+const ESCAPED = /[&<>"'`=]/;
+const ESCAPES: Record<number, string> = {
+  38: '&amp;',
+  60: '&lt;',
+  62: '&gt;',
+  34: '&quot;',
+  39: '&#x27;',
+  96: '&#x60;',
+  61: '&#x3D;',
+};
+const handlebarsEscape = Handlebars.Utils.escapeExpression;
+
+/**
+ * Handlebars' own HTML escaping, character for character, at a third of the cost on text that is all special
+ * characters (data of `<&>"` is hostile input: Handlebars runs a callback per character). Text with nothing to escape
+ * is returned by one native test, as before; anything but a string goes to Handlebars' own function.
+ */
+export function escapeHtml(value: unknown): string {
+  if (typeof value !== 'string') return handlebarsEscape(value as string);
+  if (!ESCAPED.test(value)) return value;
+  let out = '';
+  let copied = 0;
+  for (let i = 0; i < value.length; i++) {
+    const escape = ESCAPES[value.charCodeAt(i)];
+    if (escape === undefined) continue;
+    if (i > copied) out += value.slice(copied, i);
+    out += escape;
+    copied = i + 1;
+  }
+  return copied < value.length ? out + value.slice(copied) : out;
+}
+// Compiled templates take the escape function from Handlebars.Utils when they are built; this app is the only user of
+// Handlebars in its process, and the output is the same (test/templates.test.ts compares them).
+Handlebars.Utils.escapeExpression = escapeHtml;
+
 /** Why the link helper refused a value: rendered as a 400 naming the data field it came from. */
 class LinkError extends Error {
   constructor(

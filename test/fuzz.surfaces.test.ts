@@ -16,6 +16,7 @@ import { ConfigError, loadConfig } from '../src/config';
 import { canonicalJsonIterative } from '../src/inputBounds';
 import { silentLogger } from '../src/logger';
 import { isMessageId } from '../src/messageIds';
+import { Redactor } from '../src/redact';
 import { encodeOutboxMessage, parseOutboxMessage } from '../src/outboxQueue';
 import type { Runtime } from '../src/runtime';
 import { templateBundle } from '../src/templateBundle';
@@ -101,7 +102,7 @@ describe('TemplateRenderer.render and subject folding', () => {
 });
 
 describe('GET /api/templates/{name}/preview?data=', () => {
-  const rt = { renderer, logger: silentLogger } as unknown as Runtime;
+  const rt = { renderer, logger: silentLogger, redactor: new Redactor() } as unknown as Runtime;
   const preview = (name: string, query: string) => {
     const url = `http://127.0.0.1:7071/api/templates/${encodeURIComponent(name)}/preview${query}`;
     const request: ApiRequest = {
