@@ -77,21 +77,16 @@ export function foldSubject(subject: string): string {
 
 /** The characters Handlebars escapes in HTML output, and what it writes for each. */
 const ESCAPED = /[&<>"'`=]/;
-const ESCAPES: Record<number, string> = {
-  38: '&amp;',
-  60: '&lt;',
-  62: '&gt;',
-  34: '&quot;',
-  39: '&#x27;',
-  96: '&#x60;',
-  61: '&#x3D;',
-};
+const ENTITIES = ['', '&amp;', '&lt;', '&gt;', '&quot;', '&#x27;', '&#x60;', '&#x3D;'];
+/** Code unit (below 128) → index in ENTITIES, 0 for characters written as they are: a typed array, no hash lookups. */
+const ENTITY_OF = new Uint8Array(128);
+['&', '<', '>', '"', "'", '`', '='].forEach((char, index) => (ENTITY_OF[char.charCodeAt(0)] = index + 1));
 const handlebarsEscape = Handlebars.Utils.escapeExpression;
 
 /**
- * Handlebars' own HTML escaping, character for character, at a third of the cost on text that is all special
+ * Handlebars' own HTML escaping, character for character, at about a third of its cost on text that is all special
  * characters (data of `<&>"` is hostile input: Handlebars runs a callback per character). Text with nothing to escape
- * is returned by one native test, as before; anything but a string goes to Handlebars' own function.
+ * is returned after one native test, as before; anything that is not a string goes to Handlebars' own function.
  */
 export function escapeHtml(value: unknown): string {
   if (typeof value !== 'string') return handlebarsEscape(value as string);
@@ -99,10 +94,11 @@ export function escapeHtml(value: unknown): string {
   let out = '';
   let copied = 0;
   for (let i = 0; i < value.length; i++) {
-    const escape = ESCAPES[value.charCodeAt(i)];
-    if (escape === undefined) continue;
+    const unit = value.charCodeAt(i);
+    const entity = unit < 128 ? (ENTITY_OF[unit] as number) : 0;
+    if (entity === 0) continue;
     if (i > copied) out += value.slice(copied, i);
-    out += escape;
+    out += ENTITIES[entity];
     copied = i + 1;
   }
   return copied < value.length ? out + value.slice(copied) : out;
