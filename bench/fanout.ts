@@ -1,4 +1,4 @@
-/** Batch fan-out (F5): a 10,000-recipient notification batch into the outbox against Azurite, in a fresh process: wall time and peak RSS. */
+/** Batch fan-out: a 10,000-recipient notification batch into the outbox against Azurite, in a fresh process: wall time and peak RSS. */
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 

@@ -1,5 +1,5 @@
 /**
- * Pacing (F4): three app instances in separate processes drain one outbox against the sandbox's Exchange with scaled
+ * Pacing: three app instances in separate processes drain one outbox against the sandbox's Exchange with scaled
  * limits. Figures: utilisation of the allowed rate (target ≥ 95 %), the most sends in any window (must be ≤ the
  * limit), 432s and rate violations the sandbox recorded (must be 0), and the peak of concurrent sessions.
  */

@@ -1,5 +1,5 @@
 /**
- * Cold-start cost of telemetry (PRODUCT.md F7): `npx tsx bench/telemetry-import.ts [--runs N] [--json]`.
+ * Cold-start cost of telemetry: `npx tsx bench/telemetry-import.ts [--runs N] [--json]`.
  *
  * src/telemetry.ts is compiled the way the deployed bundle is (esbuild, CommonJS, packages external) into a
  * temporary directory, then each case is timed in a fresh `node` process, N runs (default 5), median reported:

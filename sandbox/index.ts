@@ -12,7 +12,7 @@ import { startExchangeSmtp, type ExchangeSmtpLimits, type ExchangeSmtpServer, ty
 import { certificateThumbprints, createTenant, type SandboxTenant } from './tenant';
 import { TokenIssuer } from './tokens';
 
-/** Key Vault secret names the app reads by default (PRODUCT.md Settings). */
+/** Key Vault secret names the app reads by default. */
 export const SECRET_NAMES = {
   clientSecret: 'mail-client-secret',
   clientCert: 'mail-client-cert',

@@ -1,4 +1,4 @@
-/** The summary of each notification batch (F5) in Table storage `MailBatches`: progress, counts and rejected recipients, ETag-guarded. */
+/** The summary of each notification batch in Table storage `MailBatches`: progress, counts and rejected recipients, ETag-guarded. */
 import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from './errors';
 import type { NotificationCategory } from './notificationRequest';

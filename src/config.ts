@@ -1,4 +1,4 @@
-/** The typed Config: every setting of PRODUCT.md "Settings", parsed and validated once, with errors that name the setting and the fix. */
+/** The typed Config: every app setting, parsed and validated once, with errors that name the setting and the fix. */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';

@@ -1,5 +1,5 @@
 /**
- * The cap on concurrent SMTP sessions of one mailbox across every instance (F4): MAIL_MAX_CONNECTIONS blobs, and a
+ * The cap on concurrent SMTP sessions of one mailbox across every instance: MAIL_MAX_CONNECTIONS blobs, and a
  * session may exist only while its instance holds the lease on one of them. Blob leases are exclusive in storage and
  * expire on their own, so a crashed instance gives its slots back within LEASE_SECONDS.
  */

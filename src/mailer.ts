@@ -29,7 +29,7 @@ export function createMailer(
     telemetry?: Telemetry;
     redactor?: Redactor;
     roleName?: string;
-    /** The mailbox's cross-instance connection cap (F4). */
+    /** The mailbox's cross-instance connection cap. */
     slots?: ConnectionSlots;
   } = {},
 ): Mailer {

@@ -26,7 +26,7 @@ const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
 const recipientSchema = z
   .object(
     {
-      // The address itself is checked per recipient at fan-out: a bad one is rejected on its own (F5).
+      // The address itself is checked per recipient at fan-out: a bad one is rejected on its own.
       to: z.union([z.string(), z.object({ address: z.string(), name: z.string().optional() }).strict()], {
         error: 'to must be an email address string or { address, name }',
       }),

@@ -1,5 +1,5 @@
 /**
- * Batch notifications (PRODUCT.md F5): a batch fans out into one outbox message per recipient, in chunks.
+ * Batch notifications: a batch fans out into one outbox message per recipient, in chunks.
  *
  * Ids and keys. A batch's id is the one it gives, a UUID for POST /api/notifications, or for a queue message without
  * one `q-` + a hash of its content, so that every redelivery of a message is the same batch. Each recipient's outbox
@@ -69,7 +69,7 @@ const MAX_RACES = 5;
 const TERMINAL: ReadonlySet<BatchStatus> = new Set(['complete', 'failed']);
 
 /**
- * Pacing for a whole batch (F4): asked once per chunk for `count` send slots; recipient i of the chunk becomes due
+ * Pacing for a whole batch: asked once per chunk for `count` send slots; recipient i of the chunk becomes due
  * at `startAt + i * intervalMs` (epoch milliseconds), or at the batch's sendAt when that is later.
  */
 export type BatchSchedule = (count: number) => Promise<{ startAt: number; intervalMs: number }>;

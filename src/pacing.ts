@@ -1,5 +1,5 @@
 /**
- * Exchange-aware pacing of one sender mailbox across every instance (F4): send slots spaced evenly over the rate
+ * Exchange-aware pacing of one sender mailbox across every instance: send slots spaced evenly over the rate
  * window, and recipients counted over a rolling daily window. The state is one Table entity per mailbox, changed
  * only by ETag-guarded writes, so that instances agree without talking to each other.
  *

@@ -33,7 +33,7 @@ export interface Runtime {
   renderer: TemplateRenderer;
   outbox: Outbox;
   deliverDeps: DeliverDeps;
-  /** Batch notifications (F5): POST /api/notifications, the mail-notifications fan-out, batch status. */
+  /** Batch notifications: POST /api/notifications, the mail-notifications fan-out, batch status. */
   notifications: Notifications;
   /** The mailbox's shared pacing state (absent with MAIL_PACING=off). */
   pacer?: Pacer;
@@ -69,7 +69,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
   const storage = createStorage(storageTargetFromSettings(settings));
   const logger = options.logger ?? createLogger({ component: 'm365-mailer', redactor });
   const now = options.now ?? Date.now;
-  // F4: the limits hold across instances only through shared storage.
+  // The limits hold across instances only through shared storage.
   const slots = config.limits.pacing
     ? new ConnectionSlots(storage.pacingLeases, config.sender, config.limits.maxConnections, { logger })
     : undefined;
@@ -112,7 +112,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     status,
     storage,
     ...(deliverDeps.telemetry ? { telemetry: deliverDeps.telemetry } : {}),
-    // F4: a batch's recipients are spread over the schedule the mailbox can keep, in one write per chunk.
+    // A batch's recipients are spread over the schedule the mailbox can keep, in one write per chunk.
     ...(pacer ? { schedule: (count: number) => pacer.reserveSchedule(count) } : {}),
     logger,
     now,

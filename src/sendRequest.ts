@@ -61,7 +61,7 @@ export interface SendRequest {
         kind: 'template';
         template: string;
         data: Record<string, unknown>;
-        /** Replaces the template's rendered subject (batch notifications, F5); validated by the caller. */
+        /** Replaces the template's rendered subject (batch notifications); validated by the caller. */
         subject?: string;
       };
   /** Attachments as given (base64), validated. */

@@ -116,7 +116,7 @@ export class MailSender {
       telemetry?: Telemetry;
       logger?: Logger;
       now?: () => number;
-      /** The mailbox's shared connection cap (F4). Without it the process alone keeps to MAIL_MAX_CONNECTIONS. */
+      /** The mailbox's shared connection cap. Without it the process alone keeps to MAIL_MAX_CONNECTIONS. */
       slots?: ConnectionSlots;
     } = {},
   ) {

@@ -17,16 +17,16 @@ export const STATUS_TABLE = 'MailStatus';
 export const IDEMPOTENCY_TABLE = 'MailIdempotency';
 /** Rendered messages (attachments included): `<id>.json`. */
 export const PAYLOAD_CONTAINER = 'mail-payloads';
-/** Batch notifications (F5): the queue producers write to, and its poison queue. */
+/** Batch notifications: the queue producers write to, and its poison queue. */
 export const NOTIFICATIONS_QUEUE = 'mail-notifications';
 export const NOTIFICATIONS_POISON_QUEUE = `${NOTIFICATIONS_QUEUE}-poison`;
 /** Batches too large for a queue message (over 64 KB), and batches whose fan-out continues in a later invocation. */
 export const BATCH_CONTAINER = 'mail-batches';
 /** One summary entity per notification batch. */
 export const BATCH_TABLE = 'MailBatches';
-/** Pacing state shared by every instance (F4): one entity per sender mailbox, ETag-guarded. */
+/** Pacing state shared by every instance: one entity per sender mailbox, ETag-guarded. */
 export const PACING_TABLE = 'MailPacing';
-/** Blob leases, one blob per allowed SMTP connection of a sender mailbox (F4 connection cap). */
+/** Blob leases, one blob per allowed SMTP connection of a sender mailbox (the connection cap). */
 export const PACING_LEASE_CONTAINER = 'mail-pacing';
 /** The app setting (and prefix of the identity-based settings) the Functions host uses for its own storage. */
 export const STORAGE_SETTING = 'AzureWebJobsStorage';

@@ -1,5 +1,5 @@
 /**
- * Application Insights telemetry for mail outcomes (PRODUCT.md F7).
+ * Application Insights telemetry for mail outcomes.
  *
  * Events go out as Application Insights custom events (`customEvents` table) through
  * `@azure/monitor-opentelemetry-exporter`'s AzureMonitorLogExporter: an OpenTelemetry log record carrying the
@@ -31,7 +31,7 @@ export type MailEventName =
   | 'MailSent'
   | 'MailFailed'
   | 'MailDeferred'
-  /** Over a pacing limit (F4): back in the queue; `reason` says which limit. */
+  /** Over a pacing limit: back in the queue; `reason` says which limit. */
   | 'MailPaced'
   /** Exchange answered 432 4.3.2 despite the pacing. */
   | 'MailThrottled'

@@ -16,7 +16,7 @@ function smtpError(response: string, command = 'DATA') {
   });
 }
 
-describe('classifySmtpError: Exchange Online reply texts (EXCHANGE.md)', () => {
+describe('classifySmtpError: Exchange Online reply texts', () => {
   it.each([
     [
       '535 5.7.3 Authentication unsuccessful [SN4PR0601CA0001.namprd06.prod.outlook.com]',

@@ -1,5 +1,5 @@
 /**
- * Batch notifications (F5) against Azurite and the sandbox's Exchange: fan-out, merged data in the MIME, bad
+ * Batch notifications against Azurite and the sandbox's Exchange: fan-out, merged data in the MIME, bad
  * recipients, redelivery without duplicates, chunked continuations, pacing stagger, invalid and poisoned messages,
  * the malformed POST table — then end to end through the dev host (built bundle, real HTTP port, queue triggers).
  */
@@ -49,7 +49,7 @@ beforeAll(async () => {
   const overrides = {
     MAIL_ALLOWED_FROM: billing,
     MAIL_MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES),
-    // Pacing (F4) is measured on its own; here it would only spread the sends over minutes.
+    // Pacing is measured on its own; here it would only spread the sends over minutes.
     MAIL_PACING: 'off',
   };
   settings = { ...sandbox.settings(), ...overrides, AzureWebJobsStorage: azurite.connectionString };

@@ -1,5 +1,5 @@
 /**
- * Pacing (F4) piece by piece against Azurite and the sandbox: send slots and wake-up tickets in Table storage, the
+ * Pacing piece by piece against Azurite and the sandbox: send slots and wake-up tickets in Table storage, the
  * rolling daily recipient window, connection slots as blob leases, and what delivery does with each limit.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';

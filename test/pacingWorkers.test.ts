@@ -1,5 +1,5 @@
 /**
- * The pacing proof (F4): three app instances in separate processes drain one outbox against the sandbox's Exchange
+ * The pacing proof: three app instances in separate processes drain one outbox against the sandbox's Exchange
  * with scaled limits. The sandbox counts what Exchange would: sends per window, concurrent sessions, 432s.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

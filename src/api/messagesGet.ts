@@ -1,4 +1,4 @@
-/** GET /api/messages/{id}: a message's status record, as PRODUCT.md F2 shows it. */
+/** GET /api/messages/{id}: a message's status record, as the API documents it. */
 import { MailError } from '../errors';
 import { isMessageId } from '../messageIds';
 import type { Runtime } from '../runtime';
