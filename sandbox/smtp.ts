@@ -55,6 +55,8 @@ export const EXCHANGE_REPLIES = {
   serviceNotAvailable: '4.3.2 Service not available, closing transmission channel',
   logonFailure:
     '4.2.0 STOREDRV; mailbox logon failure; STOREDRV.Submission.Exception:ConnectionFailedTransientException.MapiExceptionLogonFailed',
+  recipientNotFound: (address: string) =>
+    `5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient ${address} not found by SMTP address lookup`,
   queued: (messageId: string, host: string) => `2.0.0 OK ${messageId} [Hostname=${host}]`,
 } as const;
 
@@ -94,6 +96,8 @@ export interface ExchangeSmtpFaults {
   force432: number;
   /** Answers this many MAIL FROM commands with 430 4.2.0 mailbox logon failure. */
   logonFailure430: number;
+  /** Recipients (lower-case addresses) refused at RCPT TO with 550 5.1.10, as Exchange refuses an unknown address. */
+  refuseRecipients: string[];
 }
 
 /** How a session authenticated. */
@@ -286,6 +290,7 @@ function noFaults(): ExchangeSmtpFaults {
     noStartTls: false,
     force432: 0,
     logonFailure430: 0,
+    refuseRecipients: [],
   };
 }
 
@@ -733,9 +738,12 @@ export class ExchangeSmtpServer extends EventEmitter {
     return undefined;
   }
 
-  private onRcptTo(_address: SMTPServerAddress, session: SMTPServerSession): SMTPServerError | undefined {
+  private onRcptTo(address: SMTPServerAddress, session: SMTPServerSession): SMTPServerError | undefined {
     if (session.envelope.rcptTo.length >= this.limits.maxRecipients) {
       return smtpError(452, EXCHANGE_REPLIES.tooManyRecipients);
+    }
+    if (this.faults.refuseRecipients.includes(lower(address.address))) {
+      return smtpError(550, EXCHANGE_REPLIES.recipientNotFound(address.address));
     }
     return undefined;
   }

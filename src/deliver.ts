@@ -323,6 +323,8 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
       leaseUntil: undefined,
       error: undefined,
       throttles: undefined,
+      // Exchange took the message but refused some recipients: the status says which (the caller's own data).
+      ...(result.refused.length > 0 ? { refused: result.refused, refusedCount: result.refused.length } : {}),
     };
     // The message is out: record it, re-reading after a lost race (our lease ran out and another worker took over)
     // or a failed write whose effect is unknown.

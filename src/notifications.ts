@@ -41,7 +41,7 @@ import {
 import type { Config } from './config';
 import { MailError, type ClassifiedError, type FieldProblem } from './errors';
 import { silentLogger, type Logger } from './logger';
-import { enqueueBatchReference, parseNotificationMessage } from './notificationQueue';
+import { enqueueBatchReference, encodeNotificationMessage, parseNotificationMessage } from './notificationQueue';
 import {
   BATCH_ID,
   batchContentHash,
@@ -56,7 +56,7 @@ import { MAX_VISIBILITY_SECONDS } from './outboxQueue';
 import type { SendRequest } from './sendRequest';
 import { prepareRecipients } from './recipientPreparation';
 import type { MailStatus, StatusStore } from './statusStore';
-import type { StorageClients } from './storage';
+import { NOTIFICATIONS_POISON_QUEUE, type StorageClients } from './storage';
 import type { Telemetry } from './telemetry';
 import type { TemplateRenderer } from './templates';
 
@@ -79,7 +79,10 @@ export interface NotificationsDeps {
   renderer: Pick<TemplateRenderer, 'has'>;
   outbox: Pick<Outbox, 'render' | 'acceptRequest'>;
   status: Pick<StatusStore, 'countByBatch'>;
-  storage: Pick<StorageClients, 'notificationsQueue' | 'batches' | 'batchTable' | 'ensureResources'>;
+  storage: Pick<
+    StorageClients,
+    'notificationsQueue' | 'notificationsPoisonQueue' | 'batches' | 'batchTable' | 'ensureResources'
+  >;
   telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
@@ -98,11 +101,14 @@ export interface FanoutContext {
 export type FanoutOutcome =
   | { outcome: 'fanned-out'; batchId: string; offset: number; next: number; status: BatchStatus }
   /** Nothing to do: the batch is finished, this copy is stale or lost a race, or the batchId holds another batch. */
-  | { outcome: 'skipped'; batchId: string; reason: 'finished' | 'stale' | 'ahead' | 'raced' | 'conflict' }
+  | { outcome: 'skipped'; batchId: string; reason: 'finished' | 'stale' | 'ahead' | 'raced' }
   /** A continuation was missing (a crash after recording progress) and has been enqueued. */
   | { outcome: 'resumed'; batchId: string; offset: number }
-  /** The batch cannot be fanned out (invalid, or its stored copy is gone); recorded as failed. */
-  | { outcome: 'failed'; batchId: string; error: ClassifiedError };
+  /**
+   * The batch cannot be fanned out (invalid, its stored copy is gone, or its batchId holds another batch: then it is
+   * recorded as the failed batch `rejectedAs`, and the message goes to the poison queue); recorded as failed.
+   */
+  | { outcome: 'failed'; batchId: string; error: ClassifiedError; rejectedAs?: string };
 
 export interface SubmitResult {
   batchId: string;
@@ -339,13 +345,7 @@ export class Notifications {
         if (!summary) continue; // another copy created it first: read theirs
         this.trackAccepted(summary, context);
       }
-      if (summary.contentHash !== contentHash) {
-        this.logger.warn('a queue batch reuses the batchId of a different batch; ignored', {
-          batchId,
-          invocationId: context.invocationId,
-        });
-        return { outcome: 'skipped', batchId, reason: 'conflict' };
-      }
+      if (summary.contentHash !== contentHash) return this.rejectConflict(batchId, content, context);
       return this.advance(summary, 0, source, context);
     }
     throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
@@ -625,6 +625,48 @@ export class Notifications {
   // -------------------------------------------------------------------------------------------------------------
   // Failures
 
+  /** The error for a queue batch whose batchId already holds a different batch, recorded as `rejectedAs`. */
+  private conflictOnQueue(batchId: string, rejectedAs: string): MailError {
+    return new MailError(
+      'IDEMPOTENCY_CONFLICT',
+      `Batch ${batchId} already exists with different content: this queue message was not fanned out (recorded as batch ${rejectedAs}, and moved to ${NOTIFICATIONS_POISON_QUEUE})`,
+      {
+        details: [{ path: 'batchId', message: 'already used for a different batch' }],
+        hint: 'Reuse a batchId only to retry the same batch; give a new batch a new batchId (or none). The message is in the poison queue as it was sent.',
+      },
+    );
+  }
+
+  /**
+   * A queue batch reusing the batchId of a different batch, as the HTTP path's 409: it is recorded as a failed batch
+   * of its own (its content's derived id, which the log names), counted as `BatchRejected`, and moved to the poison
+   * queue as it was sent. The batch that owns the batchId is not touched.
+   */
+  private async rejectConflict(
+    batchId: string,
+    content: Record<string, unknown>,
+    context: FanoutContext,
+  ): Promise<FanoutOutcome> {
+    const rejectedAs = deriveBatchId(content);
+    const error = this.conflictOnQueue(batchId, rejectedAs);
+    await this.recordInvalid(rejectedAs, error);
+    await this.deps.storage.notificationsPoisonQueue.sendMessage(encodeNotificationMessage(content), {
+      messageTimeToLive: -1,
+    });
+    this.deps.telemetry?.trackEvent('BatchRejected', {
+      batchId,
+      source: 'notification',
+      errorCode: error.code,
+      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+    });
+    this.logger.error('a queue batch reuses the batchId of a different batch; rejected to the poison queue', {
+      batchId,
+      rejectedAs,
+      invocationId: context.invocationId,
+    });
+    return { outcome: 'failed', batchId, error: error.toJSON(), rejectedAs };
+  }
+
   /** Records a batch that cannot be fanned out at all as failed, unless its batchId already holds a batch. */
   private async recordInvalid(batchId: string, error: MailError): Promise<FanoutOutcome> {
     const at = this.iso();
@@ -683,6 +725,17 @@ export class Notifications {
           : typeof parsed.content.batchId === 'string' && BATCH_ID.test(parsed.content.batchId)
             ? parsed.content.batchId
             : deriveBatchId(parsed.content);
+    if (parsed.kind === 'batch' && batchId !== deriveBatchId(parsed.content)) {
+      // A batch whose batchId holds a different batch (rejected by the fan-out, or poisoned for another reason) is not
+      // that batch's poison: record it as its own failed batch and leave the other alone.
+      const existing = await this.summaries.get(batchId);
+      const hash = this.contentHashOf(parsed.content);
+      if (existing && hash !== undefined && existing.contentHash !== hash) {
+        const rejectedAs = deriveBatchId(parsed.content);
+        await this.recordInvalid(rejectedAs, this.conflictOnQueue(batchId, rejectedAs));
+        return this.summaries.get(rejectedAs);
+      }
+    }
     const at = parsed.kind === 'reference' ? ` at recipient ${parsed.offset}` : '';
     const error = new MailError(
       'POISON_MESSAGE',
@@ -768,6 +821,15 @@ export class Notifications {
       createdAt: at,
       updatedAt: at,
     };
+  }
+
+  /** The content hash of a queue batch, or undefined when it is not a valid batch. */
+  private contentHashOf(content: Record<string, unknown>): string | undefined {
+    try {
+      return batchContentHash(parseNotificationBatch(content, this.rules(true)).batch);
+    } catch {
+      return undefined;
+    }
   }
 
   /** The header of batch `batchId` as stored in mail-batches. */

@@ -2,7 +2,7 @@
 import nodemailer from 'nodemailer';
 import type { Config } from './config';
 import type { ConnectionSlot, ConnectionSlots } from './connectionSlots';
-import { classifySmtpError, classifyTokenError } from './classify';
+import { classifySmtpError, classifyTokenError, parseSmtpReply } from './classify';
 import { MailError, ensureError, type SmtpReply } from './errors';
 import { silentLogger, type Logger } from './logger';
 import { allRecipients, type Address, type MailMessage } from './message';
@@ -43,7 +43,21 @@ export interface SendResult {
   accepted: string[];
   /** Recipients the server refused while accepting the others. */
   rejected: string[];
+  /** The same recipients, each with the server's reply to its RCPT TO. */
+  refused: RefusedRecipient[];
   durationMs: number;
+}
+
+/** A recipient the server refused while it accepted the message for others. */
+export interface RefusedRecipient {
+  address: string;
+  smtp?: SmtpReply;
+}
+
+interface RecipientError {
+  recipient?: string;
+  response?: string;
+  responseCode?: number;
 }
 
 type Transporter = ReturnType<typeof nodemailer.createTransport>;
@@ -93,6 +107,15 @@ export function isAllowedFrom(from: string, allowedFrom: readonly string[]): boo
   const address = from.toLowerCase();
   const domain = address.slice(address.lastIndexOf('@'));
   return allowedFrom.includes(address) || allowedFrom.includes(domain);
+}
+
+/** Each refused recipient with the server's reply to its RCPT TO, when nodemailer kept it. */
+function refusals(rejected: string[], errors: RecipientError[] | undefined): RefusedRecipient[] {
+  return rejected.map((address) => {
+    const error = errors?.find((e) => e.recipient?.toLowerCase() === address.toLowerCase());
+    const smtp = error?.response ? parseSmtpReply(error.response, error.responseCode) : undefined;
+    return { address, ...(smtp ? { smtp } : {}) };
+  });
 }
 
 function toNodemailerAddress(a: Address): { name: string; address: string } | string {
@@ -154,9 +177,16 @@ export class MailSender {
         rejected: (info.rejected as Array<string | { address: string }>).map((a) =>
           typeof a === 'string' ? a : a.address,
         ),
+        refused: [],
         durationMs,
       };
-      this.options.telemetry?.trackEvent('MailSent', { ...baseProps, durationMs, smtpCode: result.smtp.code });
+      result.refused = refusals(result.rejected, (info as { rejectedErrors?: RecipientError[] }).rejectedErrors);
+      this.options.telemetry?.trackEvent('MailSent', {
+        ...baseProps,
+        durationMs,
+        smtpCode: result.smtp.code,
+        ...(result.refused.length > 0 ? { refusedCount: result.refused.length } : {}),
+      });
       this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'sent' });
       this.logger.info('mail sent', { id: context.id, source: context.source, durationMs, smtpCode: result.smtp.code });
       return result;

@@ -1,6 +1,6 @@
 /** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
 import { odata, type TableClient } from '@azure/data-tables';
-import type { ClassifiedError } from './errors';
+import type { ClassifiedError, SmtpReply } from './errors';
 import { batchPartition, idOfRecord, recordKeys, SINGLE_ROW_KEY, uuidv7Floor } from './messageIds';
 import { deleteEntity, insertEntity, readEntity, replaceEntity } from './tableEntity';
 
@@ -52,6 +52,41 @@ export interface StatusRecord {
   waitReason?: WaitReason;
   /** Deferrals because Exchange said the mailbox is over a limit, in a row: spaces out the next probe. */
   throttles?: number;
+  /** `sent`, but Exchange refused these recipients (the first MAX_LISTED_REFUSALS; `refusedCount` counts all). */
+  refused?: Refusal[];
+  refusedCount?: number;
+}
+
+/** A recipient Exchange refused while it accepted the message for the others. */
+export interface Refusal {
+  address: string;
+  smtp?: SmtpReply;
+}
+
+/** Refused recipients listed one by one in a record; the rest are counted in `refusedCount` (the entity stays small). */
+export const MAX_LISTED_REFUSALS = 100;
+const MAX_REFUSAL_RESPONSE_CHARS = 200;
+
+/** The JSON of a record's refusals fits one Table property (32K characters) with room to spare. */
+const MAX_REFUSALS_JSON_CHARS = 28_000;
+
+/**
+ * The refusals as a record keeps them: the first MAX_LISTED_REFUSALS, each reply clipped, as many as fit one Table
+ * property; `refusedCount` counts them all.
+ */
+export function listRefusals(refused: readonly Refusal[]): Refusal[] {
+  const listed: Refusal[] = [];
+  let chars = 2;
+  for (const r of refused.slice(0, MAX_LISTED_REFUSALS)) {
+    const entry: Refusal = {
+      address: r.address,
+      ...(r.smtp ? { smtp: { ...r.smtp, response: r.smtp.response.slice(0, MAX_REFUSAL_RESPONSE_CHARS) } } : {}),
+    };
+    chars += JSON.stringify(entry).length + 1;
+    if (chars > MAX_REFUSALS_JSON_CHARS) break;
+    listed.push(entry);
+  }
+  return listed;
 }
 
 /** A stored record with the ETag that guards its next transition. */
@@ -68,6 +103,9 @@ export interface StatusView {
   scheduledFor?: string;
   sentAt?: string;
   messageId?: string;
+  /** Sent, but these recipients were refused by Exchange (the caller's own addresses; `refusedCount` counts all). */
+  refused?: Refusal[];
+  refusedCount?: number;
   /** While queued after a deferral: why, and until when (no attempt is spent waiting for a limit). */
   waiting?: { reason: WaitReason; until: string };
   error?: ClassifiedError;
@@ -85,6 +123,7 @@ export function statusView(record: StatusRecord): StatusView {
     ...(record.scheduledFor !== undefined ? { scheduledFor: record.scheduledFor } : {}),
     ...(record.sentAt !== undefined ? { sentAt: record.sentAt } : {}),
     ...(record.messageId !== undefined ? { messageId: record.messageId } : {}),
+    ...(record.refusedCount ? { refused: record.refused ?? [], refusedCount: record.refusedCount } : {}),
     ...(record.status === 'queued' && record.waitReason !== undefined
       ? { waiting: { reason: record.waitReason, until: record.dueAt } }
       : {}),
@@ -115,6 +154,9 @@ type Entity = {
   completedAt?: string;
   waitReason?: string;
   throttles?: number;
+  /** JSON of Refusal[]. */
+  refused?: string;
+  refusedCount?: number;
 };
 
 /** Rows per page when the retention timer reads records. */
@@ -144,6 +186,8 @@ function toEntity(record: StatusRecord): Entity {
     ...optional('completedAt'),
     ...optional('waitReason'),
     ...optional('throttles'),
+    ...optional('refusedCount'),
+    ...(record.refused ? { refused: JSON.stringify(listRefusals(record.refused)) } : {}),
     ...(record.smtp ? { smtpCode: record.smtp.code, smtpResponse: clip(record.smtp.response) } : {}),
     ...(record.error ? { error: clip(JSON.stringify(record.error)) } : {}),
   };
@@ -178,12 +222,24 @@ function fromEntity(entity: Entity & { etag: string }): StoredRecord {
     ...optional('completedAt'),
     ...optional('waitReason'),
     ...optional('throttles'),
+    ...optional('refusedCount'),
+    ...(entity.refused ? { refused: parseRefusals(entity.refused) } : {}),
     ...(entity.smtpCode !== undefined && entity.smtpCode !== null
       ? { smtp: { code: entity.smtpCode, response: entity.smtpResponse ?? '' } }
       : {}),
     ...(error ? { error } : {}),
     etag: entity.etag,
   } as StoredRecord;
+}
+
+function parseRefusals(text: string): Refusal[] {
+  try {
+    const value = JSON.parse(text) as unknown;
+    return Array.isArray(value) ? (value as Refusal[]) : [];
+  } catch {
+    // A list clipped at the property limit: the count still says how many.
+    return [];
+  }
 }
 
 /** The fields a transition may change; `undefined` removes an optional field. */

@@ -36,6 +36,8 @@ export type MailEventName =
   /** Exchange answered 432 4.3.2 despite the pacing. */
   | 'MailThrottled'
   | 'BatchAccepted'
+  /** A batch refused as a whole on the queue (a batchId reused for other content): it went to the poison queue. */
+  | 'BatchRejected'
   | 'NotificationRecipientRejected'
   | 'DigestRun';
 /**
@@ -65,6 +67,8 @@ export interface MailEventProperties {
   errorCode?: string;
   transient?: boolean;
   recipientCount?: number;
+  /** MailSent: recipients Exchange refused while it accepted the message for the others (a count, never addresses). */
+  refusedCount?: number;
   /** MailPaced, MailDeferred: why the message waits (one of PACING_REASONS). */
   reason?: (typeof PACING_REASONS)[number];
   /** MailPaced: how long until the message is back. */
@@ -140,6 +144,7 @@ export const MAIL_EVENT_NAMES: readonly MailEventName[] = [
   'MailPaced',
   'MailThrottled',
   'BatchAccepted',
+  'BatchRejected',
   'NotificationRecipientRejected',
   'DigestRun',
 ];
@@ -234,7 +239,7 @@ export function eventFields(props: MailEventProperties): {
     if (v !== undefined) properties[key] = v;
   };
   const num = (
-    key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount' | 'retryInSeconds' | 'index',
+    key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount' | 'refusedCount' | 'retryInSeconds' | 'index',
     measurement: boolean,
   ) => {
     let v = safeNumber(p[key]);
@@ -253,6 +258,7 @@ export function eventFields(props: MailEventProperties): {
   str('errorCode');
   if (typeof p.transient === 'boolean') properties.transient = String(p.transient);
   num('recipientCount', true);
+  num('refusedCount', true);
   if (PACING_REASONS.includes(p.reason as (typeof PACING_REASONS)[number])) properties.reason = p.reason as string;
   num('retryInSeconds', true);
   num('index', false);

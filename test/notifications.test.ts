@@ -536,6 +536,45 @@ describe('invalid queue messages: recorded as failed batches with the reason, ac
     expect((await viewOf(n, 'no-such-batch-here')).error?.details?.[0]?.path).toBe('batchId');
   });
 
+  it('a queue batch reusing the batchId of a different batch: rejected visibly, as the 409 of POST, the first untouched', async () => {
+    sandbox.ingestion.reset();
+    await rt.storage.notificationsPoisonQueue.clearMessages();
+    // One recipient per chunk: the first batch is still fanning out when the other message arrives.
+    const n = service({ chunkSize: 1 });
+    const batchId = newBatchId();
+    await n.handleMessage(encodeNotificationMessage(batchOf([person('own1'), person('own2')], { batchId })));
+    expect(await viewOf(n, batchId)).toMatchObject({ status: 'fanning-out', accepted: 1 });
+
+    const other = batchOf([person('intruder')], { batchId, subject: 'Another batch' });
+    const outcome = await n.handleMessage(encodeNotificationMessage(other), { dequeueCount: 1 });
+    expect(outcome).toMatchObject({ outcome: 'failed', batchId, rejectedAs: deriveBatchId(other) });
+    if (outcome.outcome !== 'failed') throw new Error('unreachable');
+    expect(outcome.error).toMatchObject({ code: 'IDEMPOTENCY_CONFLICT', details: [{ path: 'batchId' }] });
+    // Recorded as a failed batch of its own, which GET shows with the classified reason.
+    const rejected = await viewOf(n, deriveBatchId(other));
+    expect(rejected).toMatchObject({ status: 'failed', error: { code: 'IDEMPOTENCY_CONFLICT' } });
+    expect(rejected.error?.message).toContain(batchId);
+    // Moved to the poison queue as it was sent, and counted in telemetry.
+    const poisoned = await rt.storage.notificationsPoisonQueue.receiveMessages({ numberOfMessages: 32 });
+    expect(poisoned.receivedMessageItems).toHaveLength(1);
+    const copy = poisoned.receivedMessageItems[0]!.messageText;
+    expect(JSON.parse(Buffer.from(copy, 'base64').toString())).toEqual(other);
+    await mailer.telemetry.flush();
+    expect(sandbox.ingestion.events('BatchRejected').map((e) => e.properties)).toContainEqual(
+      expect.objectContaining({ batchId, errorCode: 'IDEMPOTENCY_CONFLICT' }),
+    );
+    // The poison handler, given that copy, leaves the first batch alone: it is not that batch's poison.
+    await n.markPoisoned(copy, { dequeueCount: 5 });
+    const untouched = await viewOf(n, batchId);
+    expect(untouched).toMatchObject({ status: 'fanning-out', accepted: 1 });
+    expect(untouched.error).toBeUndefined();
+    // The first batch goes on to complete; nothing of the intruder was fanned out.
+    await pump(n);
+    expect(await viewOf(n, batchId)).toMatchObject({ status: 'complete', accepted: 2 });
+    expect(await recordsOf(batchId)).toHaveLength(2);
+    expect(await outboxMessageCount()).toBe(2);
+  });
+
   it('poison: the batch becomes failed with reason "poison: …"; a complete batch stays complete', async () => {
     const n = service({ chunkSize: 2 });
     const batchId = newBatchId();

@@ -286,6 +286,52 @@ describe('scheduling', () => {
 });
 
 describe('delivery failures', () => {
+  it('Exchange refuses one of three recipients: sent, with that one listed as refused; telemetry counts, never names', async () => {
+    sandbox.ingestion.reset();
+    sandbox.smtp.faults.refuseRecipients = ['nobody@example.com'];
+    const { id } = await rt.outbox.accept(
+      body({ to: ['one@example.com', 'nobody@example.com'], cc: 'three@example.com' }),
+      { source: 'http' },
+    );
+    const [outcome] = await drainOnce();
+    expect(outcome?.outcome).toBe('sent');
+    const sent = await record(id);
+    expect(sent).toMatchObject({ status: 'sent', refusedCount: 1 });
+    expect(sent.refused).toEqual([
+      {
+        address: 'nobody@example.com',
+        smtp: expect.objectContaining({ code: 550, enhanced: '5.1.10' }) as unknown,
+      },
+    ]);
+    expect(statusView(sent)).toMatchObject({ status: 'sent', refusedCount: 1, refused: sent.refused });
+    // Exchange delivered to the other two.
+    expect(sandbox.smtp.messages).toHaveLength(1);
+    expect(sandbox.smtp.messages[0]?.envelope.to.sort()).toEqual(['one@example.com', 'three@example.com']);
+    await mailer.telemetry.flush();
+    const event = sandbox.ingestion.events('MailSent').find((e) => e.properties.id === id);
+    expect(event?.properties).toMatchObject({ refusedCount: '1', recipientCount: '3' });
+    expect(JSON.stringify(sandbox.ingestion.events())).not.toContain('nobody@example.com');
+  });
+
+  it('Exchange refuses every recipient: failed with the classified reason, nothing delivered', async () => {
+    sandbox.smtp.faults.refuseRecipients = ['nobody@example.com', 'noone@example.com'];
+    const { id } = await rt.outbox.accept(body({ to: ['nobody@example.com', 'noone@example.com'] }), {
+      source: 'http',
+    });
+    const [outcome] = await drainOnce();
+    expect(outcome?.outcome).toBe('failed');
+    const failed = await record(id);
+    expect(failed).toMatchObject({ status: 'failed', attempts: 1 });
+    expect(failed.error).toMatchObject({
+      code: 'RECIPIENT_REJECTED',
+      transient: false,
+      smtp: { code: 550, enhanced: '5.1.10' },
+    });
+    expect(failed.error?.hint).toMatch(/address/);
+    expect(sandbox.smtp.messages).toHaveLength(0);
+    expect(await visibleIds()).toEqual([]);
+  });
+
   it('a transient failure (421 4.3.2) goes back to queued with the error, re-enqueued with back-off, then is sent', async () => {
     sandbox.ingestion.reset();
     Object.assign(sandbox.smtp.faults, { reply421OnCommand: 1, reply421Command: 'MAIL' });
