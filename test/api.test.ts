@@ -50,6 +50,20 @@ beforeEach(() => {
   sandbox.smtp.reset();
 });
 
+/** What the outbox has stored: records, idempotency claims, payload blobs and queue messages, counted. */
+async function storedState(): Promise<Record<string, number>> {
+  let records = 0;
+  for await (const _ of rt.storage.statusTable.listEntities({ queryOptions: { select: ['PartitionKey'] } })) records++;
+  let claims = 0;
+  for await (const _ of rt.storage.idempotencyTable.listEntities({ queryOptions: { select: ['PartitionKey'] } })) {
+    claims++;
+  }
+  let payloads = 0;
+  for await (const _ of rt.storage.payloads.listBlobsFlat()) payloads++;
+  const queued = (await rt.storage.outboxQueue.getProperties()).approximateMessagesCount ?? 0;
+  return { records, claims, payloads, queued };
+}
+
 function request(spec: RequestSpec): ApiRequest {
   const url = `${BASE}/${spec.path ?? 'messages'}`;
   const headers = new Headers(headersOf(spec));
@@ -107,10 +121,20 @@ describe(`POST /api/messages: ${malformed.length} malformed requests, each a 4xx
     expect(pulled).toBeLessThan(maxBodyBytes(MAX_MESSAGE_BYTES) + 5 * 65_536);
   });
 
-  it('nothing malformed reached the queue or the SMTP server', async () => {
-    const peeked = await rt.storage.outboxQueue.peekMessages({ numberOfMessages: 32 });
-    expect(peeked.peekedMessageItems).toHaveLength(0);
-    expect(sandbox.smtp.messages).toHaveLength(0);
+  it('none of the malformed requests stored, enqueued or sent anything, with or without ?wait=true', async () => {
+    const before = await storedState();
+    const sentBefore = sandbox.smtp.messages.length;
+    for (const [, spec] of malformed) {
+      for (const wait of [false, true]) {
+        const path = spec.path ?? 'messages';
+        const waited = wait ? `${path}${path.includes('?') ? '&' : '?'}wait=true` : path;
+        const response = await call(postMessage, { body: undefined, ...spec, path: waited });
+        expect(response.status).toBeGreaterThanOrEqual(400);
+        expect(response.status).toBeLessThan(500);
+      }
+    }
+    expect(await storedState()).toEqual(before);
+    expect(sandbox.smtp.messages.length).toBe(sentBefore);
   });
 });
 

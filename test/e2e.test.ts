@@ -120,8 +120,9 @@ describe('POST /api/messages → outbox → Exchange', () => {
     expect(response.json).toMatchObject({
       error: { code: 'SEND_AS_DENIED', transient: false, smtp: { code: 554, enhanced: '5.2.252' } },
     });
-    const id = (response.json.id ?? (response.json.error as { id?: string }).id) as string | undefined;
-    if (id) expect((await status(id)).status).toBe('failed');
+    const id = response.json.id as string;
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(await status(id)).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'SEND_AS_DENIED' } });
   });
 
   it('renders a template at accept time and sends it; a missing variable is a 400 naming it', async () => {

@@ -35,6 +35,12 @@ import {
   validOr,
 } from './fixtures/hostile';
 
+/**
+ * One-sided bound for the linear-time regressions: the backtracking they guard against took minutes; a loaded two-core
+ * machine must not make a linear run fail.
+ */
+const LINEAR_BOUND_MS = 5_000;
+
 const renderer = new TemplateRenderer(templateBundle());
 const GUID = '11111111-2222-3333-4444-555555555555';
 
@@ -92,7 +98,7 @@ describe('TemplateRenderer.render and subject folding', () => {
       fc.property(hostileString(), (subject) => {
         const started = performance.now();
         const folded = foldSubject(subject);
-        expect(performance.now() - started).toBeLessThan(500);
+        expect(performance.now() - started).toBeLessThan(LINEAR_BOUND_MS);
         expect(folded).not.toMatch(/[\u0000-\u001f\u007f\u0085\u2028\u2029]/);
         expect(foldSubject(folded)).toBe(folded);
       }),
@@ -242,7 +248,7 @@ describe('settings', () => {
           expect(error).toBeInstanceOf(ConfigError);
           expect((error as ConfigError).problems.length).toBeGreaterThan(0);
         }
-        expect(performance.now() - started).toBeLessThan(1_000);
+        expect(performance.now() - started).toBeLessThan(LINEAR_BOUND_MS);
       }),
       { numRuns: 300 },
     );

@@ -3,6 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { MailError } from '../src/errors';
 import { parseMessage } from '../src/message';
 
+/**
+ * One-sided bound for the linear-time regressions: the backtracking they guard against took minutes; a loaded two-core
+ * machine must not make a linear run fail.
+ */
+const LINEAR_BOUND_MS = 5_000;
+
 const limits = { defaultFrom: 'alerts@contoso.com', maxRecipients: 3, maxMessageBytes: 100_000 };
 
 function details(input: unknown): Array<{ path: string; message: string }> {
@@ -106,14 +112,14 @@ describe('addresses and headers: the rules of the linear validators', () => {
   it('validates 1,000 addresses of 575 spaces then a letter in linear time', () => {
     const started = performance.now();
     const list = details({ to: Array.from({ length: 1_000 }, () => `${' '.repeat(575)}a`), subject: 's', text: 't' });
-    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(performance.now() - started).toBeLessThan(LINEAR_BOUND_MS);
     expect(list[0]?.path).toBe('to[0]');
   });
 
   it('checks the length of an { address } object before anything else looks at it', () => {
     const started = performance.now();
     const list = details({ to: [{ address: `a@${'.'.repeat(1_000_000)}` }], subject: 's', text: 't' });
-    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(performance.now() - started).toBeLessThan(LINEAR_BOUND_MS);
     expect(list).toEqual([{ path: 'to[0]', message: 'address is not a valid email address' }]);
   });
 

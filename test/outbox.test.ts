@@ -437,8 +437,17 @@ describe('delivery failures', () => {
   it('a deleted payload blob fails the message with PAYLOAD_MISSING instead of retrying forever', async () => {
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     await rt.storage.payloads.deleteBlob(PayloadStore.blobName(id));
-    await drainOnce();
-    expect((await record(id)).error?.code).toBe('PAYLOAD_MISSING');
+    const [outcome] = await drainOnce();
+    expect(outcome).toMatchObject({ outcome: 'failed' });
+    const failed = await record(id);
+    expect(failed).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'PAYLOAD_MISSING', transient: false } });
+    expect(failed.leaseUntil).toBeUndefined();
+    // No retry was scheduled, nothing was sent, and a late copy of the queue message changes nothing.
+    expect(await visibleIds()).toEqual([]);
+    expect((await rt.storage.outboxQueue.getProperties()).approximateMessagesCount).toBe(0);
+    expect(await deliver(id, { dequeueCount: 1 }, rt.deliverDeps)).toMatchObject({ outcome: 'completed' });
+    expect((await record(id)).attempts).toBe(1);
+    expect(sandbox.smtp.messages).toHaveLength(0);
   });
 
   it('poison: the host gave up on the message, so the record turns failed with reason "poison: …"', async () => {

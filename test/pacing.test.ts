@@ -312,8 +312,14 @@ describe('delivery with pacing', () => {
     await enqueueOutbox(rt.storage.outboxQueue, accepted.id, 0);
     const outcome = await deliver(accepted.id, {}, rt.deliverDeps);
     expect(outcome).toMatchObject({ outcome: 'failed' });
-    expect((await rt.status.get(accepted.id))?.error?.code).toBe('RETRIES_EXHAUSTED');
-    expect(sandbox.smtp.messages).toHaveLength(0);
+    expect(await rt.status.get(accepted.id)).toMatchObject({
+      status: 'failed',
+      attempts: 8,
+      error: { code: 'RETRIES_EXHAUSTED', transient: false },
+    });
+    // Not retried: a later copy of the queue message finds the outcome and sends nothing.
+    expect(await deliver(accepted.id, {}, rt.deliverDeps)).toMatchObject({ outcome: 'completed' });
+    expect(sandbox.smtp.messages.filter((m) => m.parsed.subject === 'worn')).toHaveLength(0);
   });
 });
 

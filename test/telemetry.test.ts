@@ -289,7 +289,8 @@ describe('failure never reaches the caller', () => {
     const startedAt = process.hrtime.bigint();
     for (let i = 0; i < 200; i++) t.trackEvent('MailSent', { id: `fast-${i}`, source: 'http', durationMs: i });
     const ms = Number(process.hrtime.bigint() - startedAt) / 1e6;
-    expect(ms).toBeLessThan(50);
+    // One-sided and generous (a GC pause on a loaded two-core machine): loading or a network wait would take seconds.
+    expect(ms).toBeLessThan(1_000);
   });
 });
 
