@@ -140,6 +140,8 @@ export interface ExchangeSmtpAuthAttempt {
 export interface ExchangeSmtpSession {
   id: string;
   remoteAddress: string;
+  /** The client's TCP port: tells which client process a session belonged to. */
+  remotePort: number;
   startedAt: number;
   closedAt?: number;
   open: boolean;
@@ -484,6 +486,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     const record: ExchangeSmtpSession = {
       id: connection.id,
       remoteAddress: connection.remoteAddress,
+      remotePort: connection.remotePort,
       startedAt: this.clock.now(),
       open: true,
       startedTls: false,

@@ -477,6 +477,38 @@ describe('pacing for the batch as a whole', () => {
     expect(await outboxMessageCount()).toBe(4);
   });
 
+  it('with pacing on, the real pacer spaces a batch: its messages come due one send interval apart', async () => {
+    // Six a minute: a send interval of 10.3 s, wide enough that the milliseconds an accept takes do not matter.
+    const paced = createRuntime(
+      { ...settings, MAIL_PACING: 'on', MAIL_RATE_PER_MINUTE: '6' },
+      { logger: mailer.logger },
+    );
+    const interval = paced.pacer!.intervalMs;
+    expect(interval).toBeCloseTo(10_300, 0);
+    const batchId = newBatchId();
+    await enqueue(
+      batchOf(
+        ['q0', 'q1', 'q2', 'q3'].map((x) => person(x)),
+        { batchId },
+      ),
+    );
+    const outcomes = await pump(paced.notifications);
+    expect(outcomes).toEqual([{ outcome: 'fanned-out', batchId, offset: 0, next: 4, status: 'complete' }]);
+    const due = (await recordsOf(batchId)).map((r) => Date.parse(r.dueAt)).sort((a, b) => a - b);
+    expect(due).toHaveLength(4);
+    for (let i = 1; i < due.length; i++) {
+      const gap = due[i]! - due[i - 1]!;
+      expect(gap).toBeGreaterThan(interval - 2_000);
+      expect(gap).toBeLessThan(interval + 2_000);
+    }
+    // Each waits on the queue for its own time; the pacer's batch line moved past the whole batch.
+    expect(
+      (await rt.storage.outboxQueue.peekMessages({ numberOfMessages: 32 })).peekedMessageItems.length,
+    ).toBeLessThanOrEqual(1);
+    expect((await paced.pacer!.snapshot()).nextBatchAt).toBeGreaterThanOrEqual(due[3]! + interval - 2_000);
+    await paced.close();
+  });
+
   it('a batch sendAt later than the slots wins: every message is scheduled for sendAt', async () => {
     const sendAt = new Date(Date.now() + 5 * 60_000);
     const n = service({ schedule: async () => ({ startAt: Date.now(), intervalMs: 1_000 }) });

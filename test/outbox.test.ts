@@ -440,7 +440,11 @@ describe('delivery failures', () => {
     const [outcome] = await drainOnce();
     expect(outcome).toMatchObject({ outcome: 'failed' });
     const failed = await record(id);
-    expect(failed).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'PAYLOAD_MISSING', transient: false } });
+    expect(failed).toMatchObject({
+      status: 'failed',
+      attempts: 1,
+      error: { code: 'PAYLOAD_MISSING', transient: false },
+    });
     expect(failed.leaseUntil).toBeUndefined();
     // No retry was scheduled, nothing was sent, and a late copy of the queue message changes nothing.
     expect(await visibleIds()).toEqual([]);

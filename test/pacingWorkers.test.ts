@@ -51,8 +51,9 @@ describe('three instances against one mailbox', () => {
     expect(result.maxInAnyWindow).toBeLessThanOrEqual(RATE);
     expect(result.rejections432).toBe(0);
     expect(result.maxConcurrentSessions).toBeLessThanOrEqual(MAX_CONNECTIONS);
-    // Slots are 3 % wider than window / rate, so 97 % is the most the design allows.
-    expect(result.utilisation).toBeGreaterThanOrEqual(0.9);
+    // What the README and docs/pacing.md claim: at least 95 % of the allowed rate (slots are 3 % wider than window /
+    // rate, so 97 % is the most the design allows).
+    expect(result.utilisation).toBeGreaterThanOrEqual(0.95);
   }, 300_000);
 
   it('one instance killed mid-run: nothing lost, duplicates only from the 250-then-crash window', async () => {
@@ -68,13 +69,22 @@ describe('three instances against one mailbox', () => {
       crashRecoverySeconds: 4,
     });
     process.stdout.write(
-      `kill test: ${result.received} received, ${result.duplicates} duplicates, statuses ${JSON.stringify(result.statuses)}\n`,
+      `kill test: ${result.received} received, ${result.duplicates} duplicates, ${result.kill?.openSessions.length} sessions open at the kill, ${result.kill?.takenOver} taken over, statuses ${JSON.stringify(result.statuses)}\n`,
     );
     expect(result.killed).toBe(true);
     expect(result.statuses).toEqual({ sent: 300 });
-    // A killed instance had at most batchSize + newBatchThreshold (6) messages in hand; only one that Exchange
-    // had accepted but whose `sent` was not yet written can go out twice.
-    expect(result.duplicates).toBeLessThanOrEqual(6);
+    const kill = result.kill!;
+    // The killed instance really was in the middle of things: SMTP sessions open at the kill, and messages it held
+    // that another instance had to take over once their leases ended.
+    expect(kill.openSessions.length).toBeGreaterThanOrEqual(1);
+    expect(kill.takenOver).toBeGreaterThanOrEqual(1);
+    // Every duplicate is the 250-then-crash window of the killed instance: its first copy went out on a session that
+    // instance had open when it died, and each such session can leave at most one message half done. A duplicate from
+    // a live (even stalled) instance would fail here.
+    for (const duplicate of kill.duplicates)
+      expect(kill.openSessions, duplicate.subject).toContain(duplicate.firstSession);
+    expect(kill.duplicates.length).toBeLessThanOrEqual(kill.openSessions.length);
+    expect(result.duplicates).toBe(kill.duplicates.length);
     expect(result.received).toBe(300 + result.duplicates);
     expect(result.rateViolations).toBe(0);
     expect(result.rejections432).toBe(0);
