@@ -2,14 +2,14 @@
  * Exchange's own throttling of the mailbox, caused by mail sent outside this app: the outbox waits it out without
  * spending attempts, shows why, says so in telemetry, and sends once Exchange's rolling window frees.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { getMessage } from '../src/api/messagesGet';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { deliver, type DeliverOutcome } from '../src/deliver';
 import { parseOutboxMessage } from '../src/outboxQueue';
 import { createRuntime, type Runtime } from '../src/runtime';
-import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
+import { message, resetPacingState, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
 /** Exchange's daily quota, scaled down: 3 recipients per rolling 8 s. */
 const QUOTA = 3;
@@ -46,6 +46,14 @@ afterAll(async () => {
   await Promise.all([sandbox?.close(), azurite?.stop()]);
 });
 
+beforeEach(async () => {
+  // Each test fills the quota itself: start from an empty window and no block, whatever ran before.
+  sandbox.smtp.reset();
+  sandbox.ingestion.reset();
+  await rt.storage.outboxQueue.clearMessages();
+  await resetPacingState(rt.storage.pacingTable);
+});
+
 /** Plays the Functions host once: delivers the visible outbox messages and deletes them. */
 async function drainOnce(): Promise<Map<string, DeliverOutcome>> {
   const received = await rt.storage.outboxQueue.receiveMessages({ numberOfMessages: 32, visibilityTimeout: 30 });
@@ -74,7 +82,6 @@ const quotaRejections = () => sandbox.smtp.rejections.filter((r) => r.enhanced =
 
 describe("Exchange's daily quota used up by mail sent outside the app", () => {
   it('the message waits with the reason and no attempt spent, then goes out once the rolling window frees', async () => {
-    sandbox.ingestion.reset();
     for (let i = 0; i < QUOTA; i++)
       await outsider.sender.send(message(outsider, { subject: `outside ${i}` }), { source: 'cli' });
     const quotaUsedAt = Date.now();
@@ -152,7 +159,7 @@ describe("Exchange's daily quota used up by mail sent outside the app", () => {
 
   it('the CLI, which sends inline, reports the quota at once with the classified error', async () => {
     for (let i = 0; i < QUOTA; i++)
-      await outsider.sender.send(message(outsider, { subject: `fill ${i}` }), { source: 'cli' }).catch(() => undefined);
+      await outsider.sender.send(message(outsider, { subject: `fill ${i}` }), { source: 'cli' });
     await expect(mailer.sender.send(message(mailer, { subject: 'inline' }), { source: 'cli' })).rejects.toMatchObject({
       code: 'DAILY_QUOTA_EXCEEDED',
       transient: true,

@@ -16,7 +16,7 @@ import { postMessage } from '../src/api/messagesPost';
 import { runApi } from '../src/api/runApi';
 import { MailSender } from '../src/sender';
 import { createStorage, type StorageClients } from '../src/storage';
-import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
+import { message, resetPacingState, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
 let sandbox: Sandbox;
 let azurite: AzuriteInstance;
@@ -221,6 +221,7 @@ describe('delivery with pacing', () => {
 
   beforeEach(async () => {
     await rt.storage.outboxQueue.clearMessages();
+    await resetPacingState(rt.storage.pacingTable);
     sandbox.smtp.reset();
     sandbox.ingestion.reset();
   });

@@ -1,25 +1,19 @@
 /**
  * Nothing grows without bound: the retention timer deletes records, idempotency keys, payloads and batches after
- * MAIL_RETENTION_DAYS, in bounded pages, reading key ranges only; batch counts read the batch's own partition; a
- * continuation reads only its own chunk of the batch. Against Azurite and the sandbox.
+ * MAIL_RETENTION_DAYS, in bounded pages; a continuation reads only its own chunk of the batch. Against Azurite and
+ * the sandbox. (That the reads stay flat beside 100,000 unrelated rows is test/retentionScale.test.ts.)
  */
-import { TableClient, TableTransaction } from '@azure/data-tables';
-import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { BatchPayloadStore } from '../src/batchPayloadStore';
 import { BatchStore } from '../src/batchStore';
-import { deliver } from '../src/deliver';
 import { IdempotencyStore, idempotencyPartition } from '../src/idempotencyStore';
-import { batchPartition, uuidv7 } from '../src/messageIds';
 import { Notifications, type FanoutOutcome } from '../src/notifications';
 import { Outbox } from '../src/outbox';
-import { parseOutboxMessage } from '../src/outboxQueue';
 import { PayloadStore } from '../src/payloadStore';
 import { Retention } from '../src/retention';
 import { createRuntime, type Runtime } from '../src/runtime';
-import { StatusStore } from '../src/statusStore';
-import { BATCH_TABLE, STATUS_TABLE } from '../src/storage';
+import { drainOutbox as driveOutbox, pumpNotifications as driveNotifications } from './fixtures/hostDriver';
 import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -69,33 +63,8 @@ function retentionAt(days: number, overrides: Partial<ConstructorParameters<type
   });
 }
 
-/** Delivers every visible outbox message, until none is left. */
-async function drainOutbox(): Promise<void> {
-  for (;;) {
-    const received = await rt.storage.outboxQueue.receiveMessages({ numberOfMessages: 32, visibilityTimeout: 60 });
-    if (received.receivedMessageItems.length === 0) return;
-    for (const m of received.receivedMessageItems) {
-      await deliver(parseOutboxMessage(m.messageText)!.id, { dequeueCount: m.dequeueCount }, rt.deliverDeps);
-      await rt.storage.outboxQueue.deleteMessage(m.messageId, m.popReceipt);
-    }
-  }
-}
-
-/** Fans out every batch message on mail-notifications, until none is left. */
-async function pumpNotifications(n: Notifications): Promise<FanoutOutcome[]> {
-  const outcomes: FanoutOutcome[] = [];
-  for (;;) {
-    const received = await rt.storage.notificationsQueue.receiveMessages({
-      numberOfMessages: 32,
-      visibilityTimeout: 60,
-    });
-    if (received.receivedMessageItems.length === 0) return outcomes;
-    for (const m of received.receivedMessageItems) {
-      outcomes.push(await n.handleMessage(m.messageText, { dequeueCount: m.dequeueCount }));
-      await rt.storage.notificationsQueue.deleteMessage(m.messageId, m.popReceipt);
-    }
-  }
-}
+const drainOutbox = () => driveOutbox(rt);
+const pumpNotifications = (n: Notifications) => driveNotifications(rt, n);
 
 async function claimExists(key: string): Promise<boolean> {
   try {
@@ -293,126 +262,3 @@ async function pumpOnce(n: Notifications): Promise<FanoutOutcome[]> {
   }
   return outcomes;
 }
-
-describe('with 100,000 unrelated rows in MailStatus', () => {
-  /** A table request as Table storage saw it: its filter, and how many entities the answer held. */
-  interface Seen {
-    filter: string;
-    entities: number;
-  }
-
-  /** A client of `table` that records every query it sends, through the SDK's own pipeline. */
-  function recorded(table: string, seen: Seen[]): TableClient {
-    const policy: PipelinePolicy = {
-      name: 'recordQueries',
-      async sendRequest(request, next) {
-        const response = await next(request);
-        if (request.method === 'GET') {
-          const url = new URL(request.url);
-          let entities = 0;
-          try {
-            entities = ((JSON.parse(response.bodyAsText ?? '{}') as { value?: unknown[] }).value ?? [1]).length;
-          } catch {
-            entities = 0;
-          }
-          seen.push({ filter: url.searchParams.get('$filter') ?? `(point read ${url.pathname})`, entities });
-        }
-        return response;
-      },
-    };
-    return TableClient.fromConnectionString(azurite.connectionString, table, {
-      allowInsecureConnection: true,
-      additionalPolicies: [{ policy, position: 'perCall' }],
-    });
-  }
-
-  /** A final record created 40 days ago, for the retention run to find and delete. */
-  async function plantExpired(): Promise<string> {
-    const at = Date.now() - 40 * DAY_MS;
-    const id = uuidv7(at);
-    const iso = new Date(at).toISOString();
-    await rt.status.create({
-      id,
-      status: 'sent',
-      source: 'http',
-      attempts: 1,
-      createdAt: iso,
-      dueAt: iso,
-      sentAt: iso,
-      completedAt: iso,
-      payloadHash: 'x',
-    });
-    return id;
-  }
-
-  /**
-   * Counts a batch's messages and runs retention (as of today: one planted record is past it), recording every query
-   * both make.
-   */
-  async function measure(batchId: string): Promise<{ seen: Seen[]; counts: Record<string, number>; deleted: number }> {
-    const planted = await plantExpired();
-    const seen: Seen[] = [];
-    const status = new StatusStore(recorded(STATUS_TABLE, seen));
-    const counts = await status.countByBatch(batchId);
-    const report = await retentionAt(0, {
-      status,
-      batches: new BatchStore(recorded(BATCH_TABLE, seen)),
-    }).run();
-    expect(await rt.status.get(planted)).toBeUndefined();
-    return { seen, counts, deleted: report.messages + report.batches };
-  }
-
-  it('batch counts and the retention run read the same key ranges, and as much, as with an empty table', async () => {
-    const n = notifications();
-    const batchId = newBatchId();
-    await n.submit(batchOf(batchId, ['f0', 'f1', 'f2']));
-    await pumpNotifications(n);
-    await drainOutbox();
-
-    const before = await measure(batchId);
-    expect(before.counts).toMatchObject({ sent: 3 });
-
-    // 90,000 rows of other batches (900 partitions) and 10,000 single messages created now: none is this batch's,
-    // none is past retention.
-    const table = TableClient.fromConnectionString(azurite.connectionString, STATUS_TABLE, {
-      allowInsecureConnection: true,
-    });
-    for (let p = 0; p < 900; p++) {
-      const partition = batchPartition(`other-${p}`);
-      const actions: TableTransaction = new TableTransaction();
-      for (let r = 0; r < 100; r++) {
-        actions.createEntity({ partitionKey: partition, rowKey: r.toString(16).padStart(32, '0'), status: 'sent' });
-      }
-      await table.submitTransaction(actions.actions);
-    }
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: 32 }, async () => {
-        while (next < 10_000) {
-          next++;
-          await table.createEntity({
-            partitionKey: uuidv7(),
-            rowKey: 'status',
-            status: 'sent',
-            createdAt: new Date().toISOString(),
-          });
-        }
-      }),
-    );
-
-    const after = await measure(batchId);
-    expect(after.counts).toEqual(before.counts);
-    expect(after.deleted).toBe(1);
-    expect(before.deleted).toBe(1);
-    // The same queries (but for the time in the retention cutoff), reading as many entities: the cost does not
-    // depend on the rows around them.
-    const shape = (seen: Seen[]) =>
-      seen.map((s) => ({ ...s, filter: s.filter.replace(/ lt '[^']*'/g, " lt '<cutoff>'") }));
-    expect(shape(after.seen)).toEqual(shape(before.seen));
-    // And each is bounded by its keys: one partition, or a PartitionKey range below the retention cutoff.
-    for (const { filter } of after.seen) {
-      expect(filter).toMatch(/^(\(point read |PartitionKey eq |PartitionKey lt )/);
-    }
-    expect(after.seen.map((s) => s.filter)).toContainEqual(`PartitionKey eq '${batchPartition(batchId)}'`);
-  }, 120_000);
-});

@@ -1,4 +1,5 @@
 /** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning. */
+import type { TableClient } from '@azure/data-tables';
 import { loadConfig, type Config } from '../src/config';
 import { createLogger } from '../src/logger';
 import { createMailer, type Mailer } from '../src/mailer';
@@ -63,4 +64,16 @@ export function leakedSecrets(haystack: string, needles: string[]): string[] {
   return needles.filter(
     (n) => n.length >= 8 && (haystack.includes(n) || haystack.includes(Buffer.from(n).toString('base64'))),
   );
+}
+
+/**
+ * Forgets the shared pacing state of every mailbox (send slots, the daily window, a quota block): each test starts
+ * from an idle mailbox whatever ran before it.
+ */
+export async function resetPacingState(table: TableClient): Promise<void> {
+  for await (const entity of table.listEntities()) {
+    await table.deleteEntity(entity.partitionKey as string, entity.rowKey as string).catch((error: unknown) => {
+      if ((error as { statusCode?: number }).statusCode !== 404) throw error;
+    });
+  }
 }
