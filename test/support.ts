@@ -1,4 +1,4 @@
-/** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning. */
+/** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning (test/secretScan.ts). */
 import { loadConfig, type Config } from '../src/config';
 import { createLogger } from '../src/logger';
 import { createMailer, type Mailer } from '../src/mailer';
@@ -57,10 +57,3 @@ export function message(mailer: Mailer, input: Partial<MessageInput> = {}): Mail
 }
 
 export { startSandbox, type Sandbox, type SandboxOptions };
-
-/** Lists which of `needles` (and their base64 forms) occur in `haystack`. */
-export function leakedSecrets(haystack: string, needles: string[]): string[] {
-  return needles.filter(
-    (n) => n.length >= 8 && (haystack.includes(n) || haystack.includes(Buffer.from(n).toString('base64'))),
-  );
-}
