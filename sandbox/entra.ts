@@ -231,6 +231,11 @@ export interface EntraServer {
   readonly expiredSecrets: Set<string>;
   /** Lifetime of the next tokens issued, in seconds. */
   tokenLifetimeSeconds: number;
+  /**
+   * Every client assertion presented (certificate-signed or federated), oldest first, kept apart from `requests`:
+   * each is a credential that buys tokens for minutes, so the secret scans look for it in everything the app wrote.
+   */
+  readonly clientAssertions: string[];
   close(): Promise<void>;
 }
 
@@ -350,6 +355,7 @@ export async function startEntra(options: EntraOptions): Promise<EntraServer> {
   const discovery: DiscoveryRecord[] = [];
   const faults: EntraFault[] = [];
   const expiredSecrets = new Set<string>();
+  const clientAssertions: string[] = [];
   let origin = '';
   // Read at request time: tests change the lifetime on the returned object.
   const settings = { tokenLifetimeSeconds: options.tokenLifetimeSeconds ?? DEFAULT_TOKEN_LIFETIME_SECONDS };
@@ -522,6 +528,7 @@ export async function startEntra(options: EntraOptions): Promise<EntraServer> {
     const scope = form.get('scope') ?? '';
     const secret = form.get('client_secret');
     const assertion = form.get('client_assertion');
+    if (assertion) clientAssertions.push(assertion);
     let grant: TokenGrant = 'none';
     if (secret !== null) grant = 'client_secret';
     else if (assertion !== null) {
@@ -660,6 +667,7 @@ export async function startEntra(options: EntraOptions): Promise<EntraServer> {
     set tokenLifetimeSeconds(seconds: number) {
       settings.tokenLifetimeSeconds = seconds;
     },
+    clientAssertions,
     close: () => closeServer(server),
   };
 }

@@ -22,6 +22,33 @@ export const SECRET_NAMES = {
 
 export type SandboxAuthMode = 'client-secret' | 'client-certificate' | 'federated-identity' | 'basic';
 
+/** What a secret the sandbox knows of is. */
+export type SandboxSecretKind =
+  | 'client-secret'
+  | 'client-certificate-key'
+  | 'app-password'
+  | 'identity-header'
+  | 'key-vault-secret'
+  | 'access-token'
+  | 'federation-assertion'
+  | 'client-assertion';
+
+/** One secret value, named without repeating it: `label` says which one (a Key Vault name, a token's audience). */
+export interface SandboxSecret {
+  kind: SandboxSecretKind;
+  label: string;
+  value: string;
+}
+
+/** A token the sandbox issued: an access token (Entra or the managed identity endpoint) or a federation assertion. */
+export interface SandboxIssuedToken {
+  kind: 'access-token' | 'federation-assertion';
+  /** Its `aud`: `https://outlook.office365.com`, `https://vault.azure.net`, `https://storage.azure.com`, `api://AzureADTokenExchange`. */
+  audience: string;
+  token: string;
+  issuedAt: Date;
+}
+
 export interface SandboxOptions {
   /** The mailbox the app sends as; default alerts@contoso.test. */
   sender?: string;
@@ -50,7 +77,15 @@ export interface Sandbox {
   clientCertificate: { keyPem: string; certPem: string; thumbprintSha256: string };
   /** App settings that point the app at this sandbox, for the given auth mode. */
   settings(mode?: SandboxAuthMode): Record<string, string>;
-  /** Every secret value the sandbox issued, for "never appears in output" checks. */
+  /**
+   * Every secret the app could hold, as of now: client secrets (expired ones too), the client certificate's private
+   * key, app passwords, IDENTITY_HEADER, every version of every Key Vault secret, every token issued so far and every
+   * client assertion presented to Entra. For the secret scans (test/secretScan.ts); the values stay in memory.
+   */
+  secrets(): SandboxSecret[];
+  /** Every token issued so far by Entra ID and the managed identity endpoint, oldest first. */
+  issuedTokens(): SandboxIssuedToken[];
+  /** The values of {@link Sandbox.secrets}, for "never appears in output" checks. */
   secretValues(): string[];
   close(): Promise<void>;
 }
@@ -131,13 +166,57 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
           IDENTITY_HEADER: identity.header,
         };
       },
-      secretValues() {
-        return [
-          ...tenant.app.secrets,
-          client.keyPem,
-          identity.header,
-          ...(mailbox?.appPassword ? [mailbox.appPassword] : []),
+      issuedTokens() {
+        const tokens: SandboxIssuedToken[] = [
+          ...issuer.issued.map((t) => ({
+            kind: 'access-token' as const,
+            audience: t.aud,
+            token: t.token,
+            issuedAt: t.issuedAt,
+          })),
+          ...federationIssuer.issued.map((t) => ({
+            kind: 'federation-assertion' as const,
+            audience: t.aud,
+            token: t.token,
+            issuedAt: t.issuedAt,
+          })),
         ];
+        return tokens.sort((a, b) => a.issuedAt.getTime() - b.issuedAt.getTime());
+      },
+      secrets() {
+        const secrets: SandboxSecret[] = [
+          ...[...tenant.app.secrets, ...entra.expiredSecrets].map((value, i) => ({
+            kind: 'client-secret' as const,
+            label: `client secret #${i + 1}`,
+            value,
+          })),
+          { kind: 'client-certificate-key', label: 'client certificate private key', value: client.keyPem },
+          ...[...tenant.exchange.mailboxes.values()].flatMap((m) =>
+            m.appPassword
+              ? [{ kind: 'app-password' as const, label: `app password of ${m.address}`, value: m.appPassword }]
+              : [],
+          ),
+          { kind: 'identity-header', label: 'IDENTITY_HEADER', value: identity.header },
+          ...keyVault.secretVersions().map((v) => ({
+            kind: 'key-vault-secret' as const,
+            label: `Key Vault ${v.name}/${v.version}`,
+            value: v.value,
+          })),
+          ...sandbox.issuedTokens().map((t, i) => ({
+            kind: t.kind,
+            label: `${t.kind} #${i + 1} for ${t.audience}`,
+            value: t.token,
+          })),
+          ...entra.clientAssertions.map((value, i) => ({
+            kind: 'client-assertion' as const,
+            label: `client assertion #${i + 1}`,
+            value,
+          })),
+        ];
+        return secrets;
+      },
+      secretValues() {
+        return [...new Set(sandbox.secrets().map((s) => s.value))];
       },
       async close() {
         await Promise.allSettled(started.reverse().map((s) => s.close()));

@@ -69,6 +69,11 @@ export interface KeyVaultServer {
   setSecret(name: string, value: string, contentType?: string): SecretVersionInfo;
   /** Removes every version of `name`; true if there was one. */
   deleteSecret(name: string): boolean;
+  /**
+   * Every value stored, each version of each secret (old ones after a rotation too), for the secret scans: the app
+   * may have read any of them. A deleted secret's versions are still listed (a value once read may still be logged).
+   */
+  secretVersions(): Array<{ name: string; version: string; value: string }>;
   close(): Promise<void>;
 }
 
@@ -118,6 +123,8 @@ export async function startKeyVault(options: KeyVaultOptions): Promise<KeyVaultS
   const { ca, tenant, issuer, entraUrl } = options;
   const certificate = ca.issueServer();
   const secrets = new Map<string, StoredVersion[]>();
+  /** Never pruned by deleteSecret: see KeyVaultServer.secretVersions. */
+  const everStored: Array<{ name: string; version: string; value: string }> = [];
   const reads: SecretAccessRecord[] = [];
   const faults: KeyVaultFault[] = [];
   const allowedPrincipals = new Set([tenant.identity.principalId, tenant.app.servicePrincipalObjectId]);
@@ -142,6 +149,7 @@ export async function startKeyVault(options: KeyVaultOptions): Promise<KeyVaultS
     const versions = secrets.get(name) ?? [];
     versions.push(version);
     secrets.set(name, versions);
+    everStored.push({ name, version: version.version, value });
     return version;
   }
 
@@ -354,6 +362,7 @@ export async function startKeyVault(options: KeyVaultOptions): Promise<KeyVaultS
       return { id: secretId(name, stored.version), version: stored.version };
     },
     deleteSecret: (name) => secrets.delete(name),
+    secretVersions: () => everStored.map((entry) => ({ ...entry })),
     close: () => closeServer(server),
   };
 }

@@ -160,6 +160,23 @@ export interface ExchangeSmtpSession {
   transcript: string[];
 }
 
+/**
+ * One thing a client sent, exactly as the server received it: nothing redacted. Test-only, for the secret scans (a
+ * token in MAIL FROM, a header or a line before STARTTLS must be caught, and the redacted transcript would hide it).
+ * Kept apart from the sessions so that nothing that shows sessions (an inbox page) can show these.
+ */
+export interface ExchangeSmtpReceived {
+  sessionId: string;
+  /** The session was under TLS (after STARTTLS) when this arrived. */
+  secure: boolean;
+  /**
+   * `auth`: an AUTH command (with its initial response) or a line answering the server within an AUTH exchange;
+   * `data`: the message content after DATA (dot-unstuffed, as smtp-server hands it over); `command`: any other line.
+   */
+  kind: 'command' | 'auth' | 'data';
+  text: string;
+}
+
 /** A message Exchange accepted (250 after DATA). */
 export interface ExchangeSmtpMessage {
   id: string;
@@ -318,6 +335,8 @@ export class ExchangeSmtpServer extends EventEmitter {
   readonly rejections: ExchangeSmtpRejection[] = [];
   readonly violations: ExchangeSmtpViolation[] = [];
   readonly authAttempts: ExchangeSmtpAuthAttempt[] = [];
+  /** Every line and message content clients sent, unredacted, oldest first; see {@link ExchangeSmtpReceived}. */
+  readonly received: ExchangeSmtpReceived[] = [];
   readonly hostname: string;
 
   private readonly tenant: SandboxTenant;
@@ -398,7 +417,14 @@ export class ExchangeSmtpServer extends EventEmitter {
 
   /** Empties every record and clears the faults; limits and open sessions stay. */
   reset(): void {
-    for (const list of [this.messages, this.sessions, this.rejections, this.violations, this.authAttempts]) {
+    for (const list of [
+      this.messages,
+      this.sessions,
+      this.rejections,
+      this.violations,
+      this.authAttempts,
+      this.received,
+    ]) {
       list.length = 0;
     }
     this.sendTimes.clear();
@@ -524,6 +550,12 @@ export class ExchangeSmtpServer extends EventEmitter {
       const line = command.toString();
       const verb = (line.split(' ')[0] ?? '').toUpperCase();
       const inAuthExchange = !!connection._nextHandler;
+      this.received.push({
+        sessionId: record.id,
+        secure: !!connection.secure,
+        kind: inAuthExchange || verb === 'AUTH' ? 'auth' : 'command',
+        text: line,
+      });
       const next = () => setImmediate(() => callback?.());
       if (!connection._ready || connection._upgrading) return onCommand(command, callback);
       this.transcript(record, `C: ${this.redactCommand(line, verb, inAuthExchange)}`);
@@ -772,8 +804,14 @@ export class ExchangeSmtpServer extends EventEmitter {
     }
     stream.on('data', (chunk: Buffer) => chunks.push(chunk));
     stream.on('end', () => {
-      if (dropped) return;
       const raw = Buffer.concat(chunks);
+      this.received.push({
+        sessionId: session.id,
+        secure: !!live?.connection.secure,
+        kind: 'data',
+        text: raw.toString(),
+      });
+      if (dropped) return;
       if (live) this.transcript(live.record, `C: <${raw.length} bytes of DATA>`);
       // Exchange counts a message when it has arrived, whatever the time spent checking it.
       const arrivedAt = this.clock.now();

@@ -17,9 +17,23 @@ export type TokenProblem = 'malformed' | 'signature' | 'expired' | 'audience' | 
 
 export type TokenCheck = { ok: true; claims: AccessTokenClaims } | { ok: false; problem: TokenProblem; detail: string };
 
+/** A token the issuer signed, kept so that tests can check it never leaks; see {@link TokenIssuer.issued}. */
+export interface IssuedToken {
+  token: string;
+  aud: string;
+  /** The `oid` it was issued to (the app's service principal or the managed identity). */
+  oid: string;
+  issuedAt: Date;
+}
+
 /** Holds one RS256 key pair; every sandbox service trusts tokens it signed. */
 export class TokenIssuer {
   readonly kid = randomUUID();
+  /**
+   * Every token this issuer signed, oldest first. Test-only knowledge: a real token service never keeps them, but the
+   * secret scans need each one as a needle (a leaked log line, status record or SMTP command would carry it).
+   */
+  readonly issued: IssuedToken[] = [];
   private readonly privateKey: KeyObject;
   private readonly publicKey: KeyObject;
   /** Tokens whose `jti` is listed here are refused as if the signature were bad (revocation). */
@@ -34,7 +48,7 @@ export class TokenIssuer {
   /** Signs `claims` for `lifetimeSeconds`, adding iss, iat, nbf, exp and jti. */
   async sign(claims: Omit<AccessTokenClaims, 'iss' | 'iat' | 'exp' | 'nbf'>, lifetimeSeconds: number): Promise<string> {
     const now = Math.floor(Date.now() / 1000);
-    return new SignJWT({ ...claims })
+    const token = await new SignJWT({ ...claims })
       .setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid: this.kid })
       .setIssuer(this.issuerUrl)
       .setIssuedAt(now)
@@ -42,6 +56,8 @@ export class TokenIssuer {
       .setExpirationTime(now + lifetimeSeconds)
       .setJti(randomUUID())
       .sign(this.privateKey);
+    this.issued.push({ token, aud: String(claims.aud), oid: String(claims.oid), issuedAt: new Date(now * 1000) });
+    return token;
   }
 
   /** Verifies signature, expiry, issuer and audience. */

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { appOnlyAccessTokenClaims, KEY_VAULT_RESOURCE, STORAGE_RESOURCE } from '../sandbox/entra';
 import { STORAGE_SETTING } from '../src/storage';
+import { secretScanner } from './secretScan';
 import { startSandbox, type Sandbox } from './support';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -51,6 +52,7 @@ interface WorkerRun {
   exitCode: number | null;
   signal: NodeJS.Signals | null;
   events: WorkerEvent[];
+  stdout: string;
   stderr: string;
   durationMs: number;
 }
@@ -96,7 +98,7 @@ function runWorker(storage: Record<string, string>, message: Record<string, unkn
         .split('\n')
         .filter((line) => line.startsWith('{'))
         .map((line) => JSON.parse(line) as WorkerEvent);
-      resolve({ exitCode, signal, events, stderr: err, durationMs: Date.now() - started });
+      resolve({ exitCode, signal, events, stdout: out, stderr: err, durationMs: Date.now() - started });
     });
   });
 }
@@ -181,6 +183,11 @@ describe('the outbox on identity-based AzureWebJobsStorage (managed identity, no
     const storageTokens = sandbox.identity.requests.filter((r) => r.resource === STORAGE_RESOURCE);
     expect(storageTokens.length).toBeGreaterThanOrEqual(1);
     for (const request of storageTokens) expect(request).toMatchObject({ identity: clientId, status: 200 });
+
+    // None of the Storage tokens the worker used (nor any other secret or token) is in what it wrote, at debug level.
+    expect(sandbox.issuedTokens().filter((t) => t.audience === STORAGE_RESOURCE).length).toBeGreaterThanOrEqual(1);
+    expect(run.stderr.length).toBeGreaterThan(0);
+    expect(secretScanner(sandbox.secrets()).findAll({ stdout: run.stdout, stderr: run.stderr })).toEqual([]);
   });
 
   it('a clientId the app does not have fails fast, naming the managed identity, and sends nothing', async () => {
@@ -202,5 +209,6 @@ describe('the outbox on identity-based AzureWebJobsStorage (managed identity, no
     expect(refused.length).toBeGreaterThanOrEqual(1);
     for (const request of refused) expect(request).toMatchObject({ resource: STORAGE_RESOURCE, status: 400 });
     expect(sandbox.smtp.messages.filter((m) => m.parsed.subject === subject)).toHaveLength(0);
+    expect(secretScanner(sandbox.secrets()).findAll({ stdout: run.stdout, stderr: run.stderr })).toEqual([]);
   });
 });

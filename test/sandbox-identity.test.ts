@@ -18,6 +18,7 @@ import {
 } from '../sandbox/managedIdentity';
 import { startKeyVault, type KeyVaultServer } from '../sandbox/keyVault';
 import { azureClientPolicies, httpsAgent, msalNetworkClient } from '../src/trust';
+import { secretScanner, type Leak } from './secretScan';
 
 const OUTLOOK_SCOPE = 'https://outlook.office365.com/.default';
 const VAULT_SCOPE = 'https://vault.azure.net/.default';
@@ -29,6 +30,7 @@ const SECRET_NAME = 'mail-client-secret';
 let ca: CertificateAuthority;
 let tenant: SandboxTenant;
 let issuer: TokenIssuer;
+let federationIssuer: TokenIssuer;
 let entra: EntraServer;
 let mi: ManagedIdentityEndpoint;
 let kv: KeyVaultServer;
@@ -39,7 +41,7 @@ beforeAll(async () => {
   ca = createCertificateAuthority();
   tenant = createTenant();
   issuer = new TokenIssuer(`https://sts.windows.net/${tenant.tenantId}/`);
-  const federationIssuer = createFederationIssuer(tenant);
+  federationIssuer = createFederationIssuer(tenant);
   appCert = ca.issueClient('m365-mailer app credential');
   tenant.app.certificates.set(certificateThumbprints(appCert.certPem).base64url, appCert.certPem);
   entra = await startEntra({ ca, tenant, issuer, federationIssuer });
@@ -72,6 +74,22 @@ beforeEach(() => {
   tenant.app.federatedSubjects.clear();
   tenant.app.federatedSubjects.add(tenant.identity.principalId);
 });
+
+/**
+ * `values` found in what a sandbox service recorded, in any encoding, and so is every token the issuers signed and
+ * every client assertion Entra was shown: the records must hold none of them.
+ */
+function recordedLeaks(records: unknown, values: Record<string, string>): Leak[] {
+  return secretScanner([
+    ...Object.entries(values).map(([label, value]) => ({ kind: 'secret', label, value })),
+    ...[...issuer.issued, ...federationIssuer.issued].map((t, i) => ({
+      kind: 'access-token',
+      label: `token #${i + 1} for ${t.aud}`,
+      value: t.token,
+    })),
+    ...entra.clientAssertions.map((value, i) => ({ kind: 'client-assertion', label: `assertion #${i + 1}`, value })),
+  ]).find(JSON.stringify(records), 'records');
+}
 
 function msalApp(
   auth: Omit<Configuration['auth'], 'clientId'>,
@@ -167,7 +185,7 @@ describe('sandbox Entra ID with MSAL Node', () => {
       scope: OUTLOOK_SCOPE,
       status: 200,
     });
-    expect(JSON.stringify(entra.requests)).not.toContain(secret);
+    expect(recordedLeaks(entra.requests, { 'client secret': secret })).toEqual([]);
   });
 
   it('accepts the tenant domain as authority and honours a runtime token lifetime', async () => {
@@ -255,7 +273,7 @@ describe('sandbox Entra ID with MSAL Node', () => {
     expect(entra.requests).toMatchObject([
       { grant: 'federated', credentialId: tenant.identity.principalId, status: 200 },
     ]);
-    expect(JSON.stringify(entra.requests)).not.toContain(assertion);
+    expect(recordedLeaks(entra.requests, { 'federated assertion': assertion })).toEqual([]);
   });
 
   it('refuses a federated assertion whose subject has no federated credential with AADSTS700213', async () => {
@@ -278,7 +296,7 @@ describe('sandbox Entra ID with MSAL Node', () => {
     expect(error.message).toContain(`for a secret added to app '${tenant.app.clientId}'`);
     expect(error.errorCode).toBe('invalid_client');
     expect(entra.requests).toMatchObject([{ grant: 'client_secret', status: 401, errorCode: 7000215 }]);
-    expect(JSON.stringify(entra.requests)).not.toContain(wrong);
+    expect(recordedLeaks(entra.requests, { 'wrong client secret': wrong })).toEqual([]);
   });
 
   it('answers an expired secret with AADSTS7000222 and an unknown app with AADSTS700016', async () => {
@@ -391,7 +409,7 @@ describe('sandbox managed identity endpoint', () => {
       message: 'Unable to load the proper Managed Identity.',
     });
     expect(mi.requests.map((r) => r.status)).toEqual([401, 400]);
-    expect(JSON.stringify(mi.requests)).not.toContain(mi.header);
+    expect(recordedLeaks(mi.requests, { IDENTITY_HEADER: mi.header })).toEqual([]);
   });
 });
 
@@ -411,7 +429,7 @@ describe('sandbox Key Vault with SecretClient', () => {
     expect(entra.requests).toMatchObject([{ scope: VAULT_SCOPE, grant: 'client_secret', status: 200 }]);
     // @azure/identity with disableInstanceDiscovery asks for the same single OIDC document as MSAL.
     expect(entra.discovery.map((d) => d.path)).toEqual([`/${tenant.tenantId}/v2.0/.well-known/openid-configuration`]);
-    expect(JSON.stringify(kv.reads)).not.toContain('the-smtp-client-secret');
+    expect(recordedLeaks(kv.reads, { 'the secret value': 'the-smtp-client-secret' })).toEqual([]);
   });
 
   it('sends the challenge exactly as the SDK parses it', async () => {

@@ -15,6 +15,7 @@ import {
   type ExchangeSmtpServer,
   SANDBOX_SMTP_HOSTNAME,
 } from '../sandbox/smtp';
+import { secretScanner, smtpWire, type Leak } from './secretScan';
 
 const TOKEN_LIFETIME_S = 3600;
 const RECIPIENT = 'bob@fabrikam.test';
@@ -137,6 +138,15 @@ function everythingRecorded(): string {
   });
 }
 
+/**
+ * `values` found in any encoding (the base64 an AUTH line carries them in, at whatever offset) in what the server
+ * recorded for display: the sessions' transcripts, auth attempts, rejections and violations.
+ */
+function recordedLeaks(values: Record<string, string>): Leak[] {
+  const scan = secretScanner(Object.entries(values).map(([label, value]) => ({ kind: 'secret', label, value })));
+  return scan.find(everythingRecorded(), 'server records');
+}
+
 /** A line-oriented SMTP client over a raw socket, for replies nodemailer would not let us see. */
 class RawSmtp {
   private buffer = '';
@@ -236,8 +246,16 @@ describe('submission over STARTTLS with XOAUTH2', () => {
     expect(tlsEhlo).toContain('SIZE 36700160');
     expect(tlsEhlo).not.toContain('STARTTLS');
 
-    expect(everythingRecorded()).not.toContain(token);
+    expect(recordedLeaks({ token })).toEqual([]);
     expect(everythingRecorded()).not.toContain(token.slice(0, 40));
+    // The raw record does hold it, in the AUTH command after STARTTLS: the check above had something to miss.
+    const wire = smtpWire(server);
+    expect(
+      secretScanner([{ kind: 'access-token', label: 'token', value: token }]).findAll({ auth: wire.auth }),
+    ).toHaveLength(1);
+    expect(
+      secretScanner([{ kind: 'access-token', label: 'token', value: token }]).findAll({ elsewhere: wire.elsewhere }),
+    ).toEqual([]);
     expect(server.authAttempts).toEqual([
       expect.objectContaining({ ok: true, outcome: 'ok', method: 'XOAUTH2', appId: tenant.app.clientId }),
     ]);
@@ -307,7 +325,7 @@ describe('535 authentication failures (answered directly, no 334 challenge)', ()
     expect(transcript.some((l) => l.startsWith('S: 334'))).toBe(false);
     expect(server.rejections[0]).toMatchObject({ code: 535, enhanced: '5.7.3', command: 'AUTH' });
     expect(server.messages).toEqual([]);
-    expect(everythingRecorded()).not.toContain(token);
+    expect(recordedLeaks({ token })).toEqual([]);
   });
 
   it('tenant-wide SMTP AUTH disabled → 535 5.7.139 ... for the Tenant', async () => {
@@ -369,9 +387,19 @@ describe('no authentication', () => {
     expect(session.authBeforeTls).toBe(true);
     expect(session.transcript).toContain('C: AUTH XOAUTH2 [redacted]');
     expect(session.transcript).toContain('C: [redacted]');
-    const recorded = everythingRecorded();
-    expect(recorded).not.toContain('not-a-real-token-123');
-    expect(recorded).not.toContain(Buffer.from('hunter2-password').toString('base64'));
+    const values = { token: 'not-a-real-token-123', password: 'hunter2-password' };
+    expect(recordedLeaks(values)).toEqual([]);
+    // Sent in clear before STARTTLS: the raw record keeps both outside any AUTH exchange, where scans flag them.
+    const leaks = secretScanner(Object.entries(values).map(([label, value]) => ({ kind: 'secret', label, value })));
+    expect(
+      leaks
+        .findAll({ elsewhere: smtpWire(server).elsewhere })
+        .map((l) => [l.label, l.form])
+        .sort(),
+    ).toEqual([
+      ['password', 'base64@0'],
+      ['token', `base64@${(18 + mailbox.address.length) % 3}`],
+    ]);
   });
 });
 
@@ -580,9 +608,7 @@ describe('basic authentication (legacy app password)', () => {
   it('AUTH LOGIN with the app password works and the password never shows', async () => {
     await basicTransport(mailbox.appPassword!).sendMail(mail());
     expect(server.messages[0]!.authMethod).toBe('LOGIN');
-    const recorded = everythingRecorded();
-    expect(recorded).not.toContain(mailbox.appPassword!);
-    expect(recorded).not.toContain(Buffer.from(mailbox.appPassword!).toString('base64'));
+    expect(recordedLeaks({ 'app password': mailbox.appPassword! })).toEqual([]);
   });
 
   it('a wrong password → 535 5.7.3', async () => {

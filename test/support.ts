@@ -1,4 +1,4 @@
-/** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning. */
+/** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning (test/secretScan.ts). */
 import type { TableClient } from '@azure/data-tables';
 import { loadConfig, type Config } from '../src/config';
 import { createLogger } from '../src/logger';
@@ -58,13 +58,6 @@ export function message(mailer: Mailer, input: Partial<MessageInput> = {}): Mail
 }
 
 export { startSandbox, type Sandbox, type SandboxOptions };
-
-/** Lists which of `needles` (and their base64 forms) occur in `haystack`. */
-export function leakedSecrets(haystack: string, needles: string[]): string[] {
-  return needles.filter(
-    (n) => n.length >= 8 && (haystack.includes(n) || haystack.includes(Buffer.from(n).toString('base64'))),
-  );
-}
 
 /**
  * Forgets the shared pacing state of every mailbox (send slots, the daily window, a quota block): each test starts

@@ -15,6 +15,7 @@ import {
   type Telemetry,
   type TelemetryOptions,
 } from '../src/telemetry';
+import { secretScanner } from './secretScan';
 
 /** Every outbound socket this test process opens, so that "no host but the ingestion endpoint" is checked, not assumed. */
 const connections: string[] = [];
@@ -164,17 +165,17 @@ describe('custom events and the duration metric reach the ingestion endpoint', (
 
     const wire = capture.rawBodies.join('\n');
     expect(wire).toContain('leak-check');
-    for (const value of [
-      secrets.to,
-      secrets.subject,
-      secrets.text,
-      secrets.token,
-      secrets.password,
-      'Bearer abc',
-      'someone@example.org',
-    ]) {
-      expect(wire).not.toContain(value);
-    }
+    // Each value in every encoding (JSON-escaped, base64 at any offset, URL-encoded), not only as written.
+    const scan = secretScanner([
+      { kind: 'address', label: 'to', value: secrets.to },
+      { kind: 'subject', label: 'subject', value: secrets.subject },
+      { kind: 'body', label: 'text', value: secrets.text },
+      { kind: 'access-token', label: 'token', value: secrets.token },
+      { kind: 'app-password', label: 'password', value: secrets.password },
+      { kind: 'bearer', label: 'Authorization header', value: 'Bearer abc' },
+      { kind: 'address', label: 'id misused for an address', value: 'someone@example.org' },
+    ]);
+    expect(scan.findAll({ telemetry: capture.rawBodies })).toEqual([]);
     expect(wire).not.toMatch(/"(to|subject|text|token|password|headers)"/);
     expect(capture.events('MailSent')[0]?.properties).toEqual({ id: 'leak-check', source: 'http' });
     expect(capture.events('MailFailed')[0]?.properties).toEqual({
