@@ -118,6 +118,8 @@ export class MailSender {
       now?: () => number;
       /** The mailbox's shared connection cap. Without it the process alone keeps to MAIL_MAX_CONNECTIONS. */
       slots?: ConnectionSlots;
+      /** How long the first capped connection is kept idle; default {@link IDLE_CLOSE_MS}. */
+      idleCloseMs?: number;
     } = {},
   ) {
     this.logger = options.logger ?? silentLogger;
@@ -287,7 +289,8 @@ export class MailSender {
   private idle(lane: Lane): void {
     if (!this.lanes.includes(lane)) return;
     clearTimeout(lane.idleTimer);
-    lane.idleTimer = setTimeout(() => void this.closeLane(lane), lane.primary ? IDLE_CLOSE_MS : 0);
+    const keepMs = lane.primary ? (this.options.idleCloseMs ?? IDLE_CLOSE_MS) : 0;
+    lane.idleTimer = setTimeout(() => void this.closeLane(lane), keepMs);
     lane.idleTimer.unref();
   }
 
