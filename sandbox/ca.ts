@@ -14,8 +14,11 @@ export interface CertificateAuthority {
   certPem: string;
   /** Issues a server certificate for the given DNS names and IP addresses. */
   issueServer(names?: string[], options?: { notBefore?: Date; notAfter?: Date }): IssuedCertificate;
-  /** Issues a certificate with no CA chain requirements (used as an app registration credential). */
-  issueClient(commonName: string): IssuedCertificate;
+  /**
+   * Issues a certificate with no CA chain requirements (used as an app registration credential); `notAfter` in the
+   * past gives an expired one.
+   */
+  issueClient(commonName: string, options?: { notBefore?: Date; notAfter?: Date }): IssuedCertificate;
 }
 
 const ONE_DAY_MS = 24 * 60 * 60 * 1000;
@@ -95,11 +98,16 @@ export function createCertificateAuthority(name = 'm365-mailer sandbox CA'): Cer
         options.notAfter,
       );
     },
-    issueClient(commonName) {
-      return issue(commonName, [
-        { name: 'keyUsage', digitalSignature: true },
-        { name: 'extKeyUsage', clientAuth: true },
-      ]);
+    issueClient(commonName, options = {}) {
+      return issue(
+        commonName,
+        [
+          { name: 'keyUsage', digitalSignature: true },
+          { name: 'extKeyUsage', clientAuth: true },
+        ],
+        options.notBefore,
+        options.notAfter,
+      );
     },
   };
 }

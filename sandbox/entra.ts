@@ -337,6 +337,13 @@ function findCertificate(
   return undefined;
 }
 
+/** A key credential's date as Entra writes it in AADSTS700027: `MM/DD/YYYY HH:MM:SS` (UTC). */
+function keyDate(value: string): string {
+  const d = new Date(value);
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `${two(d.getUTCMonth() + 1)}/${two(d.getUTCDate())}/${d.getUTCFullYear()} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())}`;
+}
+
 function thumbprintHex(header: Record<string, unknown>): string {
   const value = header['x5t#S256'] ?? header['x5t'];
   return typeof value === 'string' ? Buffer.from(value, 'base64url').toString('hex').toUpperCase() : '';
@@ -453,6 +460,14 @@ export async function startEntra(options: EntraOptions): Promise<EntraServer> {
       throw new AadstsError(
         700027,
         `The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '${thumbprintHex(header)}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '${clientId}'.]`,
+      );
+    }
+    // A key credential ends when its certificate does (Entra takes the dates from the certificate at upload).
+    const registered = new X509Certificate(found.certPem);
+    if (Date.parse(registered.validTo) < Date.now()) {
+      throw new AadstsError(
+        700027,
+        `Client assertion contains an invalid signature. [Reason - The key used is expired., Thumbprint of key used by client: '${thumbprintHex(header)}', Found key 'Start=${keyDate(registered.validFrom)}, End=${keyDate(registered.validTo)}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '${clientId}'.]`,
       );
     }
     try {

@@ -122,6 +122,13 @@ export function classifySmtpError(value: unknown): MailError {
   return new MailError('UNKNOWN', `SMTP send failed: ${error.message}`, { cause: error });
 }
 
+/**
+ * AADSTS700027 for a certificate past its end date. Uploading the certificate (the code's usual fix) does not help:
+ * it takes a new one.
+ */
+export const CERTIFICATE_EXPIRED_HINT =
+  "Entra ID refused the certificate because it has expired (AADSTS700027, 'The key used is expired'; the dates are in the message). Put a new certificate in Key Vault (a new version of the secret MAIL_CLIENT_CERT_NAME, or let the Key Vault certificate's policy renew it) and upload it to the app registration (Certificates & secrets). The app reads Key Vault again when Entra ID refuses its certificate, so no restart is needed.";
+
 interface MsalLikeError extends Error {
   errorCode?: string;
   errorMessage?: string;
@@ -148,6 +155,9 @@ export function classifyTokenError(value: unknown): MailError {
     '700213': 'TOKEN_FEDERATION',
     '70021': 'TOKEN_FEDERATION',
   };
+  if (aadsts === '700027' && /key used is expired/i.test(text)) {
+    return new MailError('TOKEN_CERTIFICATE', message, { cause: error, hint: CERTIFICATE_EXPIRED_HINT });
+  }
   if (aadsts && byAadsts[aadsts]) return new MailError(byAadsts[aadsts], message, { cause: error });
   if (/invalid_scope/.test(text)) return new MailError('TOKEN_INVALID_SCOPE', message, { cause: error });
   if (

@@ -4,7 +4,7 @@
  * expire on their own, so a crashed instance gives its slots back within LEASE_SECONDS.
  */
 import { createHash } from 'node:crypto';
-import type { BlobLeaseClient, ContainerClient } from '@azure/storage-blob';
+import type { BlobClient, BlobLeaseClient, ContainerClient } from '@azure/storage-blob';
 import { silentLogger, type Logger } from './logger';
 import { storageStatusCode } from './storage';
 
@@ -25,17 +25,28 @@ export interface ConnectionSlot {
 export class ConnectionSlots {
   private readonly prefix: string;
   private readonly logger: Logger;
+  private readonly renewEveryMs: number;
   private ready?: Promise<void>;
 
   constructor(
     private readonly container: ContainerClient,
     mailbox: string,
     private readonly max: number,
-    options: { logger?: Logger } = {},
+    options: {
+      logger?: Logger;
+      /** How often a held lease is renewed; default {@link RENEW_EVERY_MS}. Tests pass a shorter one. */
+      renewEveryMs?: number;
+    } = {},
   ) {
     // Blob names keep the mailbox out of storage logs' plain text.
     this.prefix = `connections/${createHash('sha256').update(mailbox.toLowerCase()).digest('hex').slice(0, 32)}`;
     this.logger = options.logger ?? silentLogger;
+    this.renewEveryMs = options.renewEveryMs ?? RENEW_EVERY_MS;
+  }
+
+  /** The blob whose lease is connection slot `index` (for tests and diagnostics). */
+  slotBlob(index: number): BlobClient {
+    return this.container.getBlobClient(this.blobName(index));
   }
 
   /**
@@ -83,7 +94,7 @@ export class ConnectionSlots {
         });
         onLost();
       });
-    }, RENEW_EVERY_MS);
+    }, this.renewEveryMs);
     timer.unref();
     return {
       index,

@@ -25,6 +25,10 @@ const LOGIN_HANDLER = 'M365-LOGIN';
 export const BASIC_AUTH_DEPRECATION =
   'MAIL_AUTH_MODE=basic is deprecated: Microsoft turns Basic SMTP AUTH off by default at the end of December 2026. Move to client-secret, client-certificate or federated-identity.';
 
+/** AUTH_FAILED in basic mode is about the password, not a token: the fix differs from the code's usual one. */
+export const BASIC_PASSWORD_REFUSED_HINT =
+  "Exchange refused the mailbox's password (535 5.7.3), also after reading it again from Key Vault: put the mailbox's current password (an app password if the account uses MFA) in the Key Vault secret MAIL_PASSWORD_SECRET_NAME. Better, switch MAIL_AUTH_MODE to client-secret, client-certificate or federated-identity: Basic SMTP AUTH is off by default from the end of December 2026.";
+
 export type MailSource = 'http' | 'notification' | 'digest' | 'cli';
 
 /** Who is sending and why, for telemetry and logs. No addresses. */
@@ -141,6 +145,8 @@ export class MailSender {
       now?: () => number;
       /** The mailbox's shared connection cap. Without it the process alone keeps to MAIL_MAX_CONNECTIONS. */
       slots?: ConnectionSlots;
+      /** How long the first capped connection is kept idle; default {@link IDLE_CLOSE_MS}. */
+      idleCloseMs?: number;
     } = {},
   ) {
     this.logger = options.logger ?? silentLogger;
@@ -279,7 +285,14 @@ export class MailSender {
       } catch (second) {
         if (second instanceof MailError) throw second;
         const credentialError = (ensureError(second) as AuthFailureMarker).credentialError;
-        throw credentialError ?? classifySmtpError(second);
+        if (credentialError) throw credentialError;
+        const refused = classifySmtpError(second);
+        if (refused.code !== 'AUTH_FAILED' || this.auth.mode !== 'basic') throw refused;
+        throw new MailError('AUTH_FAILED', refused.message, {
+          cause: second,
+          ...(refused.smtp ? { smtp: refused.smtp } : {}),
+          hint: BASIC_PASSWORD_REFUSED_HINT,
+        });
       }
     }
   }
@@ -317,7 +330,8 @@ export class MailSender {
   private idle(lane: Lane): void {
     if (!this.lanes.includes(lane)) return;
     clearTimeout(lane.idleTimer);
-    lane.idleTimer = setTimeout(() => void this.closeLane(lane), lane.primary ? IDLE_CLOSE_MS : 0);
+    const keepMs = lane.primary ? (this.options.idleCloseMs ?? IDLE_CLOSE_MS) : 0;
+    lane.idleTimer = setTimeout(() => void this.closeLane(lane), keepMs);
     lane.idleTimer.unref();
   }
 

@@ -102,6 +102,18 @@ export function parseCertificateSecret(
   return { privateKey, certificate, thumbprintSha256 };
 }
 
+/**
+ * The HTTP status the managed identity endpoint answered, when it answered: @azure/identity wraps MSAL's error,
+ * which carries it as `status`.
+ */
+function answeredStatus(error: unknown, depth = 0): number | undefined {
+  if (!error || typeof error !== 'object' || depth > 5) return undefined;
+  const { status, statusCode, cause } = error as { status?: unknown; statusCode?: unknown; cause?: unknown };
+  if (typeof status === 'number') return status;
+  if (typeof statusCode === 'number') return statusCode;
+  return answeredStatus(cause, depth + 1);
+}
+
 /** MSAL client credentials for the three OAuth modes; one ConfidentialClientApplication per process and config. */
 class MsalAuthSource implements SmtpAuthSource {
   readonly mode: OAuthConfig['mode'];
@@ -142,8 +154,12 @@ class MsalAuthSource implements SmtpAuthSource {
       return await this.acquire(skipCache);
     } catch (error) {
       const classified = classifyTokenError(error);
-      // A rotated client secret: read Key Vault again once, rebuild the client, retry.
-      if (classified.code === 'TOKEN_INVALID_CLIENT_SECRET' && this.auth.mode === 'client-secret') {
+      // A rotated client secret or a renewed certificate: read Key Vault again once, rebuild the client, retry.
+      // Without this the process would keep the credential it read first for as long as it lives.
+      const rotated =
+        (classified.code === 'TOKEN_INVALID_CLIENT_SECRET' && this.auth.mode === 'client-secret') ||
+        (classified.code === 'TOKEN_CERTIFICATE' && this.auth.mode === 'client-certificate');
+      if (rotated) {
         this.app = undefined;
         try {
           return await this.acquire(true, true);
@@ -257,17 +273,20 @@ class MsalAuthSource implements SmtpAuthSource {
             return token.token;
           } catch (error) {
             const unreachable = isUnreachableError(error);
+            const status = answeredStatus(error);
+            // The endpoint down (no answer, 5xx, 429) passes; any other answer (400: no such identity) is setup.
+            const down = unreachable || (status !== undefined && (status >= 500 || status === 429));
             throw new MailError(
               'TOKEN_FEDERATION',
               unreachable
                 ? `The managed identity endpoint did not give a token for ${TOKEN_EXCHANGE_SCOPE} in time (bound ${timeoutMs} ms) or could not be reached`
-                : `The managed identity could not get a token for ${TOKEN_EXCHANGE_SCOPE}: ${(error as Error).message.split('\n')[0]}`,
+                : `The managed identity could not get a token for ${TOKEN_EXCHANGE_SCOPE}${status ? ` (the endpoint answered ${status})` : ''}: ${(error as Error).message.split('\n')[0]}`,
               {
                 cause: error,
-                transient: true,
-                hint: unreachable
-                  ? "The Function App's managed identity endpoint (IDENTITY_ENDPOINT) did not answer; the message is retried. If it persists, restart the Function App or check the platform's status."
-                  : 'Assign a managed identity to the Function App (AZURE_CLIENT_ID for user-assigned) and add it as a federated credential of the app registration.',
+                transient: down,
+                hint: down
+                  ? "The Function App's managed identity endpoint (IDENTITY_ENDPOINT) failed or did not answer; the message is retried. If it persists, restart the Function App or check the platform's status."
+                  : 'The managed identity endpoint refused: assign a user-assigned managed identity to the Function App and set AZURE_CLIENT_ID to its client id, and add it as a federated credential of the app registration.',
               },
             );
           }

@@ -4,7 +4,13 @@ import { describe, expect, it } from 'vitest';
 import { AggregateAuthenticationError, CredentialUnavailableError } from '@azure/identity';
 import { AuthError } from '@azure/msal-node';
 import { ERROR_CODES } from '../src/errors';
-import { classifyKeyVaultError, classifySmtpError, classifyTokenError, parseSmtpReply } from '../src/classify';
+import {
+  CERTIFICATE_EXPIRED_HINT,
+  classifyKeyVaultError,
+  classifySmtpError,
+  classifyTokenError,
+  parseSmtpReply,
+} from '../src/classify';
 
 /** Builds an error the way nodemailer reports a server reply. */
 function smtpError(response: string, command = 'DATA') {
@@ -129,6 +135,16 @@ describe('classifyTokenError', () => {
       Object.assign(new Error(text), { errorCode: 'invalid_client', errorMessage: text }),
     );
     expect(error).toMatchObject({ code, transient });
+  });
+
+  it('an expired certificate (AADSTS700027 "The key used is expired") gets the renewal fix, not "upload it"', () => {
+    const text =
+      "AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired., Thumbprint of key used by client: 'AB12', Found key 'Start=01/28/2025 16:00:00, End=01/28/2026 16:00:00']";
+    const error = classifyTokenError(
+      Object.assign(new Error(text), { errorCode: 'invalid_client', errorMessage: text }),
+    );
+    expect(error).toMatchObject({ code: 'TOKEN_CERTIFICATE', transient: false, hint: CERTIFICATE_EXPIRED_HINT });
+    expect(error.hint).not.toBe(ERROR_CODES.TOKEN_CERTIFICATE.hint);
   });
 
   it('treats token endpoint 5xx as transient', () => {

@@ -239,6 +239,30 @@ describe('sandbox Entra ID with MSAL Node', () => {
     expect(error.message).toContain('AADSTS700027: Client assertion failed signature validation.');
   });
 
+  it('refuses a registered certificate past its end date with AADSTS700027 "The key used is expired", naming its dates', async () => {
+    const day = 24 * 60 * 60 * 1000;
+    const expired = ca.issueClient('expired credential', {
+      notBefore: new Date(Date.now() - 30 * day),
+      notAfter: new Date(Date.now() - day),
+    });
+    const { hex, base64url } = certificateThumbprints(expired.certPem);
+    tenant.app.certificates.set(base64url, expired.certPem);
+    try {
+      const app = msalApp({ clientCertificate: { thumbprintSha256: hex, privateKey: expired.keyPem } });
+      const error = await rejection(app.acquireTokenByClientCredential({ scopes: [OUTLOOK_SCOPE] }));
+      expect(error.message).toContain(
+        'AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired.',
+      );
+      expect(error.message).toContain(`Thumbprint of key used by client: '${hex}'`);
+      expect(error.message).toMatch(
+        /Found key 'Start=\d\d\/\d\d\/\d{4} \d\d:\d\d:\d\d, End=\d\d\/\d\d\/\d{4} \d\d:\d\d:\d\d'/,
+      );
+      expect(entra.requests).toMatchObject([{ grant: 'client_certificate', status: 401, errorCode: 700027 }]);
+    } finally {
+      tenant.app.certificates.delete(base64url);
+    }
+  });
+
   it('issues a token for a federated managed identity assertion (no secret at all)', async () => {
     const identity = new ManagedIdentityCredential({ clientId: tenant.identity.clientId });
     let assertion = '';
