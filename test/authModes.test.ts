@@ -9,7 +9,8 @@ import { CERTIFICATE_EXPIRED_HINT } from '../src/classify';
 import { MailError } from '../src/errors';
 import { BASIC_PASSWORD_REFUSED_HINT } from '../src/sender';
 import { certificateThumbprints } from '../sandbox/tenant';
-import { leakedSecrets, message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
+import { secretScanner } from './secretScan';
+import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
 let sandbox: Sandbox;
 let sender: string;
@@ -150,7 +151,12 @@ describe('basic (app password)', () => {
     ]);
     expect(vaultReads('mail-password') - readsBefore).toBe(1);
     expect(sandbox.smtp.messages.map((x) => x.parsed.subject)).toEqual(['before rotation', 'after rotation']);
-    expect(leakedSecrets(m.logs.join('\n'), [originalPassword, rotated])).toEqual([]);
+    const scan = secretScanner([
+      ...sandbox.secrets(),
+      { kind: 'app-password', label: 'the password before the rotation', value: originalPassword },
+      { kind: 'app-password', label: 'the rotated password', value: rotated },
+    ]);
+    expect(scan.find(m.logs.join('\n'), 'logs')).toEqual([]);
   });
 
   it('a password Exchange still refuses after the re-read → AUTH_FAILED, not transient, with the Key Vault fix', async () => {
