@@ -35,7 +35,7 @@ const DEFAULT_MAX_RECIPIENTS = 500;
 const CLOSE_TIMEOUT_MS = 1_000;
 const DEFAULT_WAIT_TIMEOUT_MS = 5_000;
 
-/** Exchange's reply texts. Functions take what the real text embeds. */
+/** Exchange's reply texts (docs/exchange-online.md). Functions take what the real text embeds. */
 export const EXCHANGE_REPLIES = {
   authRequired: (diag: string) => `5.7.57 Client not authenticated to send mail. ${diag}`,
   authUnsuccessful: (diag: string) => `5.7.3 Authentication unsuccessful ${diag}`,

@@ -1,4 +1,4 @@
-/** Classifies failures from nodemailer, MSAL and the Azure SDK into MailError codes, using Exchange Online's reply texts. */
+/** Classifies failures from nodemailer, MSAL and the Azure SDK into MailError codes, using Exchange Online's reply texts (docs/exchange-online.md). */
 import { MailError, ensureError, type MailErrorCode, type SmtpReply } from './errors';
 import { isTimeoutError, isUnreachableError } from './timeouts';
 
