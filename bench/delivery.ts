@@ -2,11 +2,11 @@
 import { ConfidentialClientApplication } from '@azure/msal-node';
 import nodemailer from 'nodemailer';
 import { loadConfig } from '../src/config';
-import { createMailer } from '../src/mailer';
+import { createMailer } from '../src/sender/senderServices';
 import { parseMessage } from '../src/message';
 import { Redactor } from '../src/redact';
 import { noopTelemetry } from '../src/telemetry';
-import { msalNetworkClient, trustedCas } from '../src/trust';
+import { msalNetworkClient, trustedCas } from '../src/sender/tlsTrust';
 import { applySandboxEnv } from '../test/support';
 import type { Sandbox } from '../sandbox';
 

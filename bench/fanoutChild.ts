@@ -1,7 +1,7 @@
 /** One fan-out run in a fresh process (so that its peak RSS is the fan-out's own): submit a batch, play the queue host, report. */
 import { performance } from 'node:perf_hooks';
 import { createLogger } from '../src/logger';
-import { createRuntime } from '../src/runtime';
+import { createRuntime } from '../src/appServices';
 
 /** How often the resident set size is sampled. */
 const RSS_SAMPLE_MS = 50;

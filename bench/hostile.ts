@@ -10,10 +10,10 @@ import { startDevHost } from '../dev/host';
 import { loadConfig } from '../src/config';
 import { MailError } from '../src/errors';
 import { MAX_BODY_JSON_VALUES, parseBoundedJson } from '../src/inputBounds';
-import { Outbox, payloadHash, type OutboxDeps } from '../src/outbox';
-import { parseSendRequest } from '../src/sendRequest';
-import { templateBundle } from '../src/templateBundle';
-import { TemplateRenderer } from '../src/templates';
+import { Outbox, payloadHash, type OutboxDeps } from '../src/outbox/outbox';
+import { parseSendRequest } from '../src/outbox/sendRequest';
+import { templateBundle } from '../src/templates/templateBundle';
+import { TemplateRenderer } from '../src/templates/templateRenderer';
 
 const ROOT = path.resolve(__dirname, '..');
 /** No hostile request may cost more than this many times a normal one of its size. */

@@ -2,7 +2,7 @@
 import type { HttpHandler, HttpRequest, HttpResponseInit } from '@azure/functions';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { runApi, type ApiHandler } from '../src/api/runApi';
-import { getRuntime, type Runtime } from '../src/runtime';
+import { getRuntime, type Runtime } from '../src/appServices';
 
 /** The HttpRequest as the handlers see it (its headers, query, params and body stream fit as they are). */
 export function toApiRequest(request: HttpRequest): ApiRequest {

@@ -1,6 +1,6 @@
 /** The Functions entry (package.json main, bundled by scripts/build.mjs): importing each file registers its function. */
 import { app } from '@azure/functions';
-import { closeRuntime } from '../src/runtime';
+import { closeRuntime } from '../src/appServices';
 import './messagesPost';
 import './messagesGet';
 import './templatesPreview';

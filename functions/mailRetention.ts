@@ -1,6 +1,6 @@
 /** Timer: every hour, deletes status records, idempotency keys, payloads and batches past MAIL_RETENTION_DAYS, in bounded pages. */
 import { app, type InvocationContext, type Timer } from '@azure/functions';
-import { getRuntime } from '../src/runtime';
+import { getRuntime } from '../src/appServices';
 
 /** NCRONTAB (6 fields): minute 17 of every hour, away from the top of the hour when scheduled work piles up. */
 export const RETENTION_SCHEDULE = '0 17 * * * *';

@@ -1,7 +1,7 @@
 /** Queue mail-notifications-poison: the host gave up on a batch message; the batch becomes `failed` with reason "poison: …". */
 import { app, type InvocationContext } from '@azure/functions';
-import { getRuntime } from '../src/runtime';
-import { NOTIFICATIONS_POISON_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { getRuntime } from '../src/appServices';
+import { NOTIFICATIONS_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
 export async function notificationsPoison(message: unknown, context: InvocationContext): Promise<void> {

@@ -1,9 +1,9 @@
 /** Queue mail-outbox: delivers one outbox message; a storage failure throws, so the host retries and finally poisons it. */
 import { app, type InvocationContext } from '@azure/functions';
-import { deliver } from '../src/deliver';
-import { parseOutboxMessage } from '../src/outboxQueue';
-import { OUTBOX_MAX_DEQUEUE_COUNT, getRuntime } from '../src/runtime';
-import { OUTBOX_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { deliver } from '../src/outbox/delivery';
+import { parseOutboxMessage } from '../src/outbox/outboxQueue';
+import { OUTBOX_MAX_DEQUEUE_COUNT, getRuntime } from '../src/appServices';
+import { OUTBOX_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
 export async function outboxDeliver(message: unknown, context: InvocationContext): Promise<void> {

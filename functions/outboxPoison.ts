@@ -1,9 +1,9 @@
 /** Queue mail-outbox-poison: the host gave up on an outbox message; its status becomes `failed` with reason "poison: …". */
 import { app, type InvocationContext } from '@azure/functions';
-import { markPoisoned } from '../src/deliver';
-import { parseOutboxMessage } from '../src/outboxQueue';
-import { getRuntime } from '../src/runtime';
-import { OUTBOX_POISON_QUEUE, STORAGE_SETTING } from '../src/storage';
+import { markPoisoned } from '../src/outbox/delivery';
+import { parseOutboxMessage } from '../src/outbox/outboxQueue';
+import { getRuntime } from '../src/appServices';
+import { OUTBOX_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
 export async function outboxPoison(message: unknown, context: InvocationContext): Promise<void> {

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import path from 'node:path';
 import { tsImport } from 'tsx/esm/api';
 
-// templates/ is embedded into the bundle (src/templateBundle.ts is swapped for the JSON), so nothing reads it at run time.
+// templates/ is embedded into the bundle (src/templates/templateBundle.ts is swapped for the JSON), so nothing reads it at run time.
 const { templatesPlugin } = await tsImport('./templatesPlugin.ts', import.meta.url);
 
 const common = {

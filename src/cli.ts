@@ -4,9 +4,9 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { exportSettings, loadConfig, readSettings } from './config';
 import { MailError, ensureError, type ClassifiedError } from './errors';
-import { BASIC_AUTH_DEPRECATION } from './sender';
+import { BASIC_AUTH_DEPRECATION } from './sender/mailSender';
 import { createLogger } from './logger';
-import { createMailer } from './mailer';
+import { createMailer } from './sender/senderServices';
 import { MAX_ATTACHMENTS, parseMessage, type MailMessage } from './message';
 import { Redactor, registerSecretSettings } from './redact';
 

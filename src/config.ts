@@ -148,7 +148,7 @@ const rawSchema = z.object({
   AZURE_CLIENT_ID: optionalString,
 });
 
-/** Every setting loadConfig reads (AzureWebJobsStorage's identity-based forms are read by src/storage.ts). */
+/** Every setting loadConfig reads (AzureWebJobsStorage's identity-based forms are read by src/storage/storageClients.ts). */
 export const SETTING_NAMES = Object.keys(rawSchema.shape) as ReadonlyArray<keyof typeof rawSchema.shape>;
 
 /** OAuth settings shared by the three OAuth modes. */

@@ -368,7 +368,7 @@ function buildPipeline(
     connectionString: options.connectionString,
     disableOfflineStorage: !options.storageDirectory,
     ...(options.storageDirectory ? { storageDirectory: options.storageDirectory } : {}),
-    // The pipeline's own tlsPolicy: Node's roots plus the extra CA, verification on (as src/trust.ts trustedCas).
+    // The pipeline's own tlsPolicy: Node's roots plus the extra CA, verification on (as src/sender/tlsTrust.ts trustedCas).
     ...(options.extraCaPem ? { tlsOptions: { ca: [...tls.rootCertificates, options.extraCaPem].join('\n') } } : {}),
     ...(options.retry ? { retryOptions: options.retry } : {}),
     additionalPolicies: [

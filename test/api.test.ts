@@ -10,7 +10,7 @@ import { maxBodyBytes } from '../src/api/readJsonBody';
 import { runApi, type ApiHandler } from '../src/api/runApi';
 import { previewTemplate } from '../src/api/templatePreview';
 import { ConfigError } from '../src/config';
-import { createRuntime, type Runtime } from '../src/runtime';
+import { createRuntime, type Runtime } from '../src/appServices';
 import {
   bodyBytes,
   headersOf,

@@ -5,9 +5,9 @@
  * is retried, and the fix its hint names.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { CERTIFICATE_EXPIRED_HINT } from '../src/classify';
+import { CERTIFICATE_EXPIRED_HINT } from '../src/sender/classify';
 import { MailError } from '../src/errors';
-import { BASIC_PASSWORD_REFUSED_HINT } from '../src/sender';
+import { BASIC_PASSWORD_REFUSED_HINT } from '../src/sender/mailSender';
 import { certificateThumbprints } from '../sandbox/tenant';
 import { secretScanner } from './secretScan';
 import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';

@@ -10,7 +10,7 @@ import {
   classifySmtpError,
   classifyTokenError,
   parseSmtpReply,
-} from '../src/classify';
+} from '../src/sender/classify';
 
 /** Builds an error the way nodemailer reports a server reply. */
 function smtpError(response: string, command = 'DATA') {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, SETTING_NAMES, loadConfig, readSettings } from '../src/config';
-import { createRuntime } from '../src/runtime';
+import { createRuntime } from '../src/appServices';
 
 const tempDirs: string[] = [];
 function tempDir(): string {

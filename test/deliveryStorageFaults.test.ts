@@ -6,9 +6,9 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
-import { deliver } from '../src/deliver';
-import { createRuntime, type Runtime } from '../src/runtime';
-import type { StoredRecord } from '../src/statusStore';
+import { deliver } from '../src/outbox/delivery';
+import { createRuntime, type Runtime } from '../src/appServices';
+import type { StoredRecord } from '../src/outbox/statusStore';
 import {
   isRecordOf,
   startTableFaultProxy,

@@ -119,7 +119,7 @@ describe('dependencies match what the deployed code imports', () => {
 });
 
 describe('node-forge is loaded only for a PFX certificate', () => {
-  it('importing src/smtpAuth.ts and parsing a PEM certificate do not load it; parsing a PFX does', async () => {
+  it('importing src/sender/smtpAuth.ts and parsing a PEM certificate do not load it; parsing a PFX does', async () => {
     const issued = createCertificateAuthority('forge test CA').issueClient('forge-test');
     const key = forge.pki.privateKeyFromPem(issued.keyPem);
     const cert = forge.pki.certificateFromPem(issued.certPem);
@@ -133,7 +133,7 @@ describe('node-forge is loaded only for a PFX certificate', () => {
     const script = `
       const loaded = () => Object.keys(require.cache).some((f) => /[\\\\/]node_modules[\\\\/]node-forge[\\\\/]/.test(f));
       const { pem, pfx } = JSON.parse(require('node:fs').readFileSync(${JSON.stringify(input)}, 'utf8'));
-      const { parseCertificateSecret } = require('./src/smtpAuth.ts');
+      const { parseCertificateSecret } = require('./src/sender/smtpAuth.ts');
       const afterImport = loaded();
       const fromPem = parseCertificateSecret(pem, 'application/x-pem-file');
       const afterPem = loaded();

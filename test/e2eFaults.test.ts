@@ -19,9 +19,9 @@ import { QueueClient } from '@azure/storage-queue';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { startDevHost, type DevHost } from '../dev/host';
-import { ConnectionSlots } from '../src/connectionSlots';
-import { createRuntime } from '../src/runtime';
-import { OUTBOX_POISON_QUEUE, OUTBOX_QUEUE } from '../src/storage';
+import { ConnectionSlots } from '../src/pacing/connectionSlots';
+import { createRuntime } from '../src/appServices';
+import { OUTBOX_POISON_QUEUE, OUTBOX_QUEUE } from '../src/storage/storageClients';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 
 const ROOT = path.resolve(__dirname, '..');

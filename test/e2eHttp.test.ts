@@ -19,7 +19,13 @@ import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { startDevHost, type DevHost } from '../dev/host';
 import { MAX_REQUEST_BODY_BYTES } from '../dev/httpListener';
 import { maxBodyBytes } from '../src/api/readJsonBody';
-import { IDEMPOTENCY_TABLE, OUTBOX_POISON_QUEUE, OUTBOX_QUEUE, PAYLOAD_CONTAINER, STATUS_TABLE } from '../src/storage';
+import {
+  IDEMPOTENCY_TABLE,
+  OUTBOX_POISON_QUEUE,
+  OUTBOX_QUEUE,
+  PAYLOAD_CONTAINER,
+  STATUS_TABLE,
+} from '../src/storage/storageClients';
 import {
   MAX_MESSAGE_BYTES,
   bodyBytes,

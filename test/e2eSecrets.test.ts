@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEV_ACCOUNT_KEY, startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { startDevHost, type DevHost } from '../dev/host';
 import type { SandboxAuthMode } from '../sandbox';
-import { recordKeys } from '../src/messageIds';
-import { STATUS_TABLE } from '../src/storage';
+import { recordKeys } from '../src/outbox/messageIds';
+import { STATUS_TABLE } from '../src/storage/storageClients';
 import { secretScanner, smtpMessagesDecoded, smtpWire, type Haystacks, type Needle } from './secretScan';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 

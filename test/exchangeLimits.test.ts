@@ -6,9 +6,9 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { getMessage } from '../src/api/messagesGet';
 import type { ApiRequest } from '../src/api/apiTypes';
-import { deliver, type DeliverOutcome } from '../src/deliver';
-import { parseOutboxMessage } from '../src/outboxQueue';
-import { createRuntime, type Runtime } from '../src/runtime';
+import { deliver, type DeliverOutcome } from '../src/outbox/delivery';
+import { parseOutboxMessage } from '../src/outbox/outboxQueue';
+import { createRuntime, type Runtime } from '../src/appServices';
 import { message, resetPacingState, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
 /** Exchange's daily quota, scaled down: 3 recipients per rolling 8 s. */

@@ -11,12 +11,12 @@ import { postMessage } from '../src/api/messagesPost';
 import { runApi } from '../src/api/runApi';
 import { loadConfig } from '../src/config';
 import { canonicalJsonIterative, MAX_BODY_JSON_VALUES, parseBoundedJson } from '../src/inputBounds';
-import { Outbox, payloadHash, type OutboxDeps } from '../src/outbox';
+import { Outbox, payloadHash, type OutboxDeps } from '../src/outbox/outbox';
 import { silentLogger } from '../src/logger';
-import { createRuntime, type Runtime } from '../src/runtime';
-import { parseSendRequest } from '../src/sendRequest';
-import { templateBundle } from '../src/templateBundle';
-import { TemplateRenderer } from '../src/templates';
+import { createRuntime, type Runtime } from '../src/appServices';
+import { parseSendRequest } from '../src/outbox/sendRequest';
+import { templateBundle } from '../src/templates/templateBundle';
+import { TemplateRenderer } from '../src/templates/templateRenderer';
 import { acceptedOrFieldError, messageBody } from './fixtures/hostile';
 
 const SETTINGS = {

@@ -11,10 +11,10 @@ import type { ApiRequest } from '../src/api/apiTypes';
 import { postNotifications } from '../src/api/notificationsPost';
 import { runApi } from '../src/api/runApi';
 import { canonicalJsonIterative } from '../src/inputBounds';
-import { parseNotificationMessage } from '../src/notificationQueue';
-import { deriveBatchId, parseNotificationBatch, type BatchRules } from '../src/notificationRequest';
+import { parseNotificationMessage } from '../src/notifications/batchQueue';
+import { deriveBatchId, parseNotificationBatch, type BatchRules } from '../src/notifications/batchRequest';
 import { silentLogger } from '../src/logger';
-import { createRuntime, type Runtime } from '../src/runtime';
+import { createRuntime, type Runtime } from '../src/appServices';
 import {
   acceptedOrFieldError,
   deepValue,

@@ -15,13 +15,13 @@ import { CliUsageError, parseSendCommand } from '../src/cli';
 import { ConfigError, loadConfig } from '../src/config';
 import { canonicalJsonIterative } from '../src/inputBounds';
 import { silentLogger } from '../src/logger';
-import { isMessageId } from '../src/messageIds';
+import { isMessageId } from '../src/outbox/messageIds';
 import { Redactor } from '../src/redact';
-import { encodeOutboxMessage, parseOutboxMessage } from '../src/outboxQueue';
-import type { Runtime } from '../src/runtime';
-import { templateBundle } from '../src/templateBundle';
+import { encodeOutboxMessage, parseOutboxMessage } from '../src/outbox/outboxQueue';
+import type { Runtime } from '../src/appServices';
+import { templateBundle } from '../src/templates/templateBundle';
 import { MAX_SUBJECT_CHARS } from '../src/message';
-import { foldSubject, TemplateRenderer } from '../src/templates';
+import { foldSubject, TemplateRenderer } from '../src/templates/templateRenderer';
 import {
   acceptedOrFieldError,
   deepValue,

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
 import { appOnlyAccessTokenClaims, KEY_VAULT_RESOURCE, STORAGE_RESOURCE } from '../sandbox/entra';
-import { STORAGE_SETTING } from '../src/storage';
+import { STORAGE_SETTING } from '../src/storage/storageClients';
 import { secretScanner } from './secretScan';
 import { startSandbox, type Sandbox } from './support';
 

@@ -14,16 +14,21 @@ import type { ApiRequest, ApiResponse } from '../src/api/apiTypes';
 import { getNotifications } from '../src/api/notificationsGet';
 import { MAX_BATCH_BODY_BYTES, postNotifications } from '../src/api/notificationsPost';
 import { runApi, type ApiHandler } from '../src/api/runApi';
-import { BatchPayloadStore } from '../src/batchPayloadStore';
-import { batchPartition } from '../src/messageIds';
-import { MAX_LISTED_REJECTIONS } from '../src/batchStore';
-import { deliver } from '../src/deliver';
-import { encodeNotificationMessage } from '../src/notificationQueue';
-import { deriveBatchId, MAX_BATCH_RECIPIENTS, recipientIdempotencyKey } from '../src/notificationRequest';
-import { Notifications, type BatchSchedule, type BatchView, type FanoutOutcome } from '../src/notifications';
-import { parseOutboxMessage } from '../src/outboxQueue';
-import { createRuntime, type Runtime } from '../src/runtime';
-import { BATCH_CONTAINER, NOTIFICATIONS_POISON_QUEUE, NOTIFICATIONS_QUEUE } from '../src/storage';
+import { BatchPayloadStore } from '../src/notifications/batchBlobStore';
+import { batchPartition } from '../src/outbox/messageIds';
+import { MAX_LISTED_REJECTIONS } from '../src/notifications/batchStore';
+import { deliver } from '../src/outbox/delivery';
+import { encodeNotificationMessage } from '../src/notifications/batchQueue';
+import { deriveBatchId, MAX_BATCH_RECIPIENTS, recipientIdempotencyKey } from '../src/notifications/batchRequest';
+import {
+  Notifications,
+  type BatchSchedule,
+  type BatchView,
+  type FanoutOutcome,
+} from '../src/notifications/notifications';
+import { parseOutboxMessage } from '../src/outbox/outboxQueue';
+import { createRuntime, type Runtime } from '../src/appServices';
+import { BATCH_CONTAINER, NOTIFICATIONS_POISON_QUEUE, NOTIFICATIONS_QUEUE } from '../src/storage/storageClients';
 import { bodyBytes, headersOf, type RequestSpec } from './fixtures/malformedRequests';
 import { applySandboxEnv, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 

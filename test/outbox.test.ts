@@ -6,17 +6,22 @@ import { RestError, type PipelinePolicy } from '@azure/core-rest-pipeline';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
-import { deliver, markPoisoned, type DeliverOutcome } from '../src/deliver';
+import { deliver, markPoisoned, type DeliverOutcome } from '../src/outbox/delivery';
 import { MailError } from '../src/errors';
-import { IdempotencyStore } from '../src/idempotencyStore';
-import { Outbox, payloadHash } from '../src/outbox';
-import { uuidv7 } from '../src/messageIds';
-import { StatusStore, statusView } from '../src/statusStore';
-import { enqueueOutbox, parseOutboxMessage } from '../src/outboxQueue';
-import { PayloadStore } from '../src/payloadStore';
-import { createRuntime, type Runtime } from '../src/runtime';
-import { parseSendRequest } from '../src/sendRequest';
-import { asStorageUnavailable, isStorageError, STATUS_TABLE, storageTargetFromSettings } from '../src/storage';
+import { IdempotencyStore } from '../src/outbox/idempotencyStore';
+import { Outbox, payloadHash } from '../src/outbox/outbox';
+import { uuidv7 } from '../src/outbox/messageIds';
+import { StatusStore, statusView } from '../src/outbox/statusStore';
+import { enqueueOutbox, parseOutboxMessage } from '../src/outbox/outboxQueue';
+import { PayloadStore } from '../src/outbox/messageStore';
+import { createRuntime, type Runtime } from '../src/appServices';
+import { parseSendRequest } from '../src/outbox/sendRequest';
+import {
+  asStorageUnavailable,
+  isStorageError,
+  STATUS_TABLE,
+  storageTargetFromSettings,
+} from '../src/storage/storageClients';
 import { ConfigError } from '../src/config';
 import { SMTP_SEND_AS_APP_ROLE } from '../sandbox/tenant';
 import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';

@@ -4,18 +4,18 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
-import { ConnectionSlots } from '../src/connectionSlots';
-import { deliver } from '../src/deliver';
+import { ConnectionSlots } from '../src/pacing/connectionSlots';
+import { deliver } from '../src/outbox/delivery';
 import { MailError } from '../src/errors';
-import { enqueueOutbox, parseOutboxMessage } from '../src/outboxQueue';
-import { PACING_MARGIN, Pacer, type PacingLimits } from '../src/pacing';
-import { PayloadStore } from '../src/payloadStore';
-import { createRuntime, type Runtime } from '../src/runtime';
+import { enqueueOutbox, parseOutboxMessage } from '../src/outbox/outboxQueue';
+import { PACING_MARGIN, Pacer, type PacingLimits } from '../src/pacing/pacer';
+import { PayloadStore } from '../src/outbox/messageStore';
+import { createRuntime, type Runtime } from '../src/appServices';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { postMessage } from '../src/api/messagesPost';
 import { runApi } from '../src/api/runApi';
-import { MailSender } from '../src/sender';
-import { createStorage, type StorageClients } from '../src/storage';
+import { MailSender } from '../src/sender/mailSender';
+import { createStorage, type StorageClients } from '../src/storage/storageClients';
 import { message, resetPacingState, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 
 let sandbox: Sandbox;

@@ -5,7 +5,7 @@ import { previewTemplate } from '../src/api/templatePreview';
 import { runApi } from '../src/api/runApi';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { MAX_TRACKED_TOKENS, Redactor, registerSecretSettings } from '../src/redact';
-import { createRuntime } from '../src/runtime';
+import { createRuntime } from '../src/appServices';
 import { secretScanner } from './secretScan';
 import { sandboxMailer, startSandbox, type Sandbox } from './support';
 

@@ -5,14 +5,14 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
-import { BatchPayloadStore } from '../src/batchPayloadStore';
-import { BatchStore } from '../src/batchStore';
-import { IdempotencyStore, idempotencyPartition } from '../src/idempotencyStore';
-import { Notifications, type FanoutOutcome } from '../src/notifications';
-import { Outbox } from '../src/outbox';
-import { PayloadStore } from '../src/payloadStore';
-import { Retention } from '../src/retention';
-import { createRuntime, type Runtime } from '../src/runtime';
+import { BatchPayloadStore } from '../src/notifications/batchBlobStore';
+import { BatchStore } from '../src/notifications/batchStore';
+import { IdempotencyStore, idempotencyPartition } from '../src/outbox/idempotencyStore';
+import { Notifications, type FanoutOutcome } from '../src/notifications/notifications';
+import { Outbox } from '../src/outbox/outbox';
+import { PayloadStore } from '../src/outbox/messageStore';
+import { Retention } from '../src/outbox/retention';
+import { createRuntime, type Runtime } from '../src/appServices';
 import { drainOutbox as driveOutbox, pumpNotifications as driveNotifications } from './fixtures/hostDriver';
 import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';
 

@@ -17,7 +17,7 @@ import {
   type ManagedIdentityEndpoint,
 } from '../sandbox/managedIdentity';
 import { startKeyVault, type KeyVaultServer } from '../sandbox/keyVault';
-import { azureClientPolicies, httpsAgent, msalNetworkClient } from '../src/trust';
+import { azureClientPolicies, httpsAgent, msalNetworkClient } from '../src/sender/tlsTrust';
 import { secretScanner, type Leak } from './secretScan';
 
 const OUTLOOK_SCOPE = 'https://outlook.office365.com/.default';

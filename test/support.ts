@@ -2,7 +2,7 @@
 import type { TableClient } from '@azure/data-tables';
 import { loadConfig, type Config } from '../src/config';
 import { createLogger } from '../src/logger';
-import { createMailer, type Mailer } from '../src/mailer';
+import { createMailer, type Mailer } from '../src/sender/senderServices';
 import { parseMessage, type MailMessage, type MessageInput } from '../src/message';
 import { Redactor } from '../src/redact';
 import { startSandbox, type Sandbox, type SandboxAuthMode, type SandboxOptions } from '../sandbox';

@@ -7,9 +7,9 @@ import { build, type Plugin } from 'esbuild';
 import { afterAll, describe, expect, it } from 'vitest';
 import { embeddedModule, templatesPlugin } from '../scripts/templatesPlugin';
 import { MailError } from '../src/errors';
-import * as devTemplateBundle from '../src/templateBundle';
-import { templateBundle, templateBundleOrigin } from '../src/templateBundle';
-import { TEMPLATES_DIR, loadTemplateBundle } from '../src/templateLoader';
+import * as devTemplateBundle from '../src/templates/templateBundle';
+import { templateBundle, templateBundleOrigin } from '../src/templates/templateBundle';
+import { TEMPLATES_DIR, loadTemplateBundle } from '../src/templates/templateLoader';
 import fc from 'fast-check';
 import {
   escapeHtml,
@@ -19,7 +19,7 @@ import {
   MAX_TEMPLATE_STRING_CHARS,
   TemplateRenderer,
   type TemplateBundle,
-} from '../src/templates';
+} from '../src/templates/templateRenderer';
 
 /**
  * One-sided bound for the linear-time regressions: the backtracking they guard against took minutes; a loaded two-core
@@ -421,13 +421,13 @@ describe('deployed bundle', () => {
         stdin: {
           contents: [
             "import { templateBundle, templateBundleOrigin } from './templateBundle';",
-            "import { TemplateRenderer } from './templates';",
+            "import { TemplateRenderer } from './templateRenderer';",
             'export function run() {',
             '  const renderer = new TemplateRenderer(templateBundle());',
             "  return { origin: templateBundleOrigin, names: renderer.names(), rendered: renderer.render('order-shipped', renderer.sample('order-shipped')) };",
             '}',
           ].join('\n'),
-          resolveDir: path.resolve(__dirname, '..', 'src'),
+          resolveDir: path.resolve(__dirname, '..', 'src', 'templates'),
           sourcefile: 'probe.ts',
           loader: 'ts',
         },
@@ -483,7 +483,7 @@ describe('deployed bundle', () => {
     expect(result.rendered).toEqual(renderer.render('order-shipped', orderSample()));
   });
 
-  it('exports the same API as src/templateBundle.ts', () => {
+  it('exports the same API as src/templates/templateBundle.ts', () => {
     const dev = devTemplateBundle;
     const source = embeddedModule(templateBundle());
     const exported = [...source.matchAll(/^export (?:const|function) (\w+)/gm)].map((m) => m[1]).sort();
@@ -501,7 +501,7 @@ describe('deployed bundle', () => {
         build({
           stdin: {
             contents: "export { templateBundle } from './templateBundle';",
-            resolveDir: path.resolve(__dirname, '..', 'src'),
+            resolveDir: path.resolve(__dirname, '..', 'src', 'templates'),
           },
           bundle: true,
           platform: 'node',
@@ -514,6 +514,25 @@ describe('deployed bundle', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('fails the build when nothing resolves to the module it replaces (the module moved, the import changed)', async () => {
+    const built = (mustReplace?: boolean) =>
+      build({
+        // Imports the renderer but no template bundle: a deployed app built like this would read templates from disk.
+        stdin: {
+          contents: "export { TemplateRenderer } from './templateRenderer';",
+          resolveDir: path.resolve(__dirname, '..', 'src', 'templates'),
+        },
+        bundle: true,
+        platform: 'node',
+        format: 'cjs',
+        write: false,
+        logLevel: 'silent',
+        plugins: [templatesPlugin({ templatesDir: TEMPLATES_DIR, ...(mustReplace === false ? { mustReplace } : {}) })],
+      });
+    await expect(built()).rejects.toThrow(/the templates were not embedded/);
+    await expect(built(false)).resolves.toMatchObject({ errors: [] });
   });
 });
 

@@ -6,10 +6,10 @@ import { DEV_ACCOUNT_KEY, startAzurite, type AzuriteInstance } from '../dev/azur
 import { errorResponse } from '../src/api/errorResponse';
 import { loadConfig, type Config } from '../src/config';
 import { MailError } from '../src/errors';
-import { PayloadStore } from '../src/payloadStore';
-import { KeyVaultSecrets, createAzureCredential } from '../src/secrets';
-import { createSmtpAuthSource, type SmtpAuthTimeouts } from '../src/smtpAuth';
-import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage';
+import { PayloadStore } from '../src/outbox/messageStore';
+import { KeyVaultSecrets, createAzureCredential } from '../src/sender/keyVaultSecrets';
+import { createSmtpAuthSource, type SmtpAuthTimeouts } from '../src/sender/smtpAuth';
+import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage/storageClients';
 import { createTelemetry, type Telemetry } from '../src/telemetry';
 import { applySandboxEnv, startSandbox, type Sandbox } from './support';
 

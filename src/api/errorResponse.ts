@@ -2,7 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { MailError, ensureError, type MailErrorCode } from '../errors';
 import { silentLogger, type Logger } from '../logger';
-import { asStorageUnavailable } from '../storage';
+import { asStorageUnavailable } from '../storage/storageClients';
 import type { ApiErrorBody, ApiResponse } from './apiTypes';
 
 /** Clients should wait this long after a 503 before retrying. */

@@ -1,8 +1,8 @@
 /** GET /api/messages/{id}: a message's status record, as the API documents it. */
 import { MailError } from '../errors';
-import { isMessageId } from '../messageIds';
-import type { Runtime } from '../runtime';
-import { statusView } from '../statusStore';
+import { isMessageId } from '../outbox/messageIds';
+import type { Runtime } from '../appServices';
+import { statusView } from '../outbox/statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 
 /** Handles GET /api/messages/{id}. */

@@ -1,9 +1,9 @@
 /** POST /api/messages: accept into the outbox (202), or with `?wait=true` deliver inline through the same `deliver`. */
-import { deliver } from '../deliver';
+import { deliver } from '../outbox/delivery';
 import { MailError } from '../errors';
 import { trimTrailingSlashes } from '../inputBounds';
-import type { Runtime } from '../runtime';
-import { statusView, type StoredRecord } from '../statusStore';
+import type { Runtime } from '../appServices';
+import { statusView, type StoredRecord } from '../outbox/statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { maxBodyBytes, readJsonBody } from './readJsonBody';
 

@@ -1,7 +1,7 @@
 /** GET /api/notifications/{batchId}: a batch's progress, its rejected recipients and its outbox messages counted by status. */
 import { MailError } from '../errors';
-import { BATCH_ID } from '../notificationRequest';
-import type { Runtime } from '../runtime';
+import { BATCH_ID } from '../notifications/batchRequest';
+import type { Runtime } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 
 /** Handles GET /api/notifications/{batchId}. */

@@ -1,7 +1,7 @@
 /** POST /api/notifications: accepts a batch notification — stored in Blob storage, fanned out from the queue (202). */
 import { MailError } from '../errors';
 import { MAX_BATCH_JSON_VALUES } from '../inputBounds';
-import type { Runtime } from '../runtime';
+import type { Runtime } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { statusUrl } from './messagesPost';
 import { readJsonBody } from './readJsonBody';

@@ -1,5 +1,5 @@
 /** Runs an API handler with the process Runtime, turning everything thrown (settings errors included) into an HTTP answer. */
-import { getRuntime, type Runtime } from '../runtime';
+import { getRuntime, type Runtime } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { errorResponse } from './errorResponse';
 

@@ -1,8 +1,8 @@
 /** GET /api/templates/{name}/preview: renders a template with its sample.json or `?data=`, as JSON or as the HTML itself. */
 import { MailError } from '../errors';
 import { MAX_BODY_JSON_VALUES, parseBoundedJson } from '../inputBounds';
-import type { Runtime } from '../runtime';
-import { MAX_TEMPLATE_DATA_CHARS } from '../templates';
+import type { Runtime } from '../appServices';
+import { MAX_TEMPLATE_DATA_CHARS } from '../templates/templateRenderer';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 
 /** The preview is served from the app's own origin: forbid scripts and remote loads, as a sandboxed iframe would. */

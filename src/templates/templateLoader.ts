@@ -2,10 +2,10 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import Handlebars from 'handlebars';
-import { PARTIAL_NAME, TEMPLATE_NAME, type TemplateBundle, type TemplateSource } from './templates';
+import { PARTIAL_NAME, TEMPLATE_NAME, type TemplateBundle, type TemplateSource } from './templateRenderer';
 
 /** The repository's templates/ folder. */
-export const TEMPLATES_DIR = path.resolve(__dirname, '..', 'templates');
+export const TEMPLATES_DIR = path.resolve(__dirname, '..', '..', 'templates');
 
 const TEMPLATE_FILES = new Set(['subject.hbs', 'html.hbs', 'text.hbs', 'sample.json']);
 

@@ -1,9 +1,9 @@
 /** Renders email templates: Handlebars in strict mode, HTML escaped, the subject as one header line, a text part always. */
 import Handlebars from 'handlebars';
 import { compile as compileHtmlToText } from 'html-to-text';
-import { MailError, ensureError, type FieldProblem } from './errors';
-import { inspectJson, MAX_BODY_JSON_VALUES } from './inputBounds';
-import { MAX_SUBJECT_CHARS } from './message';
+import { MailError, ensureError, type FieldProblem } from '../errors';
+import { inspectJson, MAX_BODY_JSON_VALUES } from '../inputBounds';
+import { MAX_SUBJECT_CHARS } from '../message';
 
 /**
  * The most template data rendered at once: its size as JSON text, in characters. Rendering (escaping above all) and

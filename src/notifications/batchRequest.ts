@@ -1,13 +1,13 @@
 /** A batch notification: its schema, the batch-level rules, and the ids and keys derived from it. */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { MailError, type FieldProblem } from './errors';
-import { boundsProblem, canonicalJsonIterative, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from './inputBounds';
-import { addressSchema, MAX_SUBJECT_CHARS, type Address } from './message';
-import { canonicalJson } from './outbox';
-import { isAllowedFrom } from './sender';
-import { checkSendAt, IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY_CHARS, problemsOf } from './sendRequest';
-import { TEMPLATE_NAME, templateDataProblems } from './templates';
+import { MailError, type FieldProblem } from '../errors';
+import { boundsProblem, canonicalJsonIterative, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from '../inputBounds';
+import { addressSchema, MAX_SUBJECT_CHARS, type Address } from '../message';
+import { canonicalJson } from '../outbox/outbox';
+import { isAllowedFrom } from '../sender/mailSender';
+import { checkSendAt, IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY_CHARS, problemsOf } from '../outbox/sendRequest';
+import { TEMPLATE_NAME, templateDataProblems } from '../templates/templateRenderer';
 
 /** Batch ids: letters, digits and . _ - (safe as a Table PartitionKey and a blob name). */
 export const BATCH_ID = /^[A-Za-z0-9._-]{1,100}$/;

@@ -1,14 +1,14 @@
 /** The core sender: SendAs check, pooled nodemailer over STARTTLS with per-connection XOAUTH2, one fresh-token retry, classified outcomes, telemetry. */
 import nodemailer from 'nodemailer';
-import type { Config } from './config';
-import type { ConnectionSlot, ConnectionSlots } from './connectionSlots';
+import type { Config } from '../config';
+import type { ConnectionSlot, ConnectionSlots } from '../pacing/connectionSlots';
 import { classifySmtpError, classifyTokenError, parseSmtpReply } from './classify';
-import { MailError, ensureError, type SmtpReply } from './errors';
-import { silentLogger, type Logger } from './logger';
-import { allRecipients, type Address, type MailMessage } from './message';
+import { MailError, ensureError, type SmtpReply } from '../errors';
+import { silentLogger, type Logger } from '../logger';
+import { allRecipients, type Address, type MailMessage } from '../message';
 import type { SmtpAuthSource, SmtpLogin } from './smtpAuth';
-import type { MailEventProperties, Telemetry } from './telemetry';
-import { trustedCas } from './trust';
+import type { MailEventProperties, Telemetry } from '../telemetry';
+import { trustedCas } from './tlsTrust';
 
 /** Pooled connections idle longer than this are closed: idle sessions count against Exchange's 3-connection limit. */
 export const IDLE_CLOSE_MS = 5_000;

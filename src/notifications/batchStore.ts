@@ -1,8 +1,8 @@
 /** The summary of each notification batch in Table storage `MailBatches`: progress, counts and rejected recipients, ETag-guarded. */
 import { odata, type TableClient } from '@azure/data-tables';
-import type { ClassifiedError } from './errors';
-import type { NotificationCategory } from './notificationRequest';
-import { deleteEntity, insertEntity, readEntity, replaceEntity } from './tableEntity';
+import type { ClassifiedError } from '../errors';
+import type { NotificationCategory } from './batchRequest';
+import { deleteEntity, insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
 
 export const BATCH_STATUSES = ['accepted', 'fanning-out', 'complete', 'failed'] as const;
 export type BatchStatus = (typeof BATCH_STATUSES)[number];

@@ -1,7 +1,7 @@
 /** Rendered outbox messages in Blob storage (`mail-payloads/<id>.json`), so that queue messages carry only an id (Azure caps them at 64 KB). */
 import type { ContainerClient } from '@azure/storage-blob';
-import type { MailMessage } from './message';
-import { downloadBlob, storageStatusCode } from './storage';
+import type { MailMessage } from '../message';
+import { downloadBlob, storageStatusCode } from '../storage/storageClients';
 
 const FORMAT_VERSION = 1;
 

@@ -5,7 +5,7 @@
  *   that returns the bundle embedded at build time. No file is read at run time, and this file's code is not shipped.
  * - Dev and test (tsx, vitest): this module reads templates/ once, at first use.
  */
-import type { TemplateBundle } from './templates';
+import type { TemplateBundle } from './templateRenderer';
 import { TEMPLATES_DIR, loadTemplateBundle } from './templateLoader';
 
 /** Where the bundle comes from: "embedded" in the deployed bundle, "templates-dir" under tsx and vitest. */

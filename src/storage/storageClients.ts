@@ -4,9 +4,9 @@ import { TableClient } from '@azure/data-tables';
 import { QueueServiceClient, type QueueClient } from '@azure/storage-queue';
 import { BlobServiceClient, type BlobClient, type ContainerClient } from '@azure/storage-blob';
 import { RestError, type Pipeline, type PipelinePolicy } from '@azure/core-rest-pipeline';
-import { ConfigError } from './config';
-import { MailError, ensureError } from './errors';
-import { CREDENTIAL_TRY_TIMEOUT_MS, isTimeoutError, timeoutHttpClient, tryTimeoutPolicy } from './timeouts';
+import { ConfigError } from '../config';
+import { MailError, ensureError } from '../errors';
+import { CREDENTIAL_TRY_TIMEOUT_MS, isTimeoutError, timeoutHttpClient, tryTimeoutPolicy } from '../timeouts';
 
 /** The queue the outbox worker (outboxDeliver) listens to; the host moves failing messages to `<name>-poison`. */
 export const OUTBOX_QUEUE = 'mail-outbox';

@@ -16,19 +16,19 @@
  *    no timer has to look for records whose queue message went missing.
  */
 import { createHash } from 'node:crypto';
-import type { Config } from './config';
-import { MailError } from './errors';
+import type { Config } from '../config';
+import { MailError } from '../errors';
 import type { IdempotencyStore } from './idempotencyStore';
-import { silentLogger, type Logger } from './logger';
-import { parseMessage, type MailMessage } from './message';
+import { silentLogger, type Logger } from '../logger';
+import { parseMessage, type MailMessage } from '../message';
 import { batchMessageId, messageIdLocalPart, uuidv7 } from './messageIds';
 import { enqueueOutbox } from './outboxQueue';
-import type { PayloadStore } from './payloadStore';
-import { isAllowedFrom } from './sender';
+import type { PayloadStore } from './messageStore';
+import { isAllowedFrom } from '../sender/mailSender';
 import { parseSendRequest, type SendRequest } from './sendRequest';
 import { TERMINAL_STATUSES, type StatusStore, type StoredRecord, type OutboxSource } from './statusStore';
-import type { StorageClients } from './storage';
-import type { TemplateRenderer } from './templates';
+import type { StorageClients } from '../storage/storageClients';
+import type { TemplateRenderer } from '../templates/templateRenderer';
 
 /** A replayed accept whose record is still waiting this long after it was due re-enqueues its message (a safety net). */
 export const STRANDED_AFTER_MS = 5 * 60 * 1000;

@@ -1,8 +1,8 @@
 /** Idempotency keys in Table storage: the first request with a key claims it with an insert-only write; later ones find its message. */
 import { createHash } from 'node:crypto';
 import type { TableClient } from '@azure/data-tables';
-import { storageStatusCode } from './storage';
-import { deleteEntity, readEntity } from './tableEntity';
+import { storageStatusCode } from '../storage/storageClients';
+import { deleteEntity, readEntity } from '../storage/tableEntity';
 
 const ROW_KEY = 'key';
 /** Claims of a key that keeps being freed under us before we give up to the caller's retry. */

@@ -10,14 +10,14 @@
  * batch's messages are one partition of MailStatus. Each run stops after a number of deletions and a time budget;
  * the timer's next run carries on.
  */
-import type { BatchPayloadStore } from './batchPayloadStore';
-import type { BatchStore, RetentionEntry } from './batchStore';
-import type { Config } from './config';
+import type { BatchPayloadStore } from '../notifications/batchBlobStore';
+import type { BatchStore, RetentionEntry } from '../notifications/batchStore';
+import type { Config } from '../config';
 import type { IdempotencyStore } from './idempotencyStore';
-import { silentLogger, type Logger } from './logger';
-import type { PayloadStore } from './payloadStore';
+import { silentLogger, type Logger } from '../logger';
+import type { PayloadStore } from './messageStore';
 import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
-import type { StorageClients } from './storage';
+import type { StorageClients } from '../storage/storageClients';
 
 /** Deletions (records and batches) one run makes at most; the next run carries on. */
 export const RETENTION_MAX_DELETIONS_PER_RUN = 20_000;

@@ -1,7 +1,7 @@
 /** Decides, once per batch, each recipient's address, outbox idempotency key and whether it repeats an earlier one. */
-import type { PreparedRecipient } from './batchPayloadStore';
-import { addressSchema } from './message';
-import { recipientIdempotencyKey, type RecipientInput } from './notificationRequest';
+import type { PreparedRecipient } from './batchBlobStore';
+import { addressSchema } from '../message';
+import { recipientIdempotencyKey, type RecipientInput } from './batchRequest';
 
 /**
  * Prepares every recipient of batch `batchId`: parses its address (a bad one is rejected on its own at fan-out),

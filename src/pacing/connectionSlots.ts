@@ -5,8 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { BlobClient, BlobLeaseClient, ContainerClient } from '@azure/storage-blob';
-import { silentLogger, type Logger } from './logger';
-import { storageStatusCode } from './storage';
+import { silentLogger, type Logger } from '../logger';
+import { storageStatusCode } from '../storage/storageClients';
 
 /** Blob lease length (Azure allows 15–60 s). A dead instance's slot is free again after at most this long. */
 export const LEASE_SECONDS = 15;

@@ -27,7 +27,7 @@
  * so that the retention timer finds whatever a batch leaves behind.
  */
 import { randomUUID } from 'node:crypto';
-import { BatchPayloadStore, type BatchFields, type BatchHeader, type PreparedRecipient } from './batchPayloadStore';
+import { BatchPayloadStore, type BatchFields, type BatchHeader, type PreparedRecipient } from './batchBlobStore';
 import {
   BatchStore,
   listRejections,
@@ -38,10 +38,10 @@ import {
   type StoredSummary,
   type SummaryChanges,
 } from './batchStore';
-import type { Config } from './config';
-import { MailError, type ClassifiedError, type FieldProblem } from './errors';
-import { silentLogger, type Logger } from './logger';
-import { enqueueBatchReference, encodeNotificationMessage, parseNotificationMessage } from './notificationQueue';
+import type { Config } from '../config';
+import { MailError, type ClassifiedError, type FieldProblem } from '../errors';
+import { silentLogger, type Logger } from '../logger';
+import { enqueueBatchReference, encodeNotificationMessage, parseNotificationMessage } from './batchQueue';
 import {
   BATCH_ID,
   batchContentHash,
@@ -50,15 +50,15 @@ import {
   type BatchRules,
   type NotificationBatch,
   type NotificationCategory,
-} from './notificationRequest';
-import type { Outbox } from './outbox';
-import { MAX_VISIBILITY_SECONDS } from './outboxQueue';
-import type { SendRequest } from './sendRequest';
+} from './batchRequest';
+import type { Outbox } from '../outbox/outbox';
+import { MAX_VISIBILITY_SECONDS } from '../outbox/outboxQueue';
+import type { SendRequest } from '../outbox/sendRequest';
 import { prepareRecipients } from './recipientPreparation';
-import type { MailStatus, StatusStore } from './statusStore';
-import { NOTIFICATIONS_POISON_QUEUE, type StorageClients } from './storage';
-import type { Telemetry } from './telemetry';
-import type { TemplateRenderer } from './templates';
+import type { MailStatus, StatusStore } from '../outbox/statusStore';
+import { NOTIFICATIONS_POISON_QUEUE, type StorageClients } from '../storage/storageClients';
+import type { Telemetry } from '../telemetry';
+import type { TemplateRenderer } from '../templates/templateRenderer';
 
 /** Recipients per invocation: 500 × 4 storage writes at 16 in flight is seconds, far inside functionTimeout (10 min). */
 export const DEFAULT_CHUNK_SIZE = 500;

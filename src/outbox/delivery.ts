@@ -26,17 +26,17 @@
  * The one duplicate that cannot be prevented: the server answers 250 and the process dies (or storage fails)
  * before `sent` is written. The lease then expires and the next delivery sends the message again.
  */
-import { MailError, mailboxThrottleOf, type MailboxThrottle } from './errors';
-import { silentLogger, type Logger } from './logger';
-import { allRecipients } from './message';
+import { MailError, mailboxThrottleOf, type MailboxThrottle } from '../errors';
+import { silentLogger, type Logger } from '../logger';
+import { allRecipients } from '../message';
 import { enqueueOutbox } from './outboxQueue';
-import type { Pacer } from './pacing';
-import type { PayloadStore, StoredPayload } from './payloadStore';
-import type { MailSender, SendResult } from './sender';
+import type { Pacer } from '../pacing/pacer';
+import type { PayloadStore, StoredPayload } from './messageStore';
+import type { MailSender, SendResult } from '../sender/mailSender';
 import { TERMINAL_STATUSES, type RecordChanges, type StatusStore, type StoredRecord } from './statusStore';
-import { IDLE_CLOSE_MS } from './sender';
-import { isStorageError, type StorageClients } from './storage';
-import type { Telemetry } from './telemetry';
+import { IDLE_CLOSE_MS } from '../sender/mailSender';
+import { isStorageError, type StorageClients } from '../storage/storageClients';
+import type { Telemetry } from '../telemetry';
 
 /** How long a worker owns a `sending` record: above the sender's worst case (token, connect, greeting, 60 s socket timeout). */
 export const DEFAULT_LEASE_MS = 5 * 60 * 1000;

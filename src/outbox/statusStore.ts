@@ -1,8 +1,8 @@
 /** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
 import { odata, type TableClient } from '@azure/data-tables';
-import type { ClassifiedError, SmtpReply } from './errors';
+import type { ClassifiedError, SmtpReply } from '../errors';
 import { batchPartition, idOfRecord, recordKeys, SINGLE_ROW_KEY, uuidv7Floor } from './messageIds';
-import { deleteEntity, insertEntity, readEntity, replaceEntity } from './tableEntity';
+import { deleteEntity, insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
 export type MailStatus = (typeof MAIL_STATUSES)[number];

@@ -1,23 +1,23 @@
 /** The process-wide dependencies of the function app, built once from the app settings on first use. */
 import { exportSettings, loadConfig, readSettings, type Config } from './config';
-import type { DeliverDeps } from './deliver';
+import type { DeliverDeps } from './outbox/delivery';
 import { ensureError } from './errors';
-import { BatchPayloadStore } from './batchPayloadStore';
-import { BatchStore } from './batchStore';
-import { IdempotencyStore } from './idempotencyStore';
+import { BatchPayloadStore } from './notifications/batchBlobStore';
+import { BatchStore } from './notifications/batchStore';
+import { IdempotencyStore } from './outbox/idempotencyStore';
 import { createLogger, type Logger } from './logger';
-import { createMailer, type Mailer } from './mailer';
+import { createMailer, type Mailer } from './sender/senderServices';
 import { defaultRedactor, registerSecretSettings, type Redactor } from './redact';
-import { Notifications } from './notifications';
-import { Outbox } from './outbox';
-import { ConnectionSlots } from './connectionSlots';
-import { Pacer, pacingLimits } from './pacing';
-import { PayloadStore } from './payloadStore';
-import { Retention } from './retention';
-import { StatusStore } from './statusStore';
-import { createStorage, storageTargetFromSettings, type StorageClients } from './storage';
-import { templateBundle } from './templateBundle';
-import { TemplateRenderer } from './templates';
+import { Notifications } from './notifications/notifications';
+import { Outbox } from './outbox/outbox';
+import { ConnectionSlots } from './pacing/connectionSlots';
+import { Pacer, pacingLimits } from './pacing/pacer';
+import { PayloadStore } from './outbox/messageStore';
+import { Retention } from './outbox/retention';
+import { StatusStore } from './outbox/statusStore';
+import { createStorage, storageTargetFromSettings, type StorageClients } from './storage/storageClients';
+import { templateBundle } from './templates/templateBundle';
+import { TemplateRenderer } from './templates/templateRenderer';
 import type { Telemetry } from './telemetry';
 
 /** Must equal host.json `extensions.queues.maxDequeueCount`: after this many failed dequeues the host poisons a message. */

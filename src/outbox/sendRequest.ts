@@ -1,9 +1,9 @@
 /** The body of POST /api/messages: its schema and the rules that span fields, each failure naming its field. */
 import { z } from 'zod';
-import type { MailError, FieldProblem } from './errors';
-import { formatPath, boundsProblem, invalidInput, MAX_BODY_JSON_VALUES, MAX_PATH_KEY_CHARS } from './inputBounds';
-import { addressListSchema, addressSchema, fieldProblems, messageInputSchema, type Address } from './message';
-import { TEMPLATE_NAME } from './templates';
+import type { MailError, FieldProblem } from '../errors';
+import { formatPath, boundsProblem, invalidInput, MAX_BODY_JSON_VALUES, MAX_PATH_KEY_CHARS } from '../inputBounds';
+import { addressListSchema, addressSchema, fieldProblems, messageInputSchema, type Address } from '../message';
+import { TEMPLATE_NAME } from '../templates/templateRenderer';
 
 /** Queue messages can stay invisible for at most 7 days, so that is as far ahead as a message can be scheduled. */
 export const MAX_SCHEDULE_AHEAD_MS = 7 * 24 * 60 * 60 * 1000;

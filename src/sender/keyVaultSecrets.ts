@@ -2,10 +2,10 @@
 import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
 import { SecretClient } from '@azure/keyvault-secrets';
 import { classifyKeyVaultError } from './classify';
-import { isCustomAuthority, type Config } from './config';
-import type { Redactor } from './redact';
-import { CREDENTIAL_TRY_TIMEOUT_MS, timeoutHttpClient, tryTimeoutPolicy, withDeadline } from './timeouts';
-import { azureClientPolicies } from './trust';
+import { isCustomAuthority, type Config } from '../config';
+import type { Redactor } from '../redact';
+import { CREDENTIAL_TRY_TIMEOUT_MS, timeoutHttpClient, tryTimeoutPolicy, withDeadline } from '../timeouts';
+import { azureClientPolicies } from './tlsTrust';
 
 /** How long a secret is served from memory before Key Vault is asked again. */
 export const SECRET_CACHE_TTL_MS = 5 * 60 * 1000;

@@ -3,7 +3,7 @@
  * tells "absent" from "failed", and a replace and a delete guarded by the ETag the writer read.
  */
 import type { TableClient, TableEntity } from '@azure/data-tables';
-import { storageStatusCode } from './storage';
+import { storageStatusCode } from './storageClients';
 
 /** Inserts `entity`; returns its ETag, or undefined (and writes nothing) when it already exists. */
 export async function insertEntity(table: TableClient, entity: TableEntity): Promise<string | undefined> {

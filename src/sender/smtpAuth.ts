@@ -4,18 +4,18 @@ import { ConfidentialClientApplication, LogLevel, type Configuration } from '@az
 import { ManagedIdentityCredential, type TokenCredential } from '@azure/identity';
 import type * as Forge from 'node-forge';
 import { classifyTokenError } from './classify';
-import { isCustomAuthority, type AuthConfig, type Config } from './config';
-import { MailError } from './errors';
-import type { Redactor } from './redact';
-import { KEY_VAULT_READ_TIMEOUT_MS, type SecretSource } from './secrets';
+import { isCustomAuthority, type AuthConfig, type Config } from '../config';
+import { MailError } from '../errors';
+import type { Redactor } from '../redact';
+import { KEY_VAULT_READ_TIMEOUT_MS, type SecretSource } from './keyVaultSecrets';
 import {
   CREDENTIAL_TRY_TIMEOUT_MS,
   DeadlineExceededError,
   isUnreachableError,
   timeoutHttpClient,
   withDeadline,
-} from './timeouts';
-import { azureClientPolicies, msalNetworkClient, TOKEN_REQUEST_TIMEOUT_MS } from './trust';
+} from '../timeouts';
+import { azureClientPolicies, msalNetworkClient, TOKEN_REQUEST_TIMEOUT_MS } from './tlsTrust';
 
 /** The audience of the managed identity token that stands in for a client secret (public cloud). */
 export const TOKEN_EXCHANGE_SCOPE = 'api://AzureADTokenExchange/.default';

@@ -21,9 +21,9 @@
  * rolling window has freed.
  */
 import type { TableClient } from '@azure/data-tables';
-import type { Config } from './config';
-import { MailError } from './errors';
-import { insertEntity, readEntity, replaceEntity } from './tableEntity';
+import type { Config } from '../config';
+import { MailError } from '../errors';
+import { insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
 
 /** Slots are spaced this much wider than window / rate, so that the spread of send latencies cannot push a window over. */
 export const PACING_MARGIN = 0.03;

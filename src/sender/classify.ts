@@ -1,6 +1,6 @@
 /** Classifies failures from nodemailer, MSAL and the Azure SDK into MailError codes, using Exchange Online's reply texts (docs/exchange-online.md). */
-import { MailError, ensureError, type MailErrorCode, type SmtpReply } from './errors';
-import { isTimeoutError, isUnreachableError } from './timeouts';
+import { MailError, ensureError, type MailErrorCode, type SmtpReply } from '../errors';
+import { isTimeoutError, isUnreachableError } from '../timeouts';
 
 /** Socket-level error codes that mean "try again later". */
 const TRANSIENT_SOCKET_CODES = new Set([

@@ -1,12 +1,12 @@
 /** The composition root: builds the sender and everything it needs from one Config, once per process. */
-import type { Config } from './config';
-import type { ConnectionSlots } from './connectionSlots';
-import { silentLogger, type Logger } from './logger';
-import { defaultRedactor, type Redactor } from './redact';
-import { KeyVaultSecrets, createAzureCredential, type SecretSource } from './secrets';
-import { MailSender } from './sender';
+import type { Config } from '../config';
+import type { ConnectionSlots } from '../pacing/connectionSlots';
+import { silentLogger, type Logger } from '../logger';
+import { defaultRedactor, type Redactor } from '../redact';
+import { KeyVaultSecrets, createAzureCredential, type SecretSource } from './keyVaultSecrets';
+import { MailSender } from './mailSender';
 import { createSmtpAuthSource, type SmtpAuthSource } from './smtpAuth';
-import { createTelemetry, type Telemetry } from './telemetry';
+import { createTelemetry, type Telemetry } from '../telemetry';
 
 /** Everything a trigger, the CLI or the doctor needs to send. */
 export interface Mailer {

@@ -4,9 +4,9 @@
  * batch fields and its own chunk only, never the whole batch again.
  */
 import type { ContainerClient } from '@azure/storage-blob';
-import type { Address } from './message';
-import type { NotificationBatch, RecipientInput } from './notificationRequest';
-import { downloadBlob, storageStatusCode } from './storage';
+import type { Address } from '../message';
+import type { NotificationBatch, RecipientInput } from './batchRequest';
+import { downloadBlob, storageStatusCode } from '../storage/storageClients';
 
 const FORMAT_VERSION = 2;
 const HEADER_BLOB = 'batch.json';
