@@ -397,4 +397,39 @@ describe('azd and the package', () => {
     expect(pkg.main).toBe('dist/functions/index.js');
     expect(pkg.scripts.build).toBeDefined();
   });
+
+  it('the workflow tests on Node 20 and 22, compiles and previews the templates, and deploys only main, over OIDC, with no secret', () => {
+    const workflow = readFileSync(path.join(ROOT, '.github', 'workflows', 'ci.yml'), 'utf8');
+    /** The text of one job: from its `  name:` key line to the next job. */
+    const job = (name: string) => {
+      const start = workflow.indexOf(`\n  ${name}:\n`);
+      expect(start, name).toBeGreaterThan(0);
+      const rest = workflow.slice(start + 1);
+      const next = rest.slice(1).search(/\n {2}[a-z]+:\n/);
+      return next < 0 ? rest : rest.slice(0, next + 1);
+    };
+    expect(job('test')).toMatch(/node: \[20, 22\]/);
+    for (const step of [
+      'npm ci',
+      'npm run typecheck',
+      'npx eslint .',
+      'npx prettier --check .',
+      'npx vitest run',
+      'npm run build',
+    ]) {
+      expect(job('test'), step).toContain(step);
+    }
+    expect(job('infra')).toContain('az bicep build --file infra/main.bicep');
+    expect(job('preview')).toContain('azd provision --preview');
+    const deploy = job('deploy');
+    expect(deploy).toMatch(/if: github\.event_name == 'push' && github\.ref == 'refs\/heads\/main'/);
+    expect(deploy).toContain('needs: [test, infra]');
+    expect(deploy).toMatch(/id-token: write/);
+    expect(deploy).toContain('--federated-credential-provider github');
+    expect(deploy).toMatch(/azd deploy/);
+    // Only the jobs that sign in to Azure may ask for an OIDC token; nothing reads a stored secret.
+    expect(workflow.match(/id-token: write/g)).toHaveLength(2);
+    expect(workflow).not.toMatch(/secrets\./);
+    expect(workflow).toMatch(/^permissions:\n {2}contents: read\n/m);
+  });
 });
