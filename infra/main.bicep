@@ -57,6 +57,8 @@ param mailClientCertName string = 'mail-client-cert'
 param mailPasswordSecretName string = 'mail-password'
 
 @description('MAIL_AUTHORITY_HOST: the Entra ID authority; change only for a sovereign cloud.')
+// The Microsoft 365 tenant's cloud, which need not be this deployment's: not environment()'s login endpoint.
+#disable-next-line no-hardcoded-env-urls
 param mailAuthorityHost string = 'https://login.microsoftonline.com'
 
 @description('MAIL_SMTP_HOST')
@@ -228,8 +230,6 @@ output MAIL_SENDER string = mailSender
 output MAIL_AUTH_MODE string = mailAuthMode
 output MAIL_TENANT_ID string = mailSettings.MAIL_TENANT_ID
 output MAIL_CLIENT_ID string = mailClientId
-output MAIL_CLIENT_SECRET_NAME string = mailClientSecretName
-output MAIL_CLIENT_CERT_NAME string = mailClientCertName
 // federated-identity mode: the federated credential the tenant script adds to the app registration.
 output FEDERATED_CREDENTIAL_ISSUER string = '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
 output FEDERATED_CREDENTIAL_SUBJECT string = identity.outputs.principalId

@@ -93,6 +93,9 @@ export function tokenize(source: string, file = '<bicep>', firstLine = 1): Token
       i += 1;
     } else if (c === ' ' || c === '\t' || c === '\r') {
       i += 1;
+    } else if (c === '#' && (i === 0 || source[i - 1] === '\n')) {
+      // A pragma (`#disable-next-line rule`) runs to the end of its line.
+      while (i < source.length && source[i] !== '\n') i += 1;
     } else if (source.startsWith('//', i)) {
       while (i < source.length && source[i] !== '\n') i += 1;
     } else if (source.startsWith('/*', i)) {
