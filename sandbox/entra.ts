@@ -16,6 +16,8 @@ export const OUTLOOK_RESOURCE = 'https://outlook.office365.com';
 export const KEY_VAULT_RESOURCE = 'https://vault.azure.net';
 /** Azure Storage's resource (blobs, queues, tables); the managed identity endpoint issues it for identity-based AzureWebJobsStorage. */
 export const STORAGE_RESOURCE = 'https://storage.azure.com';
+/** Azure Monitor's resource: Application Insights ingestion with Entra ID authentication (local auth off). */
+export const MONITOR_RESOURCE = 'https://monitor.azure.com';
 /** What Entra answers for client credentials: 3599 s (tokens live 60-90 min, the client is told just under an hour). */
 export const DEFAULT_TOKEN_LIFETIME_SECONDS = 3599;
 

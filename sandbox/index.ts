@@ -118,7 +118,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     started.push(keyVault);
     const identity = await startManagedIdentityEndpoint({ tenant, issuer, federationIssuer, ...lifetime });
     started.push(identity);
-    const ingestion = await startIngestionCapture({ ca });
+    // Tokens from the managed identity endpoint are verified when sent; only the app's identity may publish.
+    const ingestion = await startIngestionCapture({ ca, entra: { issuer, publishers: [tenant.identity.principalId] } });
     started.push(ingestion);
     const smtp = await startExchangeSmtp({
       ca,

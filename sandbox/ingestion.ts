@@ -3,12 +3,18 @@
  * from the sandbox CA. It accepts what the exporters post (`POST /v2.1/track`, also `/v2/track` and `/track`;
  * a JSON array or newline-delimited JSON; gzip, deflate or plain), answers as Breeze does and keeps every
  * envelope so that tests can read what actually went over the wire.
+ *
+ * Like a resource with local authentication turned off, it can require a Microsoft Entra bearer token on every
+ * post ({@link IngestionCapture.setLocalAuth}): one the sandbox's issuer signed for Azure Monitor
+ * (`https://monitor.azure.com`), held by an identity with Monitoring Metrics Publisher on the resource.
  */
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import type { CertificateAuthority } from './ca';
+import { MONITOR_RESOURCE } from './entra';
+import type { TokenIssuer } from './tokens';
 import { LOOPBACK_HOST, closeServer, listenOnLoopback, sendJson } from './httpServer';
 
 /** Breeze accepts up to about 64 MB uncompressed; the capture keeps a lower cap since tests send little. */
@@ -52,11 +58,24 @@ export interface CapturedMetric {
 export interface CapturedRequest {
   method: string;
   path: string;
+  /** The Entra identity (`oid`) whose verified bearer token came with the post; absent without a valid token. */
+  principal?: string;
   /** The status answered; 0 when the client closed the connection first (a request held by `delayNext`). */
   status: number;
   contentEncoding?: string;
   itemCount: number;
 }
+
+/** Entra ID authentication of telemetry, as Application Insights does it when the resource's local auth is off. */
+export interface IngestionEntraAuth {
+  /** The token issuer every sandbox service trusts (the managed identity endpoint signs with it). */
+  issuer: TokenIssuer;
+  /** Object ids that hold Monitoring Metrics Publisher on the resource; a valid token of anyone else is a 403. */
+  publishers: string[];
+}
+
+/** Audiences Azure Monitor accepts (Entra writes the resource with or without its trailing slash). */
+const MONITOR_AUDIENCES = [MONITOR_RESOURCE, `${MONITOR_RESOURCE}/`];
 
 export interface IngestionCapture {
   /** `https://127.0.0.1:PORT` */
@@ -83,7 +102,12 @@ export interface IngestionCapture {
    * the client's patience. A client that closes the connection first is recorded with status 0.
    */
   delayNext(count: number, ms: number): void;
-  /** Forgets everything received and any pending failures or delays. */
+  /**
+   * `false`: every post must carry a valid Entra bearer token (the resource's `DisableLocalAuth: true`); a post
+   * without one is answered 401, one from an identity without the publisher role 403. Default `true`. Needs `entra`.
+   */
+  setLocalAuth(enabled: boolean): void;
+  /** Forgets everything received and any pending failures or delays (local auth stays as set). */
   reset(): void;
   close(): Promise<void>;
 }
@@ -148,6 +172,8 @@ function toEnvelope(raw: unknown, path: string): CapturedEnvelope | undefined {
 export async function startIngestionCapture(options: {
   ca: CertificateAuthority;
   instrumentationKey?: string;
+  /** How bearer tokens are verified; without it local auth cannot be turned off. */
+  entra?: IngestionEntraAuth;
 }): Promise<IngestionCapture> {
   const instrumentationKey = options.instrumentationKey ?? randomUUID();
   const { keyPem, certPem } = options.ca.issueServer();
@@ -158,18 +184,52 @@ export async function startIngestionCapture(options: {
   const delays = { remaining: 0, ms: 0 };
   const held = new Set<NodeJS.Timeout>();
   const waiters = new Set<(closing?: boolean) => void>();
+  const auth = { localAuth: true };
 
   const notify = () => {
     for (const check of [...waiters]) check();
   };
 
-  const handle = (request: IncomingMessage, response: ServerResponse, body: Buffer) => {
+  /**
+   * The Entra check of one post: the verified token's `oid`, or the answer Breeze gives. A token is verified whenever
+   * one is sent; without one, the post passes only while local auth is on.
+   */
+  const authenticate = async (
+    request: IncomingMessage,
+  ): Promise<{ principal?: string } | { status: 401 | 403; message: string }> => {
+    const header = request.headers.authorization;
+    if (!header) {
+      return auth.localAuth
+        ? {}
+        : {
+            status: 401,
+            message:
+              'Authorization is required: local authentication is disabled on this resource, send a Microsoft Entra token',
+          };
+    }
+    const bearer = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
+    if (!bearer || !options.entra)
+      return { status: 401, message: 'The Authorization header is not a valid Bearer token' };
+    const check = await options.entra.issuer.verify(bearer, MONITOR_AUDIENCES);
+    if (!check.ok) return { status: 401, message: `The bearer token was refused (${check.problem}): ${check.detail}` };
+    const principal = check.claims.oid;
+    if (!options.entra.publishers.includes(principal)) {
+      return {
+        status: 403,
+        message: `The identity ${principal} does not have the Monitoring Metrics Publisher role on this resource`,
+      };
+    }
+    return { principal };
+  };
+
+  const handle = (request: IncomingMessage, response: ServerResponse, body: Buffer, principal?: string) => {
     const path = new URL(request.url ?? '/', 'https://capture').pathname;
     const encoding = request.headers['content-encoding'];
     const record = (status: number, itemCount: number) =>
       requests.push({
         method: request.method ?? '',
         path,
+        ...(principal ? { principal } : {}),
         status,
         ...(encoding ? { contentEncoding: encoding } : {}),
         itemCount,
@@ -252,11 +312,29 @@ export async function startIngestionCapture(options: {
     request.on('end', () => {
       if (size > MAX_BODY_BYTES) return;
       const answer = () => {
-        try {
-          handle(request, response, Buffer.concat(chunks));
-        } catch (error) {
-          if (!response.headersSent) sendJson(response, 500, { error: (error as Error).message });
-        }
+        authenticate(request)
+          .then((result) => {
+            if ('status' in result) {
+              // Refused before the body is looked at, as Breeze does: nothing is received, the body is kept for scans.
+              rawBodies.push(decodeBody(Buffer.concat(chunks), request.headers['content-encoding']));
+              requests.push({
+                method: request.method ?? '',
+                path: new URL(request.url ?? '/', 'https://capture').pathname,
+                status: result.status,
+                itemCount: 0,
+              });
+              sendJson(response, result.status, {
+                itemsReceived: 0,
+                itemsAccepted: 0,
+                errors: [{ index: 0, statusCode: result.status, message: result.message }],
+              });
+              return;
+            }
+            handle(request, response, Buffer.concat(chunks), result.principal);
+          })
+          .catch((error: unknown) => {
+            if (!response.headersSent) sendJson(response, 500, { error: (error as Error).message });
+          });
       };
       if (delays.remaining <= 0) return answer();
       delays.remaining -= 1;
@@ -354,6 +432,10 @@ export async function startIngestionCapture(options: {
     delayNext(count, ms) {
       delays.remaining = count;
       delays.ms = ms;
+    },
+    setLocalAuth(enabled) {
+      if (!enabled && !options.entra) throw new Error('the capture has no Entra token check: pass `entra`');
+      auth.localAuth = enabled;
     },
     reset() {
       items.length = 0;

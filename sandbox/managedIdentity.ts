@@ -8,6 +8,7 @@ import {
   appOnlyAccessTokenClaims,
   DEFAULT_TOKEN_LIFETIME_SECONDS,
   KEY_VAULT_RESOURCE,
+  MONITOR_RESOURCE,
   OUTLOOK_RESOURCE,
   STORAGE_RESOURCE,
   TOKEN_EXCHANGE_AUDIENCE,
@@ -76,7 +77,7 @@ function headerValue(request: IncomingMessage, name: string): string | undefined
 
 /**
  * Starts the App Service managed identity endpoint for the tenant's user-assigned identity.
- * `resource=https://vault.azure.net` (or Exchange, or Storage) gives a v1 token from `issuer` with the identity's oid/appid;
+ * `resource=https://vault.azure.net` (or Exchange, Storage or Azure Monitor) gives a v1 token from `issuer` with the identity's oid/appid;
  * `resource=api://AzureADTokenExchange` gives a federation assertion from `federationIssuer` with sub = oid = principal id.
  */
 export async function startManagedIdentityEndpoint(options: ManagedIdentityOptions): Promise<ManagedIdentityEndpoint> {
@@ -149,7 +150,12 @@ export async function startManagedIdentityEndpoint(options: ManagedIdentityOptio
           },
           lifetime,
         );
-      } else if (resource === KEY_VAULT_RESOURCE || resource === OUTLOOK_RESOURCE || resource === STORAGE_RESOURCE) {
+      } else if (
+        resource === KEY_VAULT_RESOURCE ||
+        resource === OUTLOOK_RESOURCE ||
+        resource === STORAGE_RESOURCE ||
+        resource === MONITOR_RESOURCE
+      ) {
         token = await issuer.sign(
           appOnlyAccessTokenClaims({
             tenantId: tenant.tenantId,

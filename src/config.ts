@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { MailError } from './errors';
 import { trimTrailingSlashes } from './inputBounds';
 import { isEmailAddress, MAX_ADDRESS_CHARS } from './message';
+import { parseAuthenticationString } from './telemetry';
 
 export const DEFAULT_SMTP_HOST = 'smtp.office365.com';
 export const DEFAULT_SMTP_PORT = 587;
@@ -145,6 +146,7 @@ const rawSchema = z.object({
   MAIL_UNSUBSCRIBE_KEY_NAME: optionalString,
   AzureWebJobsStorage: optionalString,
   APPLICATIONINSIGHTS_CONNECTION_STRING: optionalString,
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: optionalString,
   AZURE_CLIENT_ID: optionalString,
 });
 
@@ -198,6 +200,8 @@ export interface Config {
   unsubscribe: { baseUrl?: string; keyName: string };
   storageConnection?: string;
   appInsightsConnectionString?: string;
+  /** APPLICATIONINSIGHTS_AUTHENTICATION_STRING: send telemetry with a managed identity token (local auth off). */
+  appInsightsAuthenticationString?: string;
   managedIdentityClientId?: string;
 }
 
@@ -299,6 +303,11 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (s.MAIL_UNSUBSCRIBE_BASE_URL && !matches(/^https?:\/\/\S+$/, s.MAIL_UNSUBSCRIBE_BASE_URL)) {
     invalid('MAIL_UNSUBSCRIBE_BASE_URL');
   }
+  try {
+    parseAuthenticationString(s.APPLICATIONINSIGHTS_AUTHENTICATION_STRING);
+  } catch (error) {
+    problems.push((error as Error).message);
+  }
   if (s.MAIL_MAX_RECIPIENTS > 1000) {
     problems.push('MAIL_MAX_RECIPIENTS must be at most 1000: Exchange Online accepts 1 to 1000 recipients per message');
   }
@@ -352,6 +361,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     },
     storageConnection: s.AzureWebJobsStorage,
     appInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING,
+    appInsightsAuthenticationString: s.APPLICATIONINSIGHTS_AUTHENTICATION_STRING,
     managedIdentityClientId: s.AZURE_CLIENT_ID,
   };
 }

@@ -16,16 +16,23 @@
  *
  * Network: statsbeat / SDK stats (which otherwise go to a Microsoft host and probe the VM metadata endpoint)
  * are switched off; live metrics are never started; the only host contacted is the connection string's
- * IngestionEndpoint, which must be https (the exporter silently rewrites http:// to https://).
+ * IngestionEndpoint, which must be https (the exporter silently rewrites http:// to https://), and, with
+ * Entra ID authentication, the managed identity endpoint.
+ *
+ * Entra ID authentication: an Application Insights resource with local authentication off refuses telemetry
+ * sent with the connection string alone. APPLICATIONINSIGHTS_AUTHENTICATION_STRING (`Authorization=AAD`, with
+ * `;ClientId=<id>` for a user-assigned identity), the setting the Functions host reads for its own telemetry,
+ * makes the exporter send a managed identity token for `https://monitor.azure.com/.default` with every post.
  */
 import tls from 'node:tls';
 import type { AzureMonitorExporterOptions } from '@azure/monitor-opentelemetry-exporter';
+import type { TokenCredential } from '@azure/identity';
 import type { Logger as OtelLogger } from '@opentelemetry/api-logs';
 import type { Histogram, Context } from '@opentelemetry/api';
 import type { LoggerProvider } from '@opentelemetry/sdk-logs';
 import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import type { MeterProvider } from '@opentelemetry/sdk-metrics';
-import { tryTimeoutPolicy } from './timeouts';
+import { CREDENTIAL_TRY_TIMEOUT_MS, timeoutHttpClient, tryTimeoutPolicy } from './timeouts';
 
 export type MailEventName =
   | 'MailSent'
@@ -109,6 +116,12 @@ export interface Telemetry {
 export interface TelemetryOptions {
   /** APPLICATIONINSIGHTS_CONNECTION_STRING. Absent or empty: a no-op Telemetry that loads nothing. */
   connectionString?: string;
+  /**
+   * APPLICATIONINSIGHTS_AUTHENTICATION_STRING: `Authorization=AAD` (system-assigned identity) or
+   * `Authorization=AAD;ClientId=<client id>` (user-assigned). Absent: the connection string alone authenticates,
+   * which a resource with local authentication off refuses. See {@link parseAuthenticationString}.
+   */
+  authenticationString?: string;
   /** An extra CA (PEM) to trust for the ingestion endpoint (the sandbox); verification stays on. */
   extraCaPem?: string;
   /** Cloud role name (`cloud_RoleName`); default `m365-mailer`. */
@@ -165,6 +178,46 @@ const MAX_PENDING = 1000;
 const MAX_STRING = 256;
 /** Statsbeat is read from this variable when an exporter is constructed (base.js `trackStatsbeat`). */
 const STATSBEAT_OFF_ENV = 'APPLICATION_INSIGHTS_NO_STATSBEAT';
+
+/** The setting that turns on Entra ID authentication of telemetry (the Functions host reads it too). */
+export const AUTHENTICATION_STRING_SETTING = 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING';
+/** The scope of the ingestion token (the exporter asks for it unless the connection string names an AADAudience). */
+export const MONITOR_SCOPE = 'https://monitor.azure.com/.default';
+
+/** What APPLICATIONINSIGHTS_AUTHENTICATION_STRING asks for: a managed identity token, from this identity. */
+export interface TelemetryAuthentication {
+  kind: 'managed-identity';
+  /** The user-assigned identity's client id; absent: the system-assigned identity. */
+  clientId?: string;
+}
+
+const GUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Parses APPLICATIONINSIGHTS_AUTHENTICATION_STRING (`Authorization=AAD[;ClientId=<guid>]`, keys in any case and
+ * order). Unset or blank: undefined. Anything else throws an Error naming the setting and the form, never the value
+ * (a secret pasted into the wrong setting must not reach the logs).
+ */
+export function parseAuthenticationString(value: string | undefined): TelemetryAuthentication | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const invalid = () =>
+    new Error(
+      `${AUTHENTICATION_STRING_SETTING} is invalid: "Authorization=AAD" (system-assigned identity) or "Authorization=AAD;ClientId=<client id of the user-assigned managed identity>"`,
+    );
+  const parts = new Map<string, string>();
+  for (const part of value.split(';')) {
+    if (part.trim() === '') continue;
+    const eq = part.indexOf('=');
+    const key = eq > 0 ? part.slice(0, eq).trim().toLowerCase() : '';
+    if (!key || parts.has(key)) throw invalid();
+    parts.set(key, part.slice(eq + 1).trim());
+  }
+  const clientId = parts.get('clientid');
+  const known = parts.size === (clientId === undefined ? 1 : 2);
+  if (!known || parts.get('authorization')?.toUpperCase() !== 'AAD') throw invalid();
+  if (clientId !== undefined && !GUID_PATTERN.test(clientId)) throw invalid();
+  return clientId === undefined ? { kind: 'managed-identity' } : { kind: 'managed-identity', clientId };
+}
 
 /** A no-op Telemetry: what createTelemetry returns without a connection string. */
 export const noopTelemetry: Telemetry = Object.freeze({
@@ -305,6 +358,7 @@ type Op = (pipeline: Pipeline) => void;
 
 type Modules = {
   exporter: typeof import('@azure/monitor-opentelemetry-exporter');
+  identity: () => typeof import('@azure/identity');
   api: typeof import('@opentelemetry/api');
   logs: typeof import('@opentelemetry/sdk-logs');
   metrics: typeof import('@opentelemetry/sdk-metrics');
@@ -320,6 +374,8 @@ function loadModules(): Modules {
   /* eslint-disable @typescript-eslint/no-require-imports */
   return {
     exporter: require('@azure/monitor-opentelemetry-exporter') as Modules['exporter'],
+    // Only with Entra ID authentication; the app has usually loaded it already for Key Vault.
+    identity: () => require('@azure/identity') as ReturnType<Modules['identity']>,
     api: require('@opentelemetry/api') as Modules['api'],
     logs: require('@opentelemetry/sdk-logs') as Modules['logs'],
     metrics: require('@opentelemetry/sdk-metrics') as Modules['metrics'],
@@ -359,13 +415,53 @@ function ingestionObserver(report: (error: unknown) => void): PipelinePolicy {
   };
 }
 
+/**
+ * The managed identity credential of APPLICATIONINSIGHTS_AUTHENTICATION_STRING, or undefined when it is unset.
+ * ManagedIdentityCredential rather than DefaultAzureCredential: the setting names a managed identity, and a developer's
+ * `az login` must not stand in for it. Each token request is bounded like every other credential's.
+ */
+function ingestionCredential(
+  m: Modules,
+  authenticationString: string | undefined,
+  report: (error: unknown) => void,
+): TokenCredential | undefined {
+  const auth = parseAuthenticationString(authenticationString);
+  if (!auth) return undefined;
+  const { ManagedIdentityCredential } = m.identity();
+  // An HTTP client rather than a policy: ManagedIdentityCredential replaces `additionalPolicies` with its own.
+  const httpClient = timeoutHttpClient(CREDENTIAL_TRY_TIMEOUT_MS);
+  const credential = auth.clientId
+    ? new ManagedIdentityCredential({ clientId: auth.clientId, httpClient })
+    : new ManagedIdentityCredential({ httpClient });
+  // The exporter's bearer token policy runs before the ingestion observer and swallows its failure: report it here.
+  return {
+    async getToken(scopes, options) {
+      try {
+        return await credential.getToken(scopes, options);
+      } catch (error) {
+        const which = auth.clientId ? `user-assigned identity ${auth.clientId}` : 'system-assigned identity';
+        const message = (error as Error)?.message?.split('\n')[0] ?? String(error);
+        report(
+          new Error(
+            `Application Insights ingestion failed: the managed identity (${which}) could not get a token for ${String(scopes)}: ${message}`,
+          ),
+        );
+        throw error;
+      }
+    },
+  };
+}
+
 function buildPipeline(
   options: TelemetryOptions & { connectionString: string },
   report: (error: unknown) => void,
 ): Pipeline {
   const m = loadModules();
+  const credential = ingestionCredential(m, options.authenticationString, report);
   const exporterOptions: AzureMonitorExporterOptions = {
     connectionString: options.connectionString,
+    // The exporter adds a bearer token policy for MONITOR_SCOPE (or the connection string's AADAudience).
+    ...(credential ? { credential } : {}),
     disableOfflineStorage: !options.storageDirectory,
     ...(options.storageDirectory ? { storageDirectory: options.storageDirectory } : {}),
     // The pipeline's own tlsPolicy: Node's roots plus the extra CA, verification on (as src/sender/tlsTrust.ts trustedCas).

@@ -44,6 +44,7 @@ export function createMailer(
     options.telemetry ??
     createTelemetry({
       connectionString: config.appInsightsConnectionString,
+      authenticationString: config.appInsightsAuthenticationString,
       extraCaPem: config.extraCaPem,
       roleName: options.roleName ?? 'm365-mailer',
       // The exporter tells nobody about dropped batches; the log does.
