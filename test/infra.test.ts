@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { captureRegistrations } from '../dev/functionsCore';
 import { normalise } from '../dev/registrations';
 import { DEFAULT_MAX_CONNECTIONS, loadConfig, SETTING_NAMES, type Config } from '../src/config';
-import * as storageNames from '../src/storage';
+import * as storageNames from '../src/storage/storageClients';
 import {
   BicepSyntaxError,
   declaration,
@@ -293,7 +293,7 @@ describe('storage, roles and retention match the code', () => {
       .map(([, value]) => value as string)
       .sort();
 
-  it('the queues, tables and containers the templates create are exactly those of src/storage.ts', () => {
+  it('the queues, tables and containers the templates create are exactly those of src/storage/storageClients.ts', () => {
     expect(stringArray(declaration(storage, 'var', 'queueNames').body).sort()).toEqual(codeNames('_QUEUE'));
     expect(stringArray(declaration(storage, 'var', 'tableNames').body).sort()).toEqual(codeNames('_TABLE'));
     expect(stringArray(declaration(storage, 'var', 'containerNames').body).sort()).toEqual(codeNames('_CONTAINER'));

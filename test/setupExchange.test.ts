@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { AUTH_MODES } from '../src/config';
-import { TOKEN_EXCHANGE_SCOPE } from '../src/smtpAuth';
+import { TOKEN_EXCHANGE_SCOPE } from '../src/sender/smtpAuth';
 
 /** The parts of tree-sitter's node API used here. */
 interface SyntaxNode {
