@@ -2,9 +2,8 @@
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { exportSettings, loadConfig, readSettings } from './config';
+import { BASIC_AUTH_DEPRECATION, exportSettings, loadConfig, readSettings } from './config';
 import { MailError, ensureError, type ClassifiedError } from './errors';
-import { BASIC_AUTH_DEPRECATION } from './sender/mailSender';
 import { createLogger } from './logger';
 import { createMailer } from './sender/senderServices';
 import { MAX_ATTACHMENTS, parseMessage, type MailMessage } from './message';

@@ -205,6 +205,16 @@ export interface Config {
   managedIdentityClientId?: string;
 }
 
+export const BASIC_AUTH_DEPRECATION =
+  'MAIL_AUTH_MODE=basic is deprecated: Microsoft turns Basic SMTP AUTH off by default at the end of December 2026. Move to client-secret, client-certificate or federated-identity.';
+
+/** Returns true when `from` is the sender or allowed by MAIL_ALLOWED_FROM (address or @domain). */
+export function isAllowedFrom(from: string, allowedFrom: readonly string[]): boolean {
+  const address = from.toLowerCase();
+  const domain = address.slice(address.lastIndexOf('@'));
+  return allowedFrom.includes(address) || allowedFrom.includes(domain);
+}
+
 /** A settings error lists every problem at once, each naming the setting and its fix. */
 export class ConfigError extends MailError {
   constructor(readonly problems: string[]) {

@@ -25,6 +25,7 @@
  * makes the exporter send a managed identity token for `https://monitor.azure.com/.default` with every post.
  */
 import tls from 'node:tls';
+import { MAIL_SOURCES, type MailSource } from './message';
 import type { AzureMonitorExporterOptions } from '@azure/monitor-opentelemetry-exporter';
 import type { TokenCredential } from '@azure/identity';
 import type { Logger as OtelLogger } from '@opentelemetry/api-logs';
@@ -60,12 +61,11 @@ export const PACING_REASONS = [
   'exchange-concurrency',
   'retry',
 ] as const;
-export type TelemetrySource = 'http' | 'notification' | 'digest' | 'cli';
 
 /** Only these fields exist, so addresses, subjects, bodies and secrets cannot be recorded. */
 export interface MailEventProperties {
   id?: string;
-  source?: TelemetrySource;
+  source?: MailSource;
   template?: string;
   batchId?: string;
   attempt?: number;
@@ -95,7 +95,7 @@ export interface MailEventProperties {
 
 /** Dimensions of the `mail.send.duration` metric: low cardinality only. */
 export interface MailDurationDimensions {
-  source?: TelemetrySource;
+  source?: MailSource;
   template?: string;
   outcome?: 'sent' | 'failed' | 'deferred';
 }
@@ -171,7 +171,7 @@ export const TELEMETRY_REQUEST_TIMEOUT_MS = 10_000;
 /** The attribute that makes AzureMonitorLogExporter emit an EventData (custom event) envelope. */
 export const CUSTOM_EVENT_NAME_ATTRIBUTE = 'microsoft.custom_event.name';
 
-const SOURCES: readonly TelemetrySource[] = ['http', 'notification', 'digest', 'cli'];
+const SOURCES: readonly MailSource[] = MAIL_SOURCES;
 const OUTCOMES: ReadonlyArray<NonNullable<MailDurationDimensions['outcome']>> = ['sent', 'failed', 'deferred'];
 /** Records kept while the exporter loads; beyond this they are counted and dropped. */
 const MAX_PENDING = 1000;
@@ -302,7 +302,7 @@ export function eventFields(props: MailEventProperties): {
     if (measurement) measurements[key] = v;
   };
   str('id');
-  if (SOURCES.includes(p.source as TelemetrySource)) properties.source = p.source as TelemetrySource;
+  if (SOURCES.includes(p.source as MailSource)) properties.source = p.source as MailSource;
   str('template');
   str('batchId');
   num('attempt', true);
@@ -323,7 +323,7 @@ export function eventFields(props: MailEventProperties): {
 function durationDimensions(dims: MailDurationDimensions | undefined): Record<string, string> {
   const d: Partial<Record<keyof MailDurationDimensions, unknown>> = dims && typeof dims === 'object' ? dims : {};
   const out: Record<string, string> = {};
-  if (SOURCES.includes(d.source as TelemetrySource)) out.source = d.source as string;
+  if (SOURCES.includes(d.source as MailSource)) out.source = d.source as string;
   const template = safeString(d.template);
   if (template !== undefined) out.template = template;
   if (OUTCOMES.includes(d.outcome as 'sent')) out.outcome = d.outcome as string;

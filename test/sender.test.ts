@@ -2,7 +2,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { decodeJwt } from 'jose';
 import { MailError } from '../src/errors';
-import { IDLE_CLOSE_MS } from '../src/sender/mailSender';
+import { IDLE_CLOSE_MS } from '../src/sender/connectionPool';
 import { SMTP_SEND_AS_APP_ROLE } from '../sandbox/tenant';
 import { secretScanner, smtpMessagesDecoded, smtpWire } from './secretScan';
 import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from './support';

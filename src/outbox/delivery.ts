@@ -34,7 +34,7 @@ import type { Pacer } from '../pacing/pacer';
 import type { PayloadStore, StoredPayload } from './messageStore';
 import type { MailSender, SendResult } from '../sender/mailSender';
 import { TERMINAL_STATUSES, type RecordChanges, type StatusStore, type StoredRecord } from './statusStore';
-import { IDLE_CLOSE_MS } from '../sender/mailSender';
+import { IDLE_CLOSE_MS } from '../sender/connectionPool';
 import { isStorageError, type StorageClients } from '../storage/storageClients';
 import type { Telemetry } from '../telemetry';
 

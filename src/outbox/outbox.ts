@@ -16,17 +16,17 @@
  *    no timer has to look for records whose queue message went missing.
  */
 import { createHash } from 'node:crypto';
-import type { Config } from '../config';
+import { isAllowedFrom, type Config } from '../config';
 import { MailError } from '../errors';
 import type { IdempotencyStore } from './idempotencyStore';
 import { silentLogger, type Logger } from '../logger';
-import { parseMessage, type MailMessage } from '../message';
+import { parseMessage, type MailMessage, type OutboxSource } from '../message';
 import { batchMessageId, messageIdLocalPart, uuidv7 } from './messageIds';
 import { enqueueOutbox } from './outboxQueue';
 import type { PayloadStore } from './messageStore';
-import { isAllowedFrom } from '../sender/mailSender';
+
 import { parseSendRequest, type SendRequest } from './sendRequest';
-import { TERMINAL_STATUSES, type StatusStore, type StoredRecord, type OutboxSource } from './statusStore';
+import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
 import type { StorageClients } from '../storage/storageClients';
 import type { TemplateRenderer } from '../templates/templateRenderer';
 

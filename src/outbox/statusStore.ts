@@ -1,12 +1,12 @@
 /** Status records of outbox messages in Table storage, with ETag-guarded transitions so that concurrent workers cannot both move a record. */
 import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError, SmtpReply } from '../errors';
+import type { OutboxSource } from '../message';
 import { batchPartition, idOfRecord, recordKeys, SINGLE_ROW_KEY, uuidv7Floor } from './messageIds';
 import { deleteEntity, insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
 export type MailStatus = (typeof MAIL_STATUSES)[number];
-export type OutboxSource = 'http' | 'notification' | 'digest';
 /** Statuses no delivery changes any more. */
 export const TERMINAL_STATUSES: ReadonlySet<MailStatus> = new Set(['sent', 'failed', 'suppressed']);
 /**
