@@ -2,7 +2,7 @@
 import { exportSettings, loadConfig, readSettings, type Config } from './config';
 import type { DeliverDeps } from './outbox/delivery';
 import { ensureError } from './errors';
-import { BatchPayloadStore } from './notifications/batchBlobStore';
+import { BatchBlobStore } from './notifications/batchBlobStore';
 import { BatchStore } from './notifications/batchStore';
 import { IdempotencyStore } from './outbox/idempotencyStore';
 import { createLogger, type Logger } from './logger';
@@ -12,7 +12,7 @@ import { Notifications } from './notifications/notifications';
 import { Outbox } from './outbox/outbox';
 import { ConnectionSlots } from './pacing/connectionSlots';
 import { Pacer, pacingLimits } from './pacing/pacer';
-import { PayloadStore } from './outbox/messageStore';
+import { MessageStore } from './outbox/messageStore';
 import { Retention } from './outbox/retention';
 import { StatusStore } from './outbox/statusStore';
 import { createStorage, storageTargetFromSettings, type StorageClients } from './storage/storageClients';
@@ -29,7 +29,7 @@ export interface Runtime {
   mailer: Mailer;
   storage: StorageClients;
   status: StatusStore;
-  payloads: PayloadStore;
+  payloads: MessageStore;
   renderer: TemplateRenderer;
   outbox: Outbox;
   deliverDeps: DeliverDeps;
@@ -90,7 +90,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     });
   const renderer = new TemplateRenderer(templateBundle());
   const status = new StatusStore(storage.statusTable);
-  const payloads = new PayloadStore(storage.payloads);
+  const payloads = new MessageStore(storage.payloads);
   const idempotency = new IdempotencyStore(storage.idempotencyTable);
   const outbox = new Outbox({ config, renderer, storage, status, payloads, idempotency, logger, now });
   const deliverDeps: DeliverDeps = {
@@ -124,7 +124,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     payloads,
     idempotency,
     batches: new BatchStore(storage.batchTable),
-    batchBlobs: new BatchPayloadStore(storage.batches),
+    batchBlobs: new BatchBlobStore(storage.batches),
     logger,
     now,
   });

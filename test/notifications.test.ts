@@ -14,7 +14,7 @@ import type { ApiRequest, ApiResponse } from '../src/api/apiTypes';
 import { getNotifications } from '../src/api/notificationsGet';
 import { MAX_BATCH_BODY_BYTES, postNotifications } from '../src/api/notificationsPost';
 import { runApi, type ApiHandler } from '../src/api/runApi';
-import { BatchPayloadStore } from '../src/notifications/batchBlobStore';
+import { BatchBlobStore } from '../src/notifications/batchBlobStore';
 import { batchPartition } from '../src/outbox/messageIds';
 import { MAX_LISTED_REJECTIONS } from '../src/notifications/batchStore';
 import { deliver } from '../src/outbox/delivery';
@@ -390,7 +390,7 @@ describe('chunks and continuations', () => {
     );
     expect(first).toEqual({ outcome: 'fanned-out', batchId, offset: 0, next: 3, status: 'fanning-out' });
     // The inline batch was written to mail-batches (its fields and its chunks) before its continuation was enqueued.
-    expect(await rt.storage.batches.getBlobClient(BatchPayloadStore.headerBlobName(batchId)).exists()).toBe(true);
+    expect(await rt.storage.batches.getBlobClient(BatchBlobStore.headerBlobName(batchId)).exists()).toBe(true);
     const peeked = await rt.storage.notificationsQueue.peekMessages({ numberOfMessages: 32 });
     const texts = peeked.peekedMessageItems.map((m) => JSON.parse(Buffer.from(m.messageText, 'base64').toString()));
     expect(texts).toContainEqual({ batchId, offset: 3 });
@@ -917,7 +917,7 @@ describe('end to end through the dev host', () => {
     const blobs = BlobServiceClient.fromConnectionString(hostAzurite.connectionString).getContainerClient(
       BATCH_CONTAINER,
     );
-    expect(await blobs.getBlobClient(BatchPayloadStore.headerBlobName(accepted.batchId)).exists()).toBe(true);
+    expect(await blobs.getBlobClient(BatchBlobStore.headerBlobName(accepted.batchId)).exists()).toBe(true);
 
     const view = await waitForSent(accepted.batchId, count, 60_000);
     expect(view).toMatchObject({ total: count, accepted: count, rejected: 0, category: 'bulk' });

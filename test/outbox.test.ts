@@ -13,7 +13,7 @@ import { Outbox, payloadHash } from '../src/outbox/outbox';
 import { uuidv7 } from '../src/outbox/messageIds';
 import { StatusStore, statusView } from '../src/outbox/statusStore';
 import { enqueueOutbox, parseOutboxMessage } from '../src/outbox/outboxQueue';
-import { PayloadStore } from '../src/outbox/messageStore';
+import { MessageStore } from '../src/outbox/messageStore';
 import { createRuntime, type Runtime } from '../src/appServices';
 import { parseSendRequest } from '../src/outbox/sendRequest';
 import {
@@ -148,7 +148,7 @@ describe('accept → deliver → sent', () => {
     const text = peeked.peekedMessageItems[0]!.messageText;
     expect(JSON.parse(Buffer.from(text, 'base64').toString('utf8'))).toEqual({ id: accepted.id });
     expect(text.length).toBeLessThan(100);
-    expect(await rt.storage.payloads.getBlobClient(PayloadStore.blobName(accepted.id)).exists()).toBe(true);
+    expect(await rt.storage.payloads.getBlobClient(MessageStore.blobName(accepted.id)).exists()).toBe(true);
 
     const [outcome] = await drainOnce();
     expect(outcome?.outcome).toBe('sent');
@@ -441,7 +441,7 @@ describe('delivery failures', () => {
 
   it('a deleted payload blob fails the message with PAYLOAD_MISSING instead of retrying forever', async () => {
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
-    await rt.storage.payloads.deleteBlob(PayloadStore.blobName(id));
+    await rt.storage.payloads.deleteBlob(MessageStore.blobName(id));
     const [outcome] = await drainOnce();
     expect(outcome).toMatchObject({ outcome: 'failed' });
     const failed = await record(id);

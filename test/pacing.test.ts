@@ -9,7 +9,7 @@ import { deliver } from '../src/outbox/delivery';
 import { MailError } from '../src/errors';
 import { enqueueOutbox, parseOutboxMessage } from '../src/outbox/outboxQueue';
 import { PACING_MARGIN, Pacer, type PacingLimits } from '../src/pacing/pacer';
-import { PayloadStore } from '../src/outbox/messageStore';
+import { MessageStore } from '../src/outbox/messageStore';
 import { createRuntime, type Runtime } from '../src/appServices';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { postMessage } from '../src/api/messagesPost';
@@ -303,7 +303,7 @@ describe('delivery with pacing', () => {
 
   it('a payload blob that is not a payload fails the message at once (no retry loop)', async () => {
     const accepted = await rt.outbox.accept({ to: 'f@example.com', subject: 'corrupt', text: 'x' }, { source: 'http' });
-    await rt.storage.payloads.getBlockBlobClient(PayloadStore.blobName(accepted.id)).upload('{not json', 9);
+    await rt.storage.payloads.getBlockBlobClient(MessageStore.blobName(accepted.id)).upload('{not json', 9);
     const outcome = await deliver(accepted.id, {}, rt.deliverDeps);
     expect(outcome).toMatchObject({ outcome: 'failed' });
     expect((await rt.status.get(accepted.id))?.error?.code).toBe('PAYLOAD_INVALID');

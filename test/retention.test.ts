@@ -5,12 +5,12 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
-import { BatchPayloadStore } from '../src/notifications/batchBlobStore';
+import { BatchBlobStore } from '../src/notifications/batchBlobStore';
 import { BatchStore } from '../src/notifications/batchStore';
 import { IdempotencyStore, idempotencyPartition } from '../src/outbox/idempotencyStore';
 import { Notifications, type FanoutOutcome } from '../src/notifications/notifications';
 import { Outbox } from '../src/outbox/outbox';
-import { PayloadStore } from '../src/outbox/messageStore';
+import { MessageStore } from '../src/outbox/messageStore';
 import { Retention } from '../src/outbox/retention';
 import { createRuntime, type Runtime } from '../src/appServices';
 import { drainOutbox as driveOutbox, pumpNotifications as driveNotifications } from './fixtures/hostDriver';
@@ -57,7 +57,7 @@ function retentionAt(days: number, overrides: Partial<ConstructorParameters<type
     payloads: rt.payloads,
     idempotency: new IdempotencyStore(rt.storage.idempotencyTable),
     batches: new BatchStore(rt.storage.batchTable),
-    batchBlobs: new BatchPayloadStore(rt.storage.batches),
+    batchBlobs: new BatchBlobStore(rt.storage.batches),
     now: () => Date.now() + days * DAY_MS,
     ...overrides,
   });
@@ -75,7 +75,7 @@ async function claimExists(key: string): Promise<boolean> {
   }
 }
 
-const payloadExists = (id: string) => rt.storage.payloads.getBlobClient(PayloadStore.blobName(id)).exists();
+const payloadExists = (id: string) => rt.storage.payloads.getBlobClient(MessageStore.blobName(id)).exists();
 
 let batchNo = 0;
 const newBatchId = () => `ret-${Date.now()}-${++batchNo}`;
@@ -196,7 +196,7 @@ describe('notification batches', () => {
     const { batchId: submitted } = await n.submit(batchOf(batchId, ['r0', 'r1', 'r2', 'r3', 'r4']));
     await pumpNotifications(n);
     expect((await n.view(submitted))?.accepted).toBe(5);
-    const blobs = new BatchPayloadStore(rt.storage.batches);
+    const blobs = new BatchBlobStore(rt.storage.batches);
     expect(await blobs.header(batchId)).toBeDefined();
 
     // One message still pending: the batch is kept, its final messages are not.
@@ -241,8 +241,8 @@ describe('notification batches', () => {
     const [first] = await pumpOnce(n);
     expect(first).toMatchObject({ outcome: 'fanned-out', offset: 0, next: 2 });
     // Delete every chunk but the one the continuation at offset 2 needs: it still fans out.
-    await rt.storage.batches.deleteBlob(BatchPayloadStore.chunkBlobName(batchId, 0));
-    await rt.storage.batches.deleteBlob(BatchPayloadStore.chunkBlobName(batchId, 2));
+    await rt.storage.batches.deleteBlob(BatchBlobStore.chunkBlobName(batchId, 0));
+    await rt.storage.batches.deleteBlob(BatchBlobStore.chunkBlobName(batchId, 2));
     const [second] = await pumpOnce(n);
     expect(second).toMatchObject({ outcome: 'fanned-out', offset: 2, next: 4 });
     // The chunk at offset 4 is gone: its continuation fails the batch, naming the missing blobs.

@@ -7,7 +7,7 @@ import { TableClient, TableTransaction } from '@azure/data-tables';
 import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../dev/azurite';
-import { BatchPayloadStore } from '../src/notifications/batchBlobStore';
+import { BatchBlobStore } from '../src/notifications/batchBlobStore';
 import { BatchStore } from '../src/notifications/batchStore';
 import { IdempotencyStore } from '../src/outbox/idempotencyStore';
 import { batchPartition, uuidv7 } from '../src/outbox/messageIds';
@@ -55,7 +55,7 @@ function retentionAt(days: number, overrides: Partial<ConstructorParameters<type
     payloads: rt.payloads,
     idempotency: new IdempotencyStore(rt.storage.idempotencyTable),
     batches: new BatchStore(rt.storage.batchTable),
-    batchBlobs: new BatchPayloadStore(rt.storage.batches),
+    batchBlobs: new BatchBlobStore(rt.storage.batches),
     now: () => Date.now() + days * DAY_MS,
     ...overrides,
   });

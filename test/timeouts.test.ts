@@ -6,7 +6,7 @@ import { DEV_ACCOUNT_KEY, startAzurite, type AzuriteInstance } from '../dev/azur
 import { errorResponse } from '../src/api/errorResponse';
 import { loadConfig, type Config } from '../src/config';
 import { MailError } from '../src/errors';
-import { PayloadStore } from '../src/outbox/messageStore';
+import { MessageStore } from '../src/outbox/messageStore';
 import { KeyVaultSecrets, createAzureCredential } from '../src/sender/keyVaultSecrets';
 import { createSmtpAuthSource, type SmtpAuthTimeouts } from '../src/sender/smtpAuth';
 import { STORAGE_MAX_TRIES, asStorageUnavailable, createStorage, isStorageError } from '../src/storage/storageClients';
@@ -236,7 +236,7 @@ describe('storage: a blob whose body stalls after the headers', () => {
   });
 
   it('reading a payload is cut by the per-try bound and is a storage failure, not a broken payload', async () => {
-    const { error, ms } = await failure(() => new PayloadStore(storage.payloads).get('stalled'));
+    const { error, ms } = await failure(() => new MessageStore(storage.payloads).get('stalled'));
     // The delivery worker fails a message as PAYLOAD_INVALID for anything that is not a storage error.
     expect(isStorageError(error)).toBe(true);
     const classified = expectTransient(asStorageUnavailable(error), 'STORAGE_UNAVAILABLE');
@@ -270,7 +270,7 @@ describe('storage: the bound leaves a healthy account alone', () => {
     await storage.poisonQueue.sendMessage('{"id":"y"}');
     await storage.batches.getBlockBlobClient('b.json').uploadData(Buffer.from('{}'));
     // Payloads are read through downloadBlob: a stored one comes back, a missing one is still "none".
-    const payloads = new PayloadStore(storage.payloads);
+    const payloads = new MessageStore(storage.payloads);
     const message = {
       from: { address: 'a@example.com' },
       to: [{ address: 'b@example.com' }],

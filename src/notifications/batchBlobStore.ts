@@ -42,7 +42,7 @@ export interface BatchHeader {
   batch: BatchFields;
 }
 
-export class BatchPayloadStore {
+export class BatchBlobStore {
   constructor(private readonly container: ContainerClient) {}
 
   /** The folder of batch `batchId`'s blobs. */
@@ -70,7 +70,7 @@ export class BatchPayloadStore {
   ): Promise<{ written: true } | { written: false; contentHash: string | undefined }> {
     const body = Buffer.from(JSON.stringify({ version: FORMAT_VERSION, ...header }));
     try {
-      await this.container.getBlockBlobClient(BatchPayloadStore.headerBlobName(header.batchId)).uploadData(body, {
+      await this.container.getBlockBlobClient(BatchBlobStore.headerBlobName(header.batchId)).uploadData(body, {
         blobHTTPHeaders: { blobContentType: 'application/json' },
         conditions: { ifNoneMatch: '*' },
       });
@@ -87,7 +87,7 @@ export class BatchPayloadStore {
         const chunk = next++;
         const slice = recipients.slice(chunk * header.chunkSize, (chunk + 1) * header.chunkSize);
         await this.container
-          .getBlockBlobClient(BatchPayloadStore.chunkBlobName(header.batchId, chunk))
+          .getBlockBlobClient(BatchBlobStore.chunkBlobName(header.batchId, chunk))
           .uploadData(Buffer.from(JSON.stringify(slice)), { blobHTTPHeaders: { blobContentType: 'application/json' } });
       }
     };
@@ -97,7 +97,7 @@ export class BatchPayloadStore {
 
   /** The batch fields, or undefined when there is no batch (or not one this version wrote). */
   async header(batchId: string): Promise<BatchHeader | undefined> {
-    const json = await this.read(BatchPayloadStore.headerBlobName(batchId));
+    const json = await this.read(BatchBlobStore.headerBlobName(batchId));
     if (!json || typeof json !== 'object') return undefined;
     const h = json as Partial<BatchHeader> & { version?: number };
     if (h.version !== FORMAT_VERSION || !h.batch || !Number.isSafeInteger(h.chunkSize) || !h.chunkSize)
@@ -113,14 +113,14 @@ export class BatchPayloadStore {
 
   /** The prepared recipients of chunk `chunk`, or undefined when the blob is missing or not a chunk. */
   async chunk(batchId: string, chunk: number): Promise<PreparedRecipient[] | undefined> {
-    const json = await this.read(BatchPayloadStore.chunkBlobName(batchId, chunk));
+    const json = await this.read(BatchBlobStore.chunkBlobName(batchId, chunk));
     return Array.isArray(json) ? (json as PreparedRecipient[]) : undefined;
   }
 
   /** Deletes every blob of batch `batchId` (retention). Returns how many were deleted. */
   async delete(batchId: string): Promise<number> {
     let deleted = 0;
-    for await (const blob of this.container.listBlobsFlat({ prefix: BatchPayloadStore.prefix(batchId) })) {
+    for await (const blob of this.container.listBlobsFlat({ prefix: BatchBlobStore.prefix(batchId) })) {
       const result = await this.container.deleteBlob(blob.name).then(
         () => true,
         (error: unknown) => {

@@ -31,7 +31,7 @@ import { silentLogger, type Logger } from '../logger';
 import { allRecipients } from '../message';
 import { enqueueOutbox } from './outboxQueue';
 import type { Pacer } from '../pacing/pacer';
-import type { PayloadStore, StoredPayload } from './messageStore';
+import type { MessageStore, StoredMessage } from './messageStore';
 import type { MailSender, SendResult } from '../sender/mailSender';
 import { TERMINAL_STATUSES, type RecordChanges, type StatusStore, type StoredRecord } from './statusStore';
 import { IDLE_CLOSE_MS } from '../sender/connectionPool';
@@ -67,7 +67,7 @@ const DEFAULT_QUOTA_PROBE_MS = 15 * 60 * 1000;
 export interface DeliverDeps {
   sender: Pick<MailSender, 'send'> & Partial<Pick<MailSender, 'connectionReady'>>;
   status: StatusStore;
-  payloads: PayloadStore;
+  payloads: MessageStore;
   storage: Pick<StorageClients, 'outboxQueue'>;
   telemetry?: Telemetry;
   logger?: Logger;
@@ -228,7 +228,7 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
   }
 
   async function sendLeased(leased: StoredRecord): Promise<DeliverOutcome> {
-    let payload: StoredPayload | undefined;
+    let payload: StoredMessage | undefined;
     try {
       payload = await deps.payloads.get(id);
     } catch (error) {

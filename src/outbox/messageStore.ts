@@ -6,7 +6,7 @@ import { downloadBlob, storageStatusCode } from '../storage/storageClients';
 const FORMAT_VERSION = 1;
 
 /** What the worker needs to send: the validated, rendered message. */
-export interface StoredPayload {
+export interface StoredMessage {
   message: MailMessage;
 }
 
@@ -17,7 +17,7 @@ interface PayloadJson {
   };
 }
 
-export class PayloadStore {
+export class MessageStore {
   constructor(private readonly container: ContainerClient) {}
 
   static blobName(id: string): string {
@@ -28,7 +28,7 @@ export class PayloadStore {
    * Writes the payload once. Returns false when it already exists (an idempotent retry of the same accept
    * wrote it first): payloads are immutable, so a worker never reads a half-replaced one.
    */
-  async put(id: string, payload: StoredPayload): Promise<boolean> {
+  async put(id: string, payload: StoredMessage): Promise<boolean> {
     const { message } = payload;
     const json: PayloadJson = {
       version: FORMAT_VERSION,
@@ -43,7 +43,7 @@ export class PayloadStore {
     };
     const body = Buffer.from(JSON.stringify(json));
     try {
-      await this.container.getBlockBlobClient(PayloadStore.blobName(id)).uploadData(body, {
+      await this.container.getBlockBlobClient(MessageStore.blobName(id)).uploadData(body, {
         blobHTTPHeaders: { blobContentType: 'application/json' },
         conditions: { ifNoneMatch: '*' },
       });
@@ -57,14 +57,14 @@ export class PayloadStore {
 
   /** Deletes the payload (retention). True when it existed. */
   async delete(id: string): Promise<boolean> {
-    return (await this.container.getBlockBlobClient(PayloadStore.blobName(id)).deleteIfExists()).succeeded;
+    return (await this.container.getBlockBlobClient(MessageStore.blobName(id)).deleteIfExists()).succeeded;
   }
 
   /** The payload, or undefined when the blob does not exist. */
-  async get(id: string): Promise<StoredPayload | undefined> {
+  async get(id: string): Promise<StoredMessage | undefined> {
     let buffer: Buffer;
     try {
-      buffer = await downloadBlob(this.container.getBlockBlobClient(PayloadStore.blobName(id)));
+      buffer = await downloadBlob(this.container.getBlockBlobClient(MessageStore.blobName(id)));
     } catch (error) {
       if (storageStatusCode(error) === 404) return undefined;
       throw error;

@@ -23,7 +23,7 @@ import { silentLogger, type Logger } from '../logger';
 import { parseMessage, type MailMessage, type OutboxSource } from '../message';
 import { batchMessageId, messageIdLocalPart, uuidv7 } from './messageIds';
 import { enqueueOutbox } from './outboxQueue';
-import type { PayloadStore } from './messageStore';
+import type { MessageStore } from './messageStore';
 
 import { parseSendRequest, type SendRequest } from './sendRequest';
 import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
@@ -44,7 +44,7 @@ export interface OutboxDeps {
   renderer: TemplateRenderer;
   storage: Pick<StorageClients, 'outboxQueue' | 'ensureResources'>;
   status: StatusStore;
-  payloads: PayloadStore;
+  payloads: MessageStore;
   idempotency: IdempotencyStore;
   logger?: Logger;
   now?: () => number;

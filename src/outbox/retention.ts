@@ -10,12 +10,12 @@
  * batch's messages are one partition of MailStatus. Each run stops after a number of deletions and a time budget;
  * the timer's next run carries on.
  */
-import type { BatchPayloadStore } from '../notifications/batchBlobStore';
+import type { BatchBlobStore } from '../notifications/batchBlobStore';
 import type { BatchStore, RetentionEntry } from '../notifications/batchStore';
 import type { Config } from '../config';
 import type { IdempotencyStore } from './idempotencyStore';
 import { silentLogger, type Logger } from '../logger';
-import type { PayloadStore } from './messageStore';
+import type { MessageStore } from './messageStore';
 import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
 import type { StorageClients } from '../storage/storageClients';
 
@@ -31,10 +31,10 @@ export interface RetentionDeps {
   config: Pick<Config, 'retentionMs' | 'sender'>;
   storage: Pick<StorageClients, 'ensureResources'>;
   status: StatusStore;
-  payloads: PayloadStore;
+  payloads: MessageStore;
   idempotency: IdempotencyStore;
   batches: BatchStore;
-  batchBlobs: BatchPayloadStore;
+  batchBlobs: BatchBlobStore;
   logger?: Logger;
   now?: () => number;
 }
