@@ -7,7 +7,7 @@ import { parseMessage } from '../src/message';
 import { Redactor } from '../src/redact';
 import { noopTelemetry } from '../src/telemetry';
 import { msalNetworkClient, trustedCas } from '../src/sender/tlsTrust';
-import { applySandboxEnv } from '../test/support';
+import { applySandboxEnv } from '../test/support/sandboxMailer';
 import type { Sandbox } from '../sandbox';
 
 export interface DeliveryFigures {

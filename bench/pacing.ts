@@ -5,7 +5,7 @@
  */
 import { startAzurite } from '../dev/azurite';
 import { startSandbox } from '../sandbox';
-import { runPacingScenario } from '../test/fixtures/pacingRun';
+import { runPacingScenario } from '../test/support/pacingRun';
 
 export interface PacingFigures {
   workers: number;

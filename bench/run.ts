@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startAzurite } from '../dev/azurite';
 import { startSandbox } from '../sandbox';
-import { applySandboxEnv } from '../test/support';
+import { applySandboxEnv } from '../test/support/sandboxMailer';
 import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
 import { runFanoutBench } from './fanout';
