@@ -136,6 +136,8 @@ export interface ExchangeSmtpAuthAttempt {
 export interface ExchangeSmtpSession {
   id: string;
   remoteAddress: string;
+  /** The client's port: with the client process's own socket table, it tells which process held the session. */
+  remotePort: number;
   startedAt: number;
   closedAt?: number;
   open: boolean;
@@ -177,6 +179,15 @@ export interface ExchangeSmtpRejection {
   code: number;
   enhanced?: string;
   text: string;
+  at: number;
+}
+
+/** A fault knob that took effect: which knob, on which session and command (the fault suite counts these). */
+export interface ExchangeSmtpInjection {
+  kind: 'reply421' | 'reply421OnCommand' | 'force432' | 'logonFailure430' | 'dropMidData' | 'delay';
+  sessionId: string;
+  /** The verb it hit ('CONNECT' for the greeting, 'DATA' for a drop mid-message). */
+  command: string;
   at: number;
 }
 
@@ -311,6 +322,10 @@ export class ExchangeSmtpServer extends EventEmitter {
   readonly rejections: ExchangeSmtpRejection[] = [];
   readonly violations: ExchangeSmtpViolation[] = [];
   readonly authAttempts: ExchangeSmtpAuthAttempt[] = [];
+  /** Every fault knob use, in order: tells injected refusals from ones the client caused. */
+  readonly injected: ExchangeSmtpInjection[] = [];
+  /** MAIL FROM commands received, faulted or not: one per transaction a client started. */
+  mailCommands = 0;
   readonly hostname: string;
 
   private readonly tenant: SandboxTenant;
@@ -391,9 +406,17 @@ export class ExchangeSmtpServer extends EventEmitter {
 
   /** Empties every record and clears the faults; limits and open sessions stay. */
   reset(): void {
-    for (const list of [this.messages, this.sessions, this.rejections, this.violations, this.authAttempts]) {
+    for (const list of [
+      this.messages,
+      this.sessions,
+      this.rejections,
+      this.violations,
+      this.authAttempts,
+      this.injected,
+    ]) {
       list.length = 0;
     }
+    this.mailCommands = 0;
     this.sendTimes.clear();
     this.recipientLog.clear();
     this.peakSessions.clear();
@@ -479,6 +502,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     const record: ExchangeSmtpSession = {
       id: connection.id,
       remoteAddress: connection.remoteAddress,
+      remotePort: connection._socket.remotePort ?? 0,
       startedAt: this.clock.now(),
       open: true,
       startedTls: false,
@@ -520,6 +544,10 @@ export class ExchangeSmtpServer extends EventEmitter {
       if (!connection._ready || connection._upgrading) return onCommand(command, callback);
       this.transcript(record, `C: ${this.redactCommand(line, verb, inAuthExchange)}`);
       if (!inAuthExchange) live.lastVerb = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
+      if (!inAuthExchange && verb === 'MAIL') {
+        this.mailCommands++;
+        if (this.faults.delayMs > 0) this.inject('delay', record.id, verb);
+      }
 
       if (!inAuthExchange && verb === 'AUTH' && !connection.secure) {
         // Exchange does not offer AUTH before STARTTLS; the credentials may already have crossed in clear.
@@ -537,6 +565,7 @@ export class ExchangeSmtpServer extends EventEmitter {
         (f.reply421Command === undefined || f.reply421Command.toUpperCase() === verb)
       ) {
         f.reply421OnCommand--;
+        this.inject('reply421OnCommand', record.id, verb);
         this.reply(() => {
           connection.send(421, EXCHANGE_REPLIES.serviceNotAvailable, false);
           next();
@@ -603,6 +632,10 @@ export class ExchangeSmtpServer extends EventEmitter {
     this.emit('rejection', rejection);
   }
 
+  private inject(kind: ExchangeSmtpInjection['kind'], sessionId: string, command: string): void {
+    this.injected.push({ kind, sessionId, command, at: this.clock.now() });
+  }
+
   private recordViolation(violation: ExchangeSmtpViolation): void {
     this.violations.push(violation);
     this.emit('violation', violation);
@@ -614,6 +647,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     session.disabledCommands = this.faults.noStartTls ? ['AUTH', 'STARTTLS'] : ['AUTH'];
     if (this.faults.reply421 > 0) {
       this.faults.reply421--;
+      this.inject('reply421', session.id, 'CONNECT');
       this.reply(() => callback(smtpError(421, EXCHANGE_REPLIES.serviceNotAvailable)));
       return;
     }
@@ -711,11 +745,13 @@ export class ExchangeSmtpServer extends EventEmitter {
     if (!user) return smtpError(530, EXCHANGE_REPLIES.authRequired(this.diagnostic()));
     if (this.faults.logonFailure430 > 0) {
       this.faults.logonFailure430--;
+      this.inject('logonFailure430', session.id, 'MAIL');
       return smtpError(430, EXCHANGE_REPLIES.logonFailure);
     }
     const threadLimit = smtpError(432, EXCHANGE_REPLIES.senderThreadLimit(`[Hostname=${this.hostname}]`));
     if (this.faults.force432 > 0) {
       this.faults.force432--;
+      this.inject('force432', session.id, 'MAIL');
       return threadLimit;
     }
     const open = this.openSessionsOf(user);
@@ -753,6 +789,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     });
     if (this.faults.dropMidData > 0 && live) {
       this.faults.dropMidData--;
+      this.inject('dropMidData', session.id, 'DATA');
       stream.once('data', () => {
         dropped = true;
         live.record.transcript.push('S: <connection dropped during DATA>');
