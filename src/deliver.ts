@@ -127,10 +127,14 @@ export function defaultConcurrencyBackoffMs(throttles: number): number {
   return Math.round(base * (1 + Math.random() * 0.1));
 }
 
-/** 30 s × 2^(attempt−1), capped at 1 h, plus up to 10 % jitter so that a burst of failures does not retry in step. */
-export function defaultBackoffSeconds(attempt: number): number {
-  const base = Math.min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** Math.max(0, attempt - 1));
-  return Math.round(base * (1 + Math.random() * 0.1));
+/**
+ * `baseSeconds` (30 s) × 2^(attempt−1), capped at 120 times the base (1 h), plus up to 10 % jitter so that a burst of
+ * failures does not retry in step; at least 1 s (queue visibility has whole seconds).
+ */
+export function defaultBackoffSeconds(attempt: number, baseSeconds = BACKOFF_BASE_SECONDS): number {
+  const cap = baseSeconds * (BACKOFF_MAX_SECONDS / BACKOFF_BASE_SECONDS);
+  const base = Math.min(cap, baseSeconds * 2 ** Math.max(0, attempt - 1));
+  return Math.max(1, Math.round(base * (1 + Math.random() * 0.1)));
 }
 
 /**
