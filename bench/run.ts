@@ -8,6 +8,7 @@ import { applySandboxEnv } from '../test/support/sandboxMailer';
 import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
 import { runFanoutBench } from './fanout';
+import { runFaultsBench } from './faults';
 import { runHostileBench, TARGET_AFTER_RATIO } from './hostile';
 import { runHttpAcceptBench } from './httpAccept';
 import { runPacingBench } from './pacing';
@@ -206,6 +207,20 @@ async function main(): Promise<void> {
           `slowest ${Math.max(...h.http.hostileAnswers.map((a) => a.ms))} ms`,
           '',
         ],
+      ]);
+    }
+    if (want('faults')) {
+      const f = await runFaultsBench({ quick });
+      results.faults = f;
+      table([
+        [
+          `Fault suite: ${f.requested} messages, ${f.scale.workers} instances, ${f.scale.ratePerWindow} per ${f.scale.windowMs / 1000} s, a kill every ${f.scale.kills.everyMs / 1000} s`,
+          'value',
+          'target',
+          '',
+        ],
+        ...f.rows.map((row) => [row.figure, row.value, row.target, row.verdict]),
+        ['fault suite', '', '', f.verdict],
       ]);
     }
     const out = path.resolve('bench/results/latest.json');

@@ -92,6 +92,10 @@ param mailPacing string = 'on'
 @description('MAIL_SEND_LEASE_SECONDS: how long a worker owns a message it is sending.')
 param mailSendLeaseSeconds int = 300
 
+@description('MAIL_RETRY_BACKOFF_SECONDS: the wait after a first transient failure, doubled per attempt (with jitter).')
+@minValue(1)
+param mailRetryBackoffSeconds int = 30
+
 @description('MAIL_RETENTION_DAYS: status records, idempotency keys, payloads and batches go this long after their final state. The storage lifecycle rules delete leftover blobs 7 days later.')
 @minValue(1)
 param mailRetentionDays int = 30
@@ -189,6 +193,7 @@ var mailSettings = {
   MAIL_MAX_MESSAGE_BYTES: string(mailMaxMessageBytes)
   MAIL_PACING: mailPacing
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
+  MAIL_RETRY_BACKOFF_SECONDS: string(mailRetryBackoffSeconds)
   MAIL_RETENTION_DAYS: string(mailRetentionDays)
 }
 

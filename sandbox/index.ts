@@ -80,7 +80,7 @@ export interface Sandbox {
   /**
    * Every secret the app could hold, as of now: client secrets (expired ones too), the client certificate's private
    * key, app passwords, IDENTITY_HEADER, every version of every Key Vault secret, every token issued so far and every
-   * client assertion presented to Entra. For the secret scans (test/secretScan.ts); the values stay in memory.
+   * client assertion presented to Entra. For the secret scans (test/support/secretScan.ts); the values stay in memory.
    */
   secrets(): SandboxSecret[];
   /** Every token issued so far by Entra ID and the managed identity endpoint, oldest first. */

@@ -203,6 +203,15 @@ export interface ExchangeSmtpRejection {
   at: number;
 }
 
+/** A fault knob that took effect: which knob, on which session and command (the fault suite counts these). */
+export interface ExchangeSmtpInjection {
+  kind: 'reply421' | 'reply421OnCommand' | 'force432' | 'logonFailure430' | 'dropMidData' | 'delay';
+  sessionId: string;
+  /** The verb it hit ('CONNECT' for the greeting, 'DATA' for a drop mid-message). */
+  command: string;
+  at: number;
+}
+
 /** A limit that a client went over. */
 export type ExchangeSmtpViolation =
   | { kind: 'rate'; mailbox: string; at: number; count: number; limit: number; windowMs: number }
@@ -337,6 +346,10 @@ export class ExchangeSmtpServer extends EventEmitter {
   readonly authAttempts: ExchangeSmtpAuthAttempt[] = [];
   /** Every line and message content clients sent, unredacted, oldest first; see {@link ExchangeSmtpReceived}. */
   readonly received: ExchangeSmtpReceived[] = [];
+  /** Every fault knob use, in order: tells injected refusals from ones the client caused. */
+  readonly injected: ExchangeSmtpInjection[] = [];
+  /** MAIL FROM commands received, faulted or not: one per transaction a client started. */
+  mailCommands = 0;
   readonly hostname: string;
 
   private readonly tenant: SandboxTenant;
@@ -424,9 +437,11 @@ export class ExchangeSmtpServer extends EventEmitter {
       this.violations,
       this.authAttempts,
       this.received,
+      this.injected,
     ]) {
       list.length = 0;
     }
+    this.mailCommands = 0;
     this.sendTimes.clear();
     this.recipientLog.clear();
     this.peakSessions.clear();
@@ -560,6 +575,10 @@ export class ExchangeSmtpServer extends EventEmitter {
       if (!connection._ready || connection._upgrading) return onCommand(command, callback);
       this.transcript(record, `C: ${this.redactCommand(line, verb, inAuthExchange)}`);
       if (!inAuthExchange) live.lastVerb = SMTP_VERBS.has(verb) ? verb : 'UNKNOWN';
+      if (!inAuthExchange && verb === 'MAIL') {
+        this.mailCommands++;
+        if (this.faults.delayMs > 0) this.inject('delay', record.id, verb);
+      }
 
       if (!inAuthExchange && verb === 'AUTH' && !connection.secure) {
         // Exchange does not offer AUTH before STARTTLS; the credentials may already have crossed in clear.
@@ -577,6 +596,7 @@ export class ExchangeSmtpServer extends EventEmitter {
         (f.reply421Command === undefined || f.reply421Command.toUpperCase() === verb)
       ) {
         f.reply421OnCommand--;
+        this.inject('reply421OnCommand', record.id, verb);
         this.reply(() => {
           connection.send(421, EXCHANGE_REPLIES.serviceNotAvailable, false);
           next();
@@ -643,6 +663,10 @@ export class ExchangeSmtpServer extends EventEmitter {
     this.emit('rejection', rejection);
   }
 
+  private inject(kind: ExchangeSmtpInjection['kind'], sessionId: string, command: string): void {
+    this.injected.push({ kind, sessionId, command, at: this.clock.now() });
+  }
+
   private recordViolation(violation: ExchangeSmtpViolation): void {
     this.violations.push(violation);
     this.emit('violation', violation);
@@ -654,6 +678,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     session.disabledCommands = this.faults.noStartTls ? ['AUTH', 'STARTTLS'] : ['AUTH'];
     if (this.faults.reply421 > 0) {
       this.faults.reply421--;
+      this.inject('reply421', session.id, 'CONNECT');
       this.reply(() => callback(smtpError(421, EXCHANGE_REPLIES.serviceNotAvailable)));
       return;
     }
@@ -751,11 +776,13 @@ export class ExchangeSmtpServer extends EventEmitter {
     if (!user) return smtpError(530, EXCHANGE_REPLIES.authRequired(this.diagnostic()));
     if (this.faults.logonFailure430 > 0) {
       this.faults.logonFailure430--;
+      this.inject('logonFailure430', session.id, 'MAIL');
       return smtpError(430, EXCHANGE_REPLIES.logonFailure);
     }
     const threadLimit = smtpError(432, EXCHANGE_REPLIES.senderThreadLimit(`[Hostname=${this.hostname}]`));
     if (this.faults.force432 > 0) {
       this.faults.force432--;
+      this.inject('force432', session.id, 'MAIL');
       return threadLimit;
     }
     const open = this.openSessionsOf(user);
@@ -796,6 +823,7 @@ export class ExchangeSmtpServer extends EventEmitter {
     });
     if (this.faults.dropMidData > 0 && live) {
       this.faults.dropMidData--;
+      this.inject('dropMidData', session.id, 'DATA');
       stream.once('data', () => {
         dropped = true;
         live.record.transcript.push('S: <connection dropped during DATA>');

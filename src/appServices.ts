@@ -1,6 +1,6 @@
 /** The process-wide dependencies of the function app, built once from the app settings on first use. */
 import { exportSettings, loadConfig, readSettings, type Config } from './config';
-import type { DeliverDeps } from './outbox/delivery';
+import { defaultBackoffSeconds, type DeliverDeps } from './outbox/delivery';
 import { ensureError } from './errors';
 import { BatchBlobStore } from './notifications/batchBlobStore';
 import { BatchStore } from './notifications/batchStore';
@@ -102,6 +102,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     logger,
     now,
     leaseMs: config.sendLeaseMs,
+    backoffSeconds: (attempt) => defaultBackoffSeconds(attempt, config.retryBackoffSeconds),
     ...(pacer ? { pacer } : { quotaProbeMs: Math.max(1_000, config.limits.dailyWindowMs / 96) }),
     ...options.delivery,
   };

@@ -23,6 +23,8 @@ export const DEFAULT_RATE_WINDOW_SECONDS = 60;
 export const DEFAULT_DAILY_WINDOW_SECONDS = 24 * 60 * 60;
 /** How long a worker owns a message it is sending: above the sender's worst case (token, connect, 60 s socket timeout). */
 export const DEFAULT_SEND_LEASE_SECONDS = 300;
+/** The first back-off after a transient failure (it doubles per attempt); settable only so that tests can scale time down. */
+export const DEFAULT_RETRY_BACKOFF_SECONDS = 30;
 /** Status records, idempotency keys, payloads and batches are deleted this long after their final state. */
 export const DEFAULT_RETENTION_DAYS = 30;
 export const DEFAULT_DIGEST_SCHEDULE = '0 0 7 * * *';
@@ -137,6 +139,7 @@ const rawSchema = z.object({
   MAIL_MAX_MESSAGE_BYTES: positiveInt('MAIL_MAX_MESSAGE_BYTES', DEFAULT_MAX_MESSAGE_BYTES),
   MAIL_PACING: onOff('MAIL_PACING'),
   MAIL_SEND_LEASE_SECONDS: positiveNumber('MAIL_SEND_LEASE_SECONDS', DEFAULT_SEND_LEASE_SECONDS),
+  MAIL_RETRY_BACKOFF_SECONDS: positiveNumber('MAIL_RETRY_BACKOFF_SECONDS', DEFAULT_RETRY_BACKOFF_SECONDS),
   MAIL_RATE_WINDOW_SECONDS: positiveNumber('MAIL_RATE_WINDOW_SECONDS', DEFAULT_RATE_WINDOW_SECONDS),
   MAIL_DAILY_WINDOW_SECONDS: positiveNumber('MAIL_DAILY_WINDOW_SECONDS', DEFAULT_DAILY_WINDOW_SECONDS),
   MAIL_RETENTION_DAYS: positive('MAIL_RETENTION_DAYS', DEFAULT_RETENTION_DAYS, 'days'),
@@ -194,6 +197,8 @@ export interface Config {
   };
   /** MAIL_SEND_LEASE_SECONDS: a crashed worker's message is taken over after this long. */
   sendLeaseMs: number;
+  /** MAIL_RETRY_BACKOFF_SECONDS: the wait after a first transient failure, doubling per attempt. */
+  retryBackoffSeconds: number;
   /** MAIL_RETENTION_DAYS: records, keys, payloads and batches are deleted this long after their final state. */
   retentionMs: number;
   digest: { schedule: string; maxItems: number };
@@ -363,6 +368,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       dailyWindowMs: Math.round(s.MAIL_DAILY_WINDOW_SECONDS * 1000),
     },
     sendLeaseMs: Math.round(s.MAIL_SEND_LEASE_SECONDS * 1000),
+    retryBackoffSeconds: s.MAIL_RETRY_BACKOFF_SECONDS,
     retentionMs: Math.round(s.MAIL_RETENTION_DAYS * 24 * 60 * 60 * 1000),
     digest: { schedule: s.MAIL_DIGEST_SCHEDULE ?? DEFAULT_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
     unsubscribe: {

@@ -9,8 +9,8 @@ param deploymentContainerName string
 @description('MAIL_RETENTION_DAYS: leftover payload and batch blobs are deleted a week after it.')
 param retentionDays int
 
-// The names in src/storage.ts. The app would create them at first use, but creating them here means the identity
-// needs no more than data roles, and a misnamed one shows up in the offline check (test/infra.test.ts).
+// The names in src/storage/storageClients.ts. The app would create them at first use, but creating them here means the identity
+// needs no more than data roles, and a misnamed one shows up in the offline check (test/unit/infra.test.ts).
 var queueNames = [
   'mail-outbox'
   'mail-outbox-poison'

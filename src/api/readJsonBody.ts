@@ -55,7 +55,7 @@ async function readCapped(body: ReadableStream<Uint8Array> | null, limit: number
  * The parsed JSON body. Throws MailError UNSUPPORTED_MEDIA_TYPE (not application/json), PAYLOAD_TOO_LARGE (over
  * `limit` bytes, by Content-Length or by what arrived) or INVALID_MESSAGE naming `(body)` (empty, not UTF-8, not JSON)
  * or the field nested deeper than MAX_JSON_DEPTH, or holding more than `maxValues` values — checked on the text,
- * before JSON.parse spends time on a structure that would be refused (see src/jsonBounds.ts).
+ * before JSON.parse spends time on a structure that would be refused (see scanJsonText in src/inputBounds.ts).
  */
 export async function readJsonBody(
   request: ApiRequest,

@@ -26,6 +26,7 @@
  * The one duplicate that cannot be prevented: the server answers 250 and the process dies (or storage fails)
  * before `sent` is written. The lease then expires and the next delivery sends the message again.
  */
+import { DEFAULT_RETRY_BACKOFF_SECONDS } from '../config';
 import { MailError, mailboxThrottleOf, type MailboxThrottle } from '../errors';
 import { silentLogger, type Logger } from '../logger';
 import { allRecipients } from '../message';
@@ -42,8 +43,7 @@ import type { Telemetry } from '../telemetry';
 export const DEFAULT_LEASE_MS = 5 * 60 * 1000;
 /** Send attempts (transient failures included) before a message is failed with "retries exhausted". */
 export const DEFAULT_MAX_ATTEMPTS = 8;
-/** Back-off after a transient failure: 30 s, doubling per attempt, at most 1 h (with up to 10 % jitter). */
-export const BACKOFF_BASE_SECONDS = 30;
+/** Back-off after a transient failure at the default base (30 s, doubling per attempt): at most 1 h, with up to 10 % jitter. */
 export const BACKOFF_MAX_SECONDS = 60 * 60;
 /** A copy arriving this much before its record's dueAt is a duplicate (queue visibility is accurate to about a second). */
 const EARLY_TOLERANCE_MS = 2_000;
@@ -127,10 +127,14 @@ export function defaultConcurrencyBackoffMs(throttles: number): number {
   return Math.round(base * (1 + Math.random() * 0.1));
 }
 
-/** 30 s × 2^(attempt−1), capped at 1 h, plus up to 10 % jitter so that a burst of failures does not retry in step. */
-export function defaultBackoffSeconds(attempt: number): number {
-  const base = Math.min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** Math.max(0, attempt - 1));
-  return Math.round(base * (1 + Math.random() * 0.1));
+/**
+ * `baseSeconds` (30 s) × 2^(attempt−1), capped at 120 times the base (1 h), plus up to 10 % jitter so that a burst of
+ * failures does not retry in step; at least 1 s (queue visibility has whole seconds).
+ */
+export function defaultBackoffSeconds(attempt: number, baseSeconds = DEFAULT_RETRY_BACKOFF_SECONDS): number {
+  const cap = baseSeconds * (BACKOFF_MAX_SECONDS / DEFAULT_RETRY_BACKOFF_SECONDS);
+  const base = Math.min(cap, baseSeconds * 2 ** Math.max(0, attempt - 1));
+  return Math.max(1, Math.round(base * (1 + Math.random() * 0.1)));
 }
 
 /**

@@ -160,7 +160,12 @@ export function classifyTokenError(value: unknown): MailError {
   }
   if (aadsts && byAadsts[aadsts]) return new MailError(byAadsts[aadsts], message, { cause: error });
   if (/invalid_scope/.test(text)) return new MailError('TOKEN_INVALID_SCOPE', message, { cause: error });
+  // After a 429 or 5xx, MSAL refuses the same request itself for Retry-After or 60 s, replaying the answer as a
+  // ServerError whose code is the AADSTS number(s) and which has no HTTP status: the same transient failure.
+  const throttleReplay =
+    error.name === 'ServerError' && error.status === undefined && /^\d+(?: \d+)*$/.test(error.errorCode ?? '');
   if (
+    throttleReplay ||
     (error.status !== undefined && error.status >= 500) ||
     /\b5\d\d\b|network|ECONNREFUSED|ECONNRESET|ETIMEDOUT|timed out|server_error|temporarily_unavailable|endpoints_resolution_error|fetch failed/i.test(
       text,

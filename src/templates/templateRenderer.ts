@@ -104,7 +104,7 @@ export function escapeHtml(value: unknown): string {
   return copied < value.length ? out + value.slice(copied) : out;
 }
 // Compiled templates take the escape function from Handlebars.Utils when they are built; this app is the only user of
-// Handlebars in its process, and the output is the same (test/templates.test.ts compares them).
+// Handlebars in its process, and the output is the same (test/unit/templates.test.ts compares them).
 Handlebars.Utils.escapeExpression = escapeHtml;
 
 /** Why the link helper refused a value: rendered as a 400 naming the data field it came from. */

@@ -1,5 +1,5 @@
 /**
- * The malformed-request table of test/api.test.ts again, each case sent over the dev host's real HTTP port (the built
+ * The malformed-request table of test/integration/api.test.ts again, each case sent over the dev host's real HTTP port (the built
  * bundle, function key, the host's own body handling): the same status, and the JSON error names the field.
  *
  * Where the host answers before the function runs (a body over its 100 MB `FUNCTIONS_REQUEST_BODY_SIZE_LIMIT`), the

@@ -1,7 +1,7 @@
 /**
  * Nothing grows without bound: the retention timer deletes records, idempotency keys, payloads and batches after
  * MAIL_RETENTION_DAYS, in bounded pages; a continuation reads only its own chunk of the batch. Against Azurite and
- * the sandbox. (That the reads stay flat beside 100,000 unrelated rows is test/retentionScale.test.ts.)
+ * the sandbox. (That the reads stay flat beside 100,000 unrelated rows is test/integration/retentionScale.test.ts.)
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';

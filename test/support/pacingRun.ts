@@ -1,5 +1,5 @@
 /**
- * The pacing scenario shared by the proof (test/pacingWorkers.test.ts) and `npm run bench`: a backlog of messages in
+ * The pacing scenario shared by the proof (test/e2e/pacingWorkers.test.ts) and `npm run bench`: a backlog of messages in
  * the outbox, drained by several app instances in separate processes against one sandbox Exchange with scaled
  * limits. Returns what the sandbox saw.
  */

@@ -1,4 +1,4 @@
-/** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning (test/secretScan.ts). */
+/** Test support: a sandbox plus a real Mailer wired to it, with every log line captured for secret scanning (test/support/secretScan.ts). */
 import type { TableClient } from '@azure/data-tables';
 import { loadConfig, type Config } from '../../src/config';
 import { createLogger } from '../../src/logger';
