@@ -1,8 +1,7 @@
 /** Queue mail-outbox: delivers one outbox message; a storage failure throws, so the host retries and finally poisons it. */
 import { app, type InvocationContext } from '@azure/functions';
-import { deliver } from '../src/outbox/delivery';
 import { parseOutboxMessage } from '../src/outbox/outboxQueue';
-import { OUTBOX_MAX_DEQUEUE_COUNT, getRuntime } from '../src/appServices';
+import { getRuntime } from '../src/appServices';
 import { OUTBOX_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
@@ -14,15 +13,7 @@ export async function outboxDeliver(message: unknown, context: InvocationContext
     rt.logger.error('mail-outbox message is not { id }; dropped', { invocationId: context.invocationId });
     return;
   }
-  await deliver(
-    parsed.id,
-    {
-      dequeueCount: dequeueCountOf(context),
-      maxDequeueCount: OUTBOX_MAX_DEQUEUE_COUNT,
-      invocationId: context.invocationId,
-    },
-    rt.deliverDeps,
-  );
+  await rt.delivery.deliver(parsed.id, { dequeueCount: dequeueCountOf(context), invocationId: context.invocationId });
 }
 
 app.storageQueue('outboxDeliver', { queueName: OUTBOX_QUEUE, connection: STORAGE_SETTING, handler: outboxDeliver });

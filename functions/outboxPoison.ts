@@ -1,6 +1,5 @@
 /** Queue mail-outbox-poison: the host gave up on an outbox message; its status becomes `failed` with reason "poison: …". */
 import { app, type InvocationContext } from '@azure/functions';
-import { markPoisoned } from '../src/outbox/delivery';
 import { parseOutboxMessage } from '../src/outbox/outboxQueue';
 import { getRuntime } from '../src/appServices';
 import { OUTBOX_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
@@ -13,7 +12,7 @@ export async function outboxPoison(message: unknown, context: InvocationContext)
     rt.logger.error('mail-outbox-poison message is not { id }; dropped', { invocationId: context.invocationId });
     return;
   }
-  await markPoisoned(parsed.id, { dequeueCount: dequeueCountOf(context) }, rt.deliverDeps);
+  await rt.delivery.markPoisoned(parsed.id, { dequeueCount: dequeueCountOf(context) });
 }
 
 app.storageQueue('outboxPoison', {

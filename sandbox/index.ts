@@ -2,7 +2,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { createCertificateAuthority, type CertificateAuthority } from './ca';
 import { startEntra, type EntraServer } from './entra';
 import { startIngestionCapture, type IngestionCapture } from './ingestion';
@@ -17,7 +16,6 @@ export const SECRET_NAMES = {
   clientSecret: 'mail-client-secret',
   clientCert: 'mail-client-cert',
   password: 'mail-password',
-  unsubscribeKey: 'mail-unsubscribe-key',
 } as const;
 
 export type SandboxAuthMode = 'client-secret' | 'client-certificate' | 'federated-identity' | 'basic';
@@ -135,7 +133,6 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     keyVault.setSecret(SECRET_NAMES.clientSecret, tenant.app.secrets[0] as string);
     keyVault.setSecret(SECRET_NAMES.clientCert, `${client.keyPem}\n${client.certPem}`, 'application/x-pem-file');
     if (mailbox?.appPassword) keyVault.setSecret(SECRET_NAMES.password, mailbox.appPassword);
-    keyVault.setSecret(SECRET_NAMES.unsubscribeKey, randomBytes(32).toString('base64url'));
 
     const sandbox: Sandbox = {
       tenant,

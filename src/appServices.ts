@@ -1,6 +1,6 @@
 /** The process-wide dependencies of the function app, built once from the app settings on first use. */
 import { exportSettings, loadConfig, readSettings, type Config } from './config';
-import { defaultBackoffSeconds, type DeliverDeps } from './outbox/delivery';
+import { Delivery, defaultBackoffSeconds, type DeliverDeps } from './outbox/delivery';
 import { ensureError } from './errors';
 import { BatchBlobStore } from './notifications/batchBlobStore';
 import { BatchStore } from './notifications/batchStore';
@@ -20,9 +20,6 @@ import { templateBundle } from './templates/templateBundle';
 import { TemplateRenderer } from './templates/templateRenderer';
 import type { Telemetry } from './telemetry';
 
-/** Must equal host.json `extensions.queues.maxDequeueCount`: after this many failed dequeues the host poisons a message. */
-export const OUTBOX_MAX_DEQUEUE_COUNT = 5;
-
 /** Everything the HTTP handlers and the outbox worker use. */
 export interface Runtime {
   config: Config;
@@ -32,7 +29,8 @@ export interface Runtime {
   payloads: MessageStore;
   renderer: TemplateRenderer;
   outbox: Outbox;
-  deliverDeps: DeliverDeps;
+  /** The outbox worker: the mail-outbox and poison triggers and `?wait=true` deliver through it. */
+  delivery: Delivery;
   /** Batch notifications: POST /api/notifications, the mail-notifications fan-out, batch status. */
   notifications: Notifications;
   /** The mailbox's shared pacing state (absent with MAIL_PACING=off). */
@@ -93,7 +91,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
   const payloads = new MessageStore(storage.payloads);
   const idempotency = new IdempotencyStore(storage.idempotencyTable);
   const outbox = new Outbox({ config, renderer, storage, status, payloads, idempotency, logger, now });
-  const deliverDeps: DeliverDeps = {
+  const delivery = new Delivery({
     sender: mailer.sender,
     status,
     payloads,
@@ -105,14 +103,14 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     backoffSeconds: (attempt) => defaultBackoffSeconds(attempt, config.retryBackoffSeconds),
     ...(pacer ? { pacer } : { quotaProbeMs: Math.max(1_000, config.limits.dailyWindowMs / 96) }),
     ...options.delivery,
-  };
+  });
   const notifications = new Notifications({
     config,
     renderer,
     outbox,
     status,
     storage,
-    ...(deliverDeps.telemetry ? { telemetry: deliverDeps.telemetry } : {}),
+    ...(delivery.deps.telemetry ? { telemetry: delivery.deps.telemetry } : {}),
     // A batch's recipients are spread over the schedule the mailbox can keep, in one write per chunk.
     ...(pacer ? { schedule: (count: number) => pacer.reserveSchedule(count) } : {}),
     logger,
@@ -137,7 +135,7 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
     payloads,
     renderer,
     outbox,
-    deliverDeps,
+    delivery,
     notifications,
     ...(pacer ? { pacer } : {}),
     retention,

@@ -27,8 +27,6 @@ export const DEFAULT_SEND_LEASE_SECONDS = 300;
 export const DEFAULT_RETRY_BACKOFF_SECONDS = 30;
 /** Status records, idempotency keys, payloads and batches are deleted this long after their final state. */
 export const DEFAULT_RETENTION_DAYS = 30;
-export const DEFAULT_DIGEST_SCHEDULE = '0 0 7 * * *';
-export const DEFAULT_DIGEST_MAX_ITEMS = 50;
 
 /** Authority hosts of Microsoft's clouds; any other host is added to MSAL's knownAuthorities. */
 export const MICROSOFT_AUTHORITY_HOSTS = new Set([
@@ -76,7 +74,6 @@ const FIXES: Record<string, string> = {
   MAIL_SMTP_PORT: 'a TCP port, 587 for Exchange Online',
   MAIL_SMTP_SCOPE: 'https://outlook.office365.com/.default (or the sovereign cloud equivalent)',
   MAIL_TLS_CA_FILE: 'the path of a PEM file holding the extra CA certificate to trust',
-  MAIL_UNSUBSCRIBE_BASE_URL: 'the public https base URL of this app, e.g. https://mailer.contoso.com',
 };
 
 /** A positive number setting: whole (a count) or not (seconds, days), with its default when unset. */
@@ -143,10 +140,6 @@ const rawSchema = z.object({
   MAIL_RATE_WINDOW_SECONDS: positiveNumber('MAIL_RATE_WINDOW_SECONDS', DEFAULT_RATE_WINDOW_SECONDS),
   MAIL_DAILY_WINDOW_SECONDS: positiveNumber('MAIL_DAILY_WINDOW_SECONDS', DEFAULT_DAILY_WINDOW_SECONDS),
   MAIL_RETENTION_DAYS: positive('MAIL_RETENTION_DAYS', DEFAULT_RETENTION_DAYS, 'days'),
-  MAIL_DIGEST_SCHEDULE: optionalString,
-  MAIL_DIGEST_MAX_ITEMS: positiveInt('MAIL_DIGEST_MAX_ITEMS', DEFAULT_DIGEST_MAX_ITEMS),
-  MAIL_UNSUBSCRIBE_BASE_URL: optionalString,
-  MAIL_UNSUBSCRIBE_KEY_NAME: optionalString,
   AzureWebJobsStorage: optionalString,
   APPLICATIONINSIGHTS_CONNECTION_STRING: optionalString,
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: optionalString,
@@ -201,8 +194,6 @@ export interface Config {
   retryBackoffSeconds: number;
   /** MAIL_RETENTION_DAYS: records, keys, payloads and batches are deleted this long after their final state. */
   retentionMs: number;
-  digest: { schedule: string; maxItems: number };
-  unsubscribe: { baseUrl?: string; keyName: string };
   storageConnection?: string;
   appInsightsConnectionString?: string;
   /** APPLICATIONINSIGHTS_AUTHENTICATION_STRING: send telemetry with a managed identity token (local auth off). */
@@ -315,9 +306,6 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       }
     }
   }
-  if (s.MAIL_UNSUBSCRIBE_BASE_URL && !matches(/^https?:\/\/\S+$/, s.MAIL_UNSUBSCRIBE_BASE_URL)) {
-    invalid('MAIL_UNSUBSCRIBE_BASE_URL');
-  }
   try {
     parseAuthenticationString(s.APPLICATIONINSIGHTS_AUTHENTICATION_STRING);
   } catch (error) {
@@ -370,11 +358,6 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     sendLeaseMs: Math.round(s.MAIL_SEND_LEASE_SECONDS * 1000),
     retryBackoffSeconds: s.MAIL_RETRY_BACKOFF_SECONDS,
     retentionMs: Math.round(s.MAIL_RETENTION_DAYS * 24 * 60 * 60 * 1000),
-    digest: { schedule: s.MAIL_DIGEST_SCHEDULE ?? DEFAULT_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
-    unsubscribe: {
-      baseUrl: s.MAIL_UNSUBSCRIBE_BASE_URL,
-      keyName: s.MAIL_UNSUBSCRIBE_KEY_NAME ?? 'mail-unsubscribe-key',
-    },
     storageConnection: s.AzureWebJobsStorage,
     appInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING,
     appInsightsAuthenticationString: s.APPLICATIONINSIGHTS_AUTHENTICATION_STRING,

@@ -33,7 +33,7 @@ export const ERROR_CODES = {
   },
   AUTH_FAILED: {
     transient: false,
-    hint: 'Exchange refused the token (535 5.7.3). Register the Enterprise Application (not the App Registration) object id and grant the mailbox: New-ServicePrincipal -AppId <appid> -ObjectId <oid>; Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess. Also check SMTP.SendAsApp has admin consent. Run `m365-mailer doctor` for the exact lines.',
+    hint: 'Exchange refused the token (535 5.7.3). Register the Enterprise Application (not the App Registration) object id and grant the mailbox: New-ServicePrincipal -AppId <appid> -ObjectId <oid>; Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess. Also check SMTP.SendAsApp has admin consent.',
   },
   NOT_AUTHENTICATED: {
     transient: false,

@@ -33,34 +33,24 @@ import type { Histogram, Context } from '@opentelemetry/api';
 import type { LoggerProvider } from '@opentelemetry/sdk-logs';
 import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import type { MeterProvider } from '@opentelemetry/sdk-metrics';
+import { WAIT_REASONS, type WaitReason } from './outbox/statusStore';
 import { CREDENTIAL_TRY_TIMEOUT_MS, timeoutHttpClient, tryTimeoutPolicy } from './timeouts';
 
-export type MailEventName =
-  | 'MailSent'
-  | 'MailFailed'
-  | 'MailDeferred'
+/** Every custom event the app records; names are part of the contract with dashboards and alerts. */
+export const MAIL_EVENT_NAMES = [
+  'MailSent',
+  'MailFailed',
+  'MailDeferred',
   /** Over a pacing limit: back in the queue; `reason` says which limit. */
-  | 'MailPaced'
+  'MailPaced',
   /** Exchange answered 432 4.3.2 despite the pacing. */
-  | 'MailThrottled'
-  | 'BatchAccepted'
+  'MailThrottled',
+  'BatchAccepted',
   /** A batch refused as a whole on the queue (a batchId reused for other content): it went to the poison queue. */
-  | 'BatchRejected'
-  | 'NotificationRecipientRejected'
-  | 'DigestRun';
-/**
- * Why a message waits (MailPaced, MailDeferred): one of the mailbox's limits as this app keeps them, Exchange saying
- * the mailbox is over a limit now, or a transient failure's back-off.
- */
-export const PACING_REASONS = [
-  'rate',
-  'daily',
-  'contention',
-  'connections',
-  'exchange-daily-quota',
-  'exchange-concurrency',
-  'retry',
+  'BatchRejected',
+  'NotificationRecipientRejected',
 ] as const;
+export type MailEventName = (typeof MAIL_EVENT_NAMES)[number];
 
 /** Only these fields exist, so addresses, subjects, bodies and secrets cannot be recorded. */
 export interface MailEventProperties {
@@ -76,8 +66,8 @@ export interface MailEventProperties {
   recipientCount?: number;
   /** MailSent: recipients Exchange refused while it accepted the message for the others (a count, never addresses). */
   refusedCount?: number;
-  /** MailPaced, MailDeferred: why the message waits (one of PACING_REASONS). */
-  reason?: (typeof PACING_REASONS)[number];
+  /** MailPaced, MailDeferred: why the message waits. */
+  reason?: WaitReason;
   /** MailPaced: how long until the message is back. */
   retryInSeconds?: number;
   /** A recipient's position in its batch (NotificationRecipientRejected). */
@@ -150,17 +140,6 @@ export interface TelemetryOptions {
   onError?: (error: unknown) => void;
 }
 
-export const MAIL_EVENT_NAMES: readonly MailEventName[] = [
-  'MailSent',
-  'MailFailed',
-  'MailDeferred',
-  'MailPaced',
-  'MailThrottled',
-  'BatchAccepted',
-  'BatchRejected',
-  'NotificationRecipientRejected',
-  'DigestRun',
-];
 export const DURATION_METRIC = 'mail.send.duration';
 /**
  * Each request to the ingestion endpoint must be answered within this. Ingestion answers in well under a second;
@@ -312,7 +291,8 @@ export function eventFields(props: MailEventProperties): {
   if (typeof p.transient === 'boolean') properties.transient = String(p.transient);
   num('recipientCount', true);
   num('refusedCount', true);
-  if (PACING_REASONS.includes(p.reason as (typeof PACING_REASONS)[number])) properties.reason = p.reason as string;
+  if (typeof p.reason === 'string' && (WAIT_REASONS as readonly string[]).includes(p.reason))
+    properties.reason = p.reason;
   num('retryInSeconds', true);
   num('index', false);
   str('invocationId');

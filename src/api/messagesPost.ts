@@ -1,5 +1,4 @@
-/** POST /api/messages: accept into the outbox (202), or with `?wait=true` deliver inline through the same `deliver`. */
-import { deliver } from '../outbox/delivery';
+/** POST /api/messages: accept into the outbox (202), or with `?wait=true` deliver inline through the same delivery. */
 import { MailError } from '../errors';
 import { trimTrailingSlashes } from '../inputBounds';
 import type { Runtime } from '../appServices';
@@ -49,7 +48,7 @@ export async function postMessage(request: ApiRequest, rt: Runtime): Promise<Api
   if (!wait) return accepted(request, record, result.replayed);
 
   if (record.status === 'queued' || record.status === 'sending') {
-    const outcome = await deliver(result.id, { inline: true }, rt.deliverDeps);
+    const outcome = await rt.delivery.deliver(result.id, { inline: true });
     if (outcome.outcome === 'sent') {
       return {
         status: 200,

@@ -10,9 +10,10 @@
  * - `sending` under an expired lease: the worker died after taking it; this delivery takes over.
  * - Otherwise the lease is taken by an ETag-guarded write (`sending`, attempts + 1, leaseUntil); of two workers
  *   only one wins it, the other re-reads and sees the live lease.
- * - Right before SMTP, a worker that has held its lease for a while (a pacing wait, or a stall) renews it with an
+ * - Before SMTP, a worker that has held its lease for a while (a pacing wait, or a stall) renews it with an
  *   ETag-guarded write. If another worker took the message over meanwhile, the write fails and this worker gives
- *   the message up instead of sending it: a worker never sends on a lease it no longer holds.
+ *   the message up instead of sending it: a worker never sends on a lease it no longer holds. The renewal comes
+ *   before the check that the send slot is still current, so a slow write cannot make a send late unnoticed.
  * - No record yet: the accept writes the queue message before the record, so the record may be a moment behind.
  *   Delivery waits for it briefly, then leaves the message to the host's retries; a queue message whose accept died
  *   before writing the record ends in the poison queue and is dropped (that accept was never answered).
@@ -26,21 +27,27 @@
  * The one duplicate that cannot be prevented: the server answers 250 and the process dies (or storage fails)
  * before `sent` is written. The lease then expires and the next delivery sends the message again.
  */
-import { DEFAULT_RETRY_BACKOFF_SECONDS } from '../config';
+import { DEFAULT_RETRY_BACKOFF_SECONDS, DEFAULT_SEND_LEASE_SECONDS } from '../config';
 import { MailError, mailboxThrottleOf, type MailboxThrottle } from '../errors';
 import { silentLogger, type Logger } from '../logger';
 import { allRecipients } from '../message';
-import { enqueueOutbox } from './outboxQueue';
+import { OUTBOX_MAX_DEQUEUE_COUNT, enqueueOutbox } from './outboxQueue';
 import type { Pacer } from '../pacing/pacer';
 import type { MessageStore, StoredMessage } from './messageStore';
 import type { MailSender, SendResult } from '../sender/mailSender';
-import { TERMINAL_STATUSES, type RecordChanges, type StatusStore, type StoredRecord } from './statusStore';
+import {
+  TERMINAL_STATUSES,
+  type RecordChanges,
+  type StatusStore,
+  type StoredRecord,
+  type WaitReason,
+} from './statusStore';
 import { IDLE_CLOSE_MS } from '../sender/connectionPool';
 import { isStorageError, type StorageClients } from '../storage/storageClients';
 import type { Telemetry } from '../telemetry';
 
-/** How long a worker owns a `sending` record: above the sender's worst case (token, connect, greeting, 60 s socket timeout). */
-export const DEFAULT_LEASE_MS = 5 * 60 * 1000;
+/** How long a worker owns a `sending` record unless MAIL_SEND_LEASE_SECONDS says otherwise. */
+export const DEFAULT_LEASE_MS = DEFAULT_SEND_LEASE_SECONDS * 1000;
 /** Send attempts (transient failures included) before a message is failed with "retries exhausted". */
 export const DEFAULT_MAX_ATTEMPTS = 8;
 /** Back-off after a transient failure at the default base (30 s, doubling per attempt): at most 1 h, with up to 10 % jitter. */
@@ -82,13 +89,13 @@ export interface DeliverDeps {
   backoffSeconds?: (attempt: number) => number;
   /** Milliseconds to wait after the `throttles`-th 432 4.3.2 in a row (another sender holds the mailbox's sessions). */
   concurrencyBackoffMs?: (throttles: number) => number;
+  /** The host's dequeues of a message before it poisons it; default {@link OUTBOX_MAX_DEQUEUE_COUNT}. */
+  maxDequeueCount?: number;
 }
 
 export interface DeliveryContext {
   /** The queue trigger's dequeueCount (1 on first delivery); absent when delivering inline. */
   dequeueCount?: number;
-  /** host.json extensions.queues.maxDequeueCount. */
-  maxDequeueCount?: number;
   invocationId?: string;
   /** `?wait=true`: delivered in the accepting request, before its (held) queue message is due. */
   inline?: boolean;
@@ -112,7 +119,8 @@ export type DeliverOutcome =
   | { outcome: 'failed'; record: StoredRecord; error: MailError }
   | { outcome: 'missing' };
 
-export type PacingReason = 'rate' | 'daily' | 'contention' | 'connections' | MailboxThrottle;
+/** Why a message waits without an attempt counted: a limit, the app's or Exchange's (every wait but a retry's back-off). */
+export type PacingReason = Exclude<WaitReason, 'retry'>;
 
 /** `?wait=true`: the longest an inline send waits for its pacing slot before the request is answered 202 queued. */
 export const INLINE_MAX_WAIT_MS = 5_000;
@@ -141,7 +149,7 @@ export function defaultBackoffSeconds(attempt: number, baseSeconds = DEFAULT_RET
  * Delivers outbox message `id`. Resolves when the queue message may be acknowledged (whatever the mail outcome);
  * rejects only when storage fails, so that the host retries and, after maxDequeueCount, poisons it.
  */
-export async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps): Promise<DeliverOutcome> {
+async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps): Promise<DeliverOutcome> {
   const logger = deps.logger ?? silentLogger;
   const now = deps.now ?? Date.now;
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
@@ -154,9 +162,7 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     const record = race === 0 ? await recordWhenWritten() : await deps.status.get(id);
     if (!record) {
       const retriesLeft =
-        context.dequeueCount !== undefined &&
-        context.maxDequeueCount !== undefined &&
-        context.dequeueCount < context.maxDequeueCount;
+        context.dequeueCount !== undefined && context.dequeueCount < (deps.maxDequeueCount ?? OUTBOX_MAX_DEQUEUE_COUNT);
       if (race === 0 && retriesLeft) {
         // Its accept may still be writing it: let the host try again after its visibility timeout.
         throw new Error(`Outbox message ${id} has no status record yet; the host retries`);
@@ -231,6 +237,27 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
     return record;
   }
 
+  /**
+   * After a while held (a pacing wait, a stall), renews the lease with an ETag-guarded write and returns the record
+   * as now stored; undefined when another worker took the message over meanwhile. A fresh lease is left as it is.
+   */
+  async function renewHeldLease(): Promise<StoredRecord | undefined> {
+    if (now() - leasedAt <= Math.min(LEASE_RECHECK_AFTER_MS, leaseMs / 10)) return held;
+    const renewed = await deps.status.transition(held, { leaseUntil: iso(now() + leaseMs) });
+    if (!renewed) return undefined;
+    held = renewed;
+    leasedAt = now();
+    return renewed;
+  }
+
+  function leaseLost(): DeliverOutcome {
+    logger.warn('the sending lease was taken over while this worker waited; not sending', {
+      id,
+      heldMs: now() - leasedAt,
+    });
+    return { outcome: 'waiting', record: held, reason: 'lease-lost' };
+  }
+
   async function sendLeased(leased: StoredRecord): Promise<DeliverOutcome> {
     let payload: StoredMessage | undefined;
     try {
@@ -267,22 +294,16 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
         if (reservation.kind === 'defer') return pace(leased, reservation.reason, reservation.retryAt);
         const wait = reservation.at - now();
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        // The renewal's write before the lateness check: a slow write makes the send late like any other stall.
+        const renewed = await renewHeldLease();
+        if (!renewed) return leaseLost();
+        leased = renewed;
         if (now() - reservation.at <= deps.pacer.lateToleranceMs || late >= MAX_LATE_SLOTS) break;
         logger.debug('send slot missed; taking another', { id, lateMs: now() - reservation.at });
       }
-    }
-
-    if (now() - leasedAt > Math.min(LEASE_RECHECK_AFTER_MS, leaseMs / 10)) {
-      // Held for a while (a pacing wait, a stall): renew it, or learn that another worker took the message over.
-      const renewed = await deps.status.transition(held, { leaseUntil: iso(now() + leaseMs) });
-      if (!renewed) {
-        logger.warn('the sending lease was taken over while this worker waited; not sending', {
-          id,
-          heldMs: now() - leasedAt,
-        });
-        return { outcome: 'waiting', record: held, reason: 'lease-lost' };
-      }
-      held = renewed;
+    } else {
+      const renewed = await renewHeldLease();
+      if (!renewed) return leaseLost();
       leased = renewed;
     }
 
@@ -471,7 +492,7 @@ export async function deliver(id: string, context: DeliveryContext, deps: Delive
  * Handles a message the host moved to `mail-outbox-poison`: marks its record `failed` with reason "poison: …",
  * unless it already has an outcome. A record still under a live lease is left to its worker.
  */
-export async function markPoisoned(
+async function markPoisoned(
   id: string,
   context: { dequeueCount?: number },
   deps: Pick<DeliverDeps, 'status' | 'logger' | 'now' | 'telemetry'>,
@@ -506,4 +527,30 @@ export async function markPoisoned(
     }
   }
   throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times while poisoning`);
+}
+
+/**
+ * The outbox worker: what the queue trigger, the poison trigger and `POST /api/messages?wait=true` call, with the
+ * dependencies the app's services gave it.
+ */
+export class Delivery {
+  constructor(readonly deps: DeliverDeps) {}
+
+  /**
+   * Delivers outbox message `id`. Resolves when the queue message may be acknowledged (whatever the mail outcome);
+   * rejects only when storage fails, so that the host retries and, after maxDequeueCount, poisons it.
+   */
+  deliver(id: string, context: DeliveryContext = {}): Promise<DeliverOutcome> {
+    return deliver(id, context, this.deps);
+  }
+
+  /** Marks a message the host moved to `mail-outbox-poison` failed ("poison: …"), unless it has an outcome already. */
+  markPoisoned(id: string, context: { dequeueCount?: number } = {}): Promise<StoredRecord | undefined> {
+    return markPoisoned(id, context, this.deps);
+  }
+
+  /** The same worker with some dependencies replaced (a test's faulty sender or pacer). */
+  with(overrides: Partial<DeliverDeps>): Delivery {
+    return new Delivery({ ...this.deps, ...overrides });
+  }
 }

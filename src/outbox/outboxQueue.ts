@@ -2,6 +2,11 @@
 import type { QueueClient } from '@azure/storage-queue';
 import { isMessageId } from './messageIds';
 
+/**
+ * Must equal host.json `extensions.queues.maxDequeueCount` (a test compares them): after this many failed dequeues the
+ * host moves a message to `mail-outbox-poison`.
+ */
+export const OUTBOX_MAX_DEQUEUE_COUNT = 5;
 /** Azure Storage queues hide a message for at most 7 days. */
 export const MAX_VISIBILITY_SECONDS = 7 * 24 * 60 * 60;
 /** Never expire: a message scheduled 7 days ahead would otherwise expire (default TTL 7 days) as it becomes visible. */

@@ -70,7 +70,7 @@ export class ConnectionSlots {
     return undefined;
   }
 
-  /** How many slots are leased right now, by anyone (tests, the doctor). */
+  /** How many slots are leased right now, by anyone (tests). */
   async leasedCount(): Promise<number> {
     await this.ensureBlobs();
     let leased = 0;

@@ -216,7 +216,7 @@ export class Pacer {
     return this.now() + this.quotaProbeMs;
   }
 
-  /** What the shared state says now (for the doctor, tests and benchmarks). */
+  /** What the shared state says now (for tests and benchmarks). */
   async snapshot(): Promise<{
     nextSlotAt: number;
     nextWakeAt: number;

@@ -25,7 +25,7 @@ export interface ConnectionPool {
    * Delivery asks before it takes a send slot, so that a send slot is not spent on a message that cannot connect.
    */
   connectionReady(): Promise<boolean>;
-  /** Connections this process holds a slot for (tests, the doctor); 0 without a shared cap. */
+  /** Connections this process holds a slot for (tests); 0 without a shared cap. */
   readonly heldSlots: number;
   /** Drops the pool's connections (and gives their slots back). */
   close(): Promise<void>;
@@ -43,7 +43,6 @@ export class ProcessPool implements ConnectionPool {
 
   send(message: object): Promise<unknown> {
     this.transporter ??= createSmtpTransport(this.config, this.auth, {
-      pool: true,
       maxConnections: this.config.limits.maxConnections,
       idleTimeoutMs: IDLE_CLOSE_MS,
     });
@@ -153,7 +152,6 @@ export class SlotPool implements ConnectionPool {
       slot,
       primary: !this.lanes.some((other) => other.primary),
       transporter: createSmtpTransport(this.config, this.auth, {
-        pool: true,
         maxConnections: 1,
         idleTimeoutMs: IDLE_CLOSE_MS,
       }),

@@ -2,14 +2,14 @@
 import { BASIC_AUTH_DEPRECATION, isAllowedFrom, type Config } from '../config';
 import type { ConnectionSlots } from '../pacing/connectionSlots';
 import { classifySmtpError } from './classify';
-import { MailError, ensureError, type SmtpReply } from '../errors';
+import { MailError, ensureError } from '../errors';
 import { silentLogger, type Logger } from '../logger';
 import { allRecipients, type MailMessage, type MailSource } from '../message';
 import type { SmtpAuthSource } from './smtpAuth';
 import type { MailEventProperties, Telemetry } from '../telemetry';
 import { ProcessPool, SlotPool, type ConnectionPool } from './connectionPool';
 import { readSentInfo, toNodemailerMessage, type RefusedRecipient, type SentInfo } from './nodemailerMessage';
-import { createSmtpTransport, type AuthFailureMarker } from './smtpTransport';
+import { type AuthFailureMarker } from './smtpTransport';
 
 export type { RefusedRecipient } from './nodemailerMessage';
 
@@ -120,25 +120,12 @@ export class MailSender {
     }
   }
 
-  /** Connects, upgrades with STARTTLS and authenticates without sending anything (health check, doctor). */
-  async verify(): Promise<{ smtp?: SmtpReply }> {
-    const transporter = createSmtpTransport(this.config, this.auth, { pool: false });
-    try {
-      await transporter.verify();
-      return {};
-    } catch (error) {
-      throw error instanceof MailError ? error : classifySmtpError(error);
-    } finally {
-      transporter.close();
-    }
-  }
-
   /** Closes pooled connections and gives back their connection slots (on shutdown, or to let the process exit). */
   async close(): Promise<void> {
     await this.pool.close();
   }
 
-  /** SMTP connections this process holds slots for (tests, the doctor). */
+  /** SMTP connections this process holds slots for (tests). */
   get heldSlots(): number {
     return this.pool.heldSlots;
   }

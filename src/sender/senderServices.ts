@@ -8,7 +8,7 @@ import { MailSender } from './mailSender';
 import { createSmtpAuthSource, type SmtpAuthSource } from './smtpAuth';
 import { createTelemetry, type Telemetry } from '../telemetry';
 
-/** Everything a trigger, the CLI or the doctor needs to send. */
+/** Everything a trigger or the CLI needs to send. */
 export interface Mailer {
   config: Config;
   sender: MailSender;

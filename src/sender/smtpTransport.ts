@@ -71,14 +71,11 @@ async function login(auth: SmtpAuthSource, ctx: CustomAuthContext): Promise<void
   }
 }
 
-/**
- * A transport to `config.smtp`: a single connection (`pool: false`, for a verify), or a pool of `maxConnections`
- * that closes a connection idle for `idleTimeoutMs`.
- */
+/** A pooled transport to `config.smtp`: at most `maxConnections`, each closed after `idleTimeoutMs` idle. */
 export function createSmtpTransport(
   config: Config,
   auth: SmtpAuthSource,
-  options: { pool: false } | { pool: true; maxConnections: number; idleTimeoutMs: number },
+  options: { maxConnections: number; idleTimeoutMs: number },
 ): Transporter {
   const { host, port } = config.smtp;
   const oauth = auth.mode !== 'basic';
@@ -102,7 +99,6 @@ export function createSmtpTransport(
       ? { [XOAUTH2_HANDLER]: (ctx: CustomAuthContext) => xoauth2(auth, ctx) }
       : { [LOGIN_HANDLER]: (ctx: CustomAuthContext) => login(auth, ctx) },
   };
-  if (!options.pool) return nodemailer.createTransport(base as never);
   return nodemailer.createTransport({
     ...base,
     pool: true,

@@ -9,7 +9,6 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { ConnectionSlots, LEASE_SECONDS, type ConnectionSlot } from '../../src/pacing/connectionSlots';
-import { deliver } from '../../src/outbox/delivery';
 import { createLogger } from '../../src/logger';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { Pacer } from '../../src/pacing/pacer';
@@ -266,7 +265,7 @@ describe('delivery when other instances hold every connection slot', () => {
       const tokensBefore = sandbox.entra.requests.length;
       const pacingBefore = await rt.pacer!.snapshot();
 
-      const outcome = await deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, rt.deliverDeps);
+      const outcome = await rt.delivery.deliver(id, { dequeueCount: 1 });
       expect(outcome).toMatchObject({ outcome: 'paced', reason: 'connections' });
       if (outcome.outcome !== 'paced') throw new Error('unreachable');
       // Other instances give idle connections back within IDLE_CLOSE_MS; it comes back after one to two of those.
@@ -297,7 +296,7 @@ describe('delivery when other instances hold every connection slot', () => {
       await Promise.all(held.map((slot) => slot?.release()));
       // As its queue message does once it is visible.
       await rt.status.transition(record, { dueAt: new Date().toISOString() });
-      expect((await deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, rt.deliverDeps)).outcome).toBe('sent');
+      expect((await rt.delivery.deliver(id, { dequeueCount: 1 })).outcome).toBe('sent');
       expect(await rt.status.get(id)).toMatchObject({ status: 'sent', attempts: 1 });
       expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['no slot']);
     } finally {
@@ -323,7 +322,7 @@ describe('delivery when other instances hold every connection slot', () => {
     expect(await sender.connectionReady()).toBe(true);
 
     const { id } = await rt.outbox.accept({ to: 'b@example.com', subject: 'slot lost', text: 'x' }, { source: 'http' });
-    const delivery = deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, { ...rt.deliverDeps, sender, pacer });
+    const delivery = rt.delivery.with({ sender, pacer }).deliver(id, { dequeueCount: 1 });
     // It has its connection slot and its send slot, and waits for the latter.
     await until('the delivery to take its send slot', async () => (await pacer.snapshot()).nextSlotAt > nextSlotAt);
     // Meanwhile another instance takes the connection slot over.

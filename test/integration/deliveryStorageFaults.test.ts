@@ -6,7 +6,6 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
-import { deliver } from '../../src/outbox/delivery';
 import { createRuntime, type Runtime } from '../../src/appServices';
 import type { StoredRecord } from '../../src/outbox/statusStore';
 import {
@@ -23,8 +22,8 @@ const LEASE_MS = 4_000;
 /** A lease write this slow makes the worker renew its lease before SMTP (LEASE_MS / 10 is the renewal threshold). */
 const SLOW_LEASE_WRITE_MS = 1_500;
 /** The host's delivery context on a first and a retried dequeue. */
-const FIRST = { dequeueCount: 1, maxDequeueCount: 5 };
-const RETRY = { dequeueCount: 2, maxDequeueCount: 5 };
+const FIRST = { dequeueCount: 1 };
+const RETRY = { dequeueCount: 2 };
 
 let sandbox: Sandbox;
 let azurite: AzuriteInstance;
@@ -95,7 +94,7 @@ describe('storage fails after the lease is taken, before SMTP: the lease is hand
       return leased && r.method === 'GET' && /\/MailPacing\(/.test(r.path) ? 'refuse' : 'forward';
     };
 
-    const error = await rejection(deliver(id, FIRST, rt.deliverDeps));
+    const error = await rejection(rt.delivery.deliver(id, FIRST));
     expect(error.statusCode).toBe(503);
     // The lease was taken, then given back by one more write.
     expect(writes(id, 'sending')).toEqual(['forward']);
@@ -109,7 +108,7 @@ describe('storage fails after the lease is taken, before SMTP: the lease is hand
     expect(sandbox.smtp.messages).toHaveLength(0);
 
     proxy.decide = () => 'forward';
-    const next = await deliver(id, RETRY, rt.deliverDeps);
+    const next = await rt.delivery.deliver(id, RETRY);
     expect(next.outcome).toBe('sent');
     expect(await record(id)).toMatchObject({ status: 'sent', attempts: 2 });
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['pacing unreadable']);
@@ -125,7 +124,7 @@ describe('storage fails after the lease is taken, before SMTP: the lease is hand
       return sendingWrites === 1 ? { delayMs: SLOW_LEASE_WRITE_MS } : 'refuse';
     };
 
-    const error = await rejection(deliver(id, FIRST, rt.deliverDeps));
+    const error = await rejection(rt.delivery.deliver(id, FIRST));
     expect(error.statusCode).toBe(503);
     // The lease, then its renewal refused on every try the SDK made, then the give-back.
     expect(writes(id, 'sending')).toEqual([{ delayMs: SLOW_LEASE_WRITE_MS }, 'refuse']);
@@ -137,7 +136,7 @@ describe('storage fails after the lease is taken, before SMTP: the lease is hand
     expect(sandbox.smtp.sessions).toHaveLength(0);
 
     proxy.decide = () => 'forward';
-    expect((await deliver(id, RETRY, rt.deliverDeps)).outcome).toBe('sent');
+    expect((await rt.delivery.deliver(id, RETRY)).outcome).toBe('sent');
     expect(await record(id)).toMatchObject({ status: 'sent', attempts: 2 });
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['renewal refused']);
   });
@@ -152,7 +151,7 @@ describe('storage fails after the lease is taken, before SMTP: the lease is hand
       return sendingWrites === 1 ? { delayMs: SLOW_LEASE_WRITE_MS } : 'refuse';
     };
 
-    const error = await rejection(deliver(id, FIRST, rt.deliverDeps));
+    const error = await rejection(rt.delivery.deliver(id, FIRST));
     expect(error.statusCode).toBe(503);
     expect(writes(id, 'queued')).toEqual(['refuse']);
     expect(mailer.logs.join('\n')).toMatch(/could not release the sending lease after an error; it expires on its own/);
@@ -163,12 +162,12 @@ describe('storage fails after the lease is taken, before SMTP: the lease is hand
 
     proxy.decide = () => 'forward';
     // While the lease lasts, another delivery does not send: it re-enqueues for when the lease ends.
-    const waiting = await deliver(id, RETRY, rt.deliverDeps);
+    const waiting = await rt.delivery.deliver(id, RETRY);
     expect(waiting).toMatchObject({ outcome: 'waiting', reason: 'lease' });
     expect(sandbox.smtp.sessions).toHaveLength(0);
 
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, leaseEnds - Date.now()) + 100));
-    expect((await deliver(id, { dequeueCount: 3, maxDequeueCount: 5 }, rt.deliverDeps)).outcome).toBe('sent');
+    expect((await rt.delivery.deliver(id, { dequeueCount: 3 })).outcome).toBe('sent');
     expect(await record(id)).toMatchObject({ status: 'sent', attempts: 2 });
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['give-back refused']);
   });
@@ -184,7 +183,7 @@ describe('storage fails after Exchange accepted the message (250): the `sent` wr
       return sentWrites === 1 ? 'refuse' : 'forward';
     };
 
-    const outcome = await deliver(id, FIRST, rt.deliverDeps);
+    const outcome = await rt.delivery.deliver(id, FIRST);
     expect(outcome.outcome).toBe('sent');
     expect(writes(id, 'sent')).toEqual(['refuse', 'forward']);
     const after = await record(id);
@@ -193,7 +192,7 @@ describe('storage fails after Exchange accepted the message (250): the `sent` wr
     expect(after.messageId).toBe(sandbox.smtp.messages[0]?.parsed.messageId);
     expect(sandbox.smtp.messages).toHaveLength(1);
 
-    expect((await deliver(id, RETRY, rt.deliverDeps)).outcome).toBe('completed');
+    expect((await rt.delivery.deliver(id, RETRY)).outcome).toBe('completed');
     expect(sandbox.smtp.messages).toHaveLength(1);
   });
 
@@ -206,12 +205,12 @@ describe('storage fails after Exchange accepted the message (250): the `sent` wr
       return 'drop-reply';
     };
 
-    const outcome = await deliver(id, FIRST, rt.deliverDeps);
+    const outcome = await rt.delivery.deliver(id, FIRST);
     expect(dropped).toBe(true);
     expect(outcome.outcome).toBe('sent');
     expect(await record(id)).toMatchObject({ status: 'sent', attempts: 1 });
     expect(sandbox.smtp.messages).toHaveLength(1);
-    expect((await deliver(id, RETRY, rt.deliverDeps)).outcome).toBe('completed');
+    expect((await rt.delivery.deliver(id, RETRY)).outcome).toBe('completed');
     expect(sandbox.smtp.messages).toHaveLength(1);
   });
 
@@ -219,7 +218,7 @@ describe('storage fails after Exchange accepted the message (250): the `sent` wr
     const id = await accept('sent write lost');
     proxy.decide = (r) => (isWrite(r, id, 'sent') ? 'refuse' : 'forward');
 
-    const error = await rejection(deliver(id, FIRST, rt.deliverDeps));
+    const error = await rejection(rt.delivery.deliver(id, FIRST));
     expect(error.statusCode).toBe(503);
     // SENT_WRITE_TRIES (3) writes of `sent`, each refused on every try; no give-back write.
     expect(writes(id, 'sent')).toEqual(['refuse', 'refuse', 'refuse']);
@@ -232,12 +231,12 @@ describe('storage fails after Exchange accepted the message (250): the `sent` wr
 
     proxy.decide = () => 'forward';
     // The host retries its queue message: under the lease nothing is sent again.
-    expect(await deliver(id, RETRY, rt.deliverDeps)).toMatchObject({ outcome: 'waiting', reason: 'lease' });
+    expect(await rt.delivery.deliver(id, RETRY)).toMatchObject({ outcome: 'waiting', reason: 'lease' });
     expect(sandbox.smtp.messages).toHaveLength(1);
 
     // Once the lease has run out, the message is sent again: the one duplicate the design cannot prevent.
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, leaseEnds - Date.now()) + 100));
-    expect((await deliver(id, { dequeueCount: 3, maxDequeueCount: 5 }, rt.deliverDeps)).outcome).toBe('sent');
+    expect((await rt.delivery.deliver(id, { dequeueCount: 3 })).outcome).toBe('sent');
     const final = await record(id);
     expect(final).toMatchObject({ status: 'sent', attempts: 2 });
     const copies = sandbox.smtp.messages.map((m) => m.parsed);

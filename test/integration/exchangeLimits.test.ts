@@ -6,7 +6,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { getMessage } from '../../src/api/messagesGet';
 import type { ApiRequest } from '../../src/api/apiTypes';
-import { deliver, type DeliverOutcome } from '../../src/outbox/delivery';
+import type { DeliverOutcome } from '../../src/outbox/delivery';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { createRuntime, type Runtime } from '../../src/appServices';
 import {
@@ -67,7 +67,7 @@ async function drainOnce(): Promise<Map<string, DeliverOutcome>> {
   const outcomes = new Map<string, DeliverOutcome>();
   for (const m of received.receivedMessageItems) {
     const id = parseOutboxMessage(m.messageText)!.id;
-    outcomes.set(id, await deliver(id, { dequeueCount: m.dequeueCount, maxDequeueCount: 5 }, rt.deliverDeps));
+    outcomes.set(id, await rt.delivery.deliver(id, { dequeueCount: m.dequeueCount }));
     await rt.storage.outboxQueue.deleteMessage(m.messageId, m.popReceipt);
   }
   return outcomes;

@@ -17,7 +17,6 @@ import { runApi, type ApiHandler } from '../../src/api/runApi';
 import { BatchBlobStore } from '../../src/notifications/batchBlobStore';
 import { batchPartition } from '../../src/outbox/messageIds';
 import { MAX_LISTED_REJECTIONS } from '../../src/notifications/batchStore';
-import { deliver } from '../../src/outbox/delivery';
 import { encodeNotificationMessage } from '../../src/notifications/batchQueue';
 import { deriveBatchId, MAX_BATCH_RECIPIENTS, recipientIdempotencyKey } from '../../src/notifications/batchRequest';
 import {
@@ -130,7 +129,7 @@ async function drainOutbox(): Promise<number> {
     if (received.receivedMessageItems.length === 0) return delivered;
     await Promise.all(
       received.receivedMessageItems.map(async (m) => {
-        await deliver(parseOutboxMessage(m.messageText)!.id, { dequeueCount: m.dequeueCount }, rt.deliverDeps);
+        await rt.delivery.deliver(parseOutboxMessage(m.messageText)!.id, { dequeueCount: m.dequeueCount });
         await rt.storage.outboxQueue.deleteMessage(m.messageId, m.popReceipt);
         delivered += 1;
       }),

@@ -6,7 +6,7 @@ import { RestError, type PipelinePolicy } from '@azure/core-rest-pipeline';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
-import { deliver, markPoisoned, type DeliverOutcome } from '../../src/outbox/delivery';
+import type { DeliverOutcome } from '../../src/outbox/delivery';
 import { MailError } from '../../src/errors';
 import { IdempotencyStore } from '../../src/outbox/idempotencyStore';
 import { Outbox, payloadHash } from '../../src/outbox/outbox';
@@ -103,7 +103,7 @@ async function drainOnce(): Promise<DeliverOutcome[]> {
   for (const m of received.receivedMessageItems) {
     const parsed = parseOutboxMessage(m.messageText);
     expect(parsed, 'queue message is { id }').toBeDefined();
-    outcomes.push(await deliver(parsed!.id, { dequeueCount: m.dequeueCount, maxDequeueCount: 5 }, rt.deliverDeps));
+    outcomes.push(await rt.delivery.deliver(parsed!.id, { dequeueCount: m.dequeueCount }));
     await rt.storage.outboxQueue.deleteMessage(m.messageId, m.popReceipt);
   }
   return outcomes;
@@ -454,7 +454,7 @@ describe('delivery failures', () => {
     // No retry was scheduled, nothing was sent, and a late copy of the queue message changes nothing.
     expect(await visibleIds()).toEqual([]);
     expect((await rt.storage.outboxQueue.getProperties()).approximateMessagesCount).toBe(0);
-    expect(await deliver(id, { dequeueCount: 1 }, rt.deliverDeps)).toMatchObject({ outcome: 'completed' });
+    expect(await rt.delivery.deliver(id, { dequeueCount: 1 })).toMatchObject({ outcome: 'completed' });
     expect((await record(id)).attempts).toBe(1);
     expect(sandbox.smtp.messages).toHaveLength(0);
   });
@@ -463,7 +463,7 @@ describe('delivery failures', () => {
     sandbox.smtp.faults.force432 = 1;
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     await drainOnce(); // one transient failure is on record
-    const poisoned = await markPoisoned(id, { dequeueCount: 5 }, rt.deliverDeps);
+    const poisoned = await rt.delivery.markPoisoned(id, { dequeueCount: 5 });
     expect(poisoned).toMatchObject({ status: 'failed' });
     expect(poisoned?.error?.code).toBe('POISON_MESSAGE');
     expect(poisoned?.error?.message).toMatch(/^poison: .*last error: CONCURRENCY_LIMIT/);
@@ -477,7 +477,7 @@ describe('delivery failures', () => {
   it('poison never overrides an outcome: a sent record stays sent', async () => {
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     await drainOnce();
-    expect((await markPoisoned(id, { dequeueCount: 5 }, rt.deliverDeps))?.status).toBe('sent');
+    expect((await rt.delivery.markPoisoned(id, { dequeueCount: 5 }))?.status).toBe('sent');
   });
 });
 
@@ -517,9 +517,7 @@ describe('at-least-once queue, exactly-once send', () => {
 
   it('two workers delivering the same id at once send it once (the ETag-guarded lease)', async () => {
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
-    const outcomes = await Promise.all(
-      Array.from({ length: 5 }, () => deliver(id, { dequeueCount: 1 }, rt.deliverDeps)),
-    );
+    const outcomes = await Promise.all(Array.from({ length: 5 }, () => rt.delivery.deliver(id, { dequeueCount: 1 })));
     expect(outcomes.filter((o) => o.outcome === 'sent')).toHaveLength(1);
     expect(sandbox.smtp.messages).toHaveLength(1);
   });
@@ -535,7 +533,7 @@ describe('at-least-once queue, exactly-once send', () => {
         void rt.status.create(rest).then(() => resolve());
       }, 500),
     );
-    const outcome = await deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, rt.deliverDeps);
+    const outcome = await rt.delivery.deliver(id, { dequeueCount: 1 });
     await late;
     expect(outcome.outcome).toBe('sent');
     expect(sandbox.smtp.messages).toHaveLength(1);
@@ -544,11 +542,9 @@ describe('at-least-once queue, exactly-once send', () => {
   it('a queue message whose accept died before the record: left to the host while retries remain, dropped at the last, nothing sent', async () => {
     const id = uuidv7();
     await enqueueOutbox(rt.storage.outboxQueue, id, 0);
-    await expect(deliver(id, { dequeueCount: 1, maxDequeueCount: 5 }, rt.deliverDeps)).rejects.toThrow(
-      /no status record yet/,
-    );
-    expect(await deliver(id, { dequeueCount: 5, maxDequeueCount: 5 }, rt.deliverDeps)).toEqual({ outcome: 'missing' });
-    expect(await markPoisoned(id, { dequeueCount: 6 }, rt.deliverDeps)).toBeUndefined();
+    await expect(rt.delivery.deliver(id, { dequeueCount: 1 })).rejects.toThrow(/no status record yet/);
+    expect(await rt.delivery.deliver(id, { dequeueCount: 5 })).toEqual({ outcome: 'missing' });
+    expect(await rt.delivery.markPoisoned(id, { dequeueCount: 6 })).toBeUndefined();
     expect(await rt.status.get(id)).toBeUndefined();
     expect(sandbox.smtp.messages).toHaveLength(0);
   });

@@ -5,7 +5,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { ConnectionSlots } from '../../src/pacing/connectionSlots';
-import { deliver } from '../../src/outbox/delivery';
 import { MailError } from '../../src/errors';
 import { enqueueOutbox, parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { PACING_MARGIN, Pacer, type PacingLimits } from '../../src/pacing/pacer';
@@ -251,8 +250,8 @@ describe('delivery with pacing', () => {
     await Promise.all(
       taken.receivedMessageItems.map((m) => rt.storage.outboxQueue.deleteMessage(m.messageId, m.popReceipt)),
     );
-    expect((await deliver(first.id, {}, rt.deliverDeps)).outcome).toBe('sent');
-    const paced = await deliver(second.id, {}, rt.deliverDeps);
+    expect((await rt.delivery.deliver(first.id, {})).outcome).toBe('sent');
+    const paced = await rt.delivery.deliver(second.id, {});
     expect(paced).toMatchObject({ outcome: 'paced', reason: 'daily' });
     const record = await rt.status.get(second.id);
     expect(record).toMatchObject({ status: 'queued', attempts: 0 });
@@ -268,7 +267,7 @@ describe('delivery with pacing', () => {
       if (Date.now() > deadline) throw new Error('the paced message never came back');
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
-    expect((await deliver(second.id, {}, rt.deliverDeps)).outcome).toBe('sent');
+    expect((await rt.delivery.deliver(second.id, {})).outcome).toBe('sent');
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['d1', 'd2']);
     await rt.mailer.telemetry.flush();
     const pacedEvent = await sandbox.ingestion.waitFor(
@@ -284,7 +283,7 @@ describe('delivery with pacing', () => {
   it('a 432 4.3.2 from Exchange backs off without spending the attempt, is retried, and is counted as MailThrottled', async () => {
     sandbox.smtp.faults.force432 = 1;
     const accepted = await rt.outbox.accept({ to: 'e@example.com', subject: 't432', text: 'x' }, { source: 'http' });
-    const first = await deliver(accepted.id, {}, rt.deliverDeps);
+    const first = await rt.delivery.deliver(accepted.id, {});
     expect(first).toMatchObject({ outcome: 'paced', reason: 'exchange-concurrency' });
     if (first.outcome !== 'paced') throw new Error('unreachable');
     expect(first.error?.code).toBe('CONCURRENCY_LIMIT');
@@ -299,10 +298,10 @@ describe('delivery with pacing', () => {
     // Retried (here at once, as its back-off would) and sent. The failed attempt counted against the 3-recipient
     // daily window (usage is reserved before sending), so the retry may first be paced until the window has room.
     await rt.status.transition((await rt.status.get(accepted.id))!, { dueAt: new Date().toISOString() });
-    let again = await deliver(accepted.id, {}, rt.deliverDeps);
+    let again = await rt.delivery.deliver(accepted.id, {});
     for (let i = 0; again.outcome === 'paced' && i < 5; i++) {
       await new Promise((resolve) => setTimeout(resolve, 1_000));
-      again = await deliver(accepted.id, { inline: true }, rt.deliverDeps);
+      again = await rt.delivery.deliver(accepted.id, { inline: true });
     }
     expect(again.outcome).toBe('sent');
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['t432']);
@@ -311,7 +310,7 @@ describe('delivery with pacing', () => {
   it('a payload blob that is not a payload fails the message at once (no retry loop)', async () => {
     const accepted = await rt.outbox.accept({ to: 'f@example.com', subject: 'corrupt', text: 'x' }, { source: 'http' });
     await rt.storage.payloads.getBlockBlobClient(MessageStore.blobName(accepted.id)).upload('{not json', 9);
-    const outcome = await deliver(accepted.id, {}, rt.deliverDeps);
+    const outcome = await rt.delivery.deliver(accepted.id, {});
     expect(outcome).toMatchObject({ outcome: 'failed' });
     expect((await rt.status.get(accepted.id))?.error?.code).toBe('PAYLOAD_INVALID');
   });
@@ -322,7 +321,7 @@ describe('delivery with pacing', () => {
     // As left by workers that crashed after taking the lease, eight times over.
     await rt.status.transition(record, { attempts: 8, status: 'queued' });
     await enqueueOutbox(rt.storage.outboxQueue, accepted.id, 0);
-    const outcome = await deliver(accepted.id, {}, rt.deliverDeps);
+    const outcome = await rt.delivery.deliver(accepted.id, {});
     expect(outcome).toMatchObject({ outcome: 'failed' });
     expect(await rt.status.get(accepted.id)).toMatchObject({
       status: 'failed',
@@ -330,7 +329,7 @@ describe('delivery with pacing', () => {
       error: { code: 'RETRIES_EXHAUSTED', transient: false },
     });
     // Not retried: a later copy of the queue message finds the outcome and sends nothing.
-    expect(await deliver(accepted.id, {}, rt.deliverDeps)).toMatchObject({ outcome: 'completed' });
+    expect(await rt.delivery.deliver(accepted.id, {})).toMatchObject({ outcome: 'completed' });
     expect(sandbox.smtp.messages.filter((m) => m.parsed.subject === 'worn')).toHaveLength(0);
   });
 });

@@ -20,7 +20,7 @@ const settings = {
 function schedule(env: Record<string, string>, attempts: number): number[] {
   const rt = createRuntime({ ...settings, ...env });
   try {
-    return Array.from({ length: attempts }, (_, i) => rt.deliverDeps.backoffSeconds!(i + 1));
+    return Array.from({ length: attempts }, (_, i) => rt.delivery.deps.backoffSeconds!(i + 1));
   } finally {
     void rt.close();
   }

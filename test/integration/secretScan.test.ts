@@ -173,7 +173,7 @@ describe('the needles', () => {
       expect(audiences, audience).toContain(audience);
     }
     const labels = needles.map((n) => n.label).join('\n');
-    for (const name of ['mail-client-secret', 'mail-client-cert', 'mail-password', 'mail-unsubscribe-key']) {
+    for (const name of ['mail-client-secret', 'mail-client-cert', 'mail-password']) {
       expect(labels).toContain(`Key Vault ${name}/`);
     }
   });

@@ -128,14 +128,14 @@ describe('custom events and the duration metric reach the ingestion endpoint', (
     });
     t.trackEvent('MailDeferred', { id: 'd', source: 'notification', errorCode: 'RATE_LIMITED', transient: true });
     t.trackEvent('BatchAccepted', { batchId: 'b', source: 'notification', recipientCount: 10_000 });
-    t.trackEvent('DigestRun', { source: 'digest', template: 'digest-daily', recipientCount: 4, durationMs: 5 });
+    t.trackEvent('MailPaced', { id: 'p', source: 'http', template: 'welcome', reason: 'rate', retryInSeconds: 5 });
     t.trackEvent('MailSent', { id: 's', source: 'cli' });
     await t.flush();
     expect(capture.events().map((e) => e.name)).toEqual([
       'MailFailed',
       'MailDeferred',
       'BatchAccepted',
-      'DigestRun',
+      'MailPaced',
       'MailSent',
     ]);
     expect(capture.events('MailFailed')[0]?.properties).toMatchObject({

@@ -64,9 +64,7 @@ describe('loadConfig', () => {
       dailyWindowMs: 86_400_000,
     });
     expect(config.sendLeaseMs).toBe(300_000);
-    expect(config.digest).toEqual({ schedule: '0 0 7 * * *', maxItems: 50 });
     expect(config.allowedFrom).toEqual(['alerts@contoso.com']);
-    expect(config.unsubscribe.keyName).toBe('mail-unsubscribe-key');
   });
 
   it('names every missing setting with its fix, all at once', () => {
@@ -156,8 +154,6 @@ describe('a settings error never echoes a value that could be a secret', () => {
     'MAIL_CLIENT_SECRET_NAME',
     'MAIL_CLIENT_CERT_NAME',
     'MAIL_PASSWORD_SECRET_NAME',
-    'MAIL_DIGEST_SCHEDULE',
-    'MAIL_UNSUBSCRIBE_KEY_NAME',
     'APPLICATIONINSIGHTS_CONNECTION_STRING',
     'AZURE_CLIENT_ID',
   ]);

@@ -223,7 +223,6 @@ describe('settings', () => {
     'MAIL_MAX_MESSAGE_BYTES',
     'MAIL_PACING',
     'MAIL_SEND_LEASE_SECONDS',
-    'MAIL_UNSUBSCRIBE_BASE_URL',
   ] as const;
   const base = {
     MAIL_SENDER: 'alerts@contoso.com',

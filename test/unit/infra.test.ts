@@ -39,17 +39,12 @@ const app = (name: string) => parsed.get(path.join(INFRA, 'app', `${name}.bicep`
 
 /**
  * Settings the templates leave out on purpose: test-only knobs (an extra CA for the sandbox, time scaled down for
- * tests), features not built yet (digests, unsubscribe), and the connection-string form of storage, replaced by the
- * identity-based settings.
+ * tests), and the connection-string form of storage, replaced by the identity-based settings.
  */
 const NOT_DEPLOYED = new Set([
   'MAIL_TLS_CA_FILE',
   'MAIL_RATE_WINDOW_SECONDS',
   'MAIL_DAILY_WINDOW_SECONDS',
-  'MAIL_DIGEST_SCHEDULE',
-  'MAIL_DIGEST_MAX_ITEMS',
-  'MAIL_UNSUBSCRIBE_BASE_URL',
-  'MAIL_UNSUBSCRIBE_KEY_NAME',
   'AzureWebJobsStorage',
 ]);
 
