@@ -1,7 +1,7 @@
 /** The HTTP handlers in process, against Azurite and the sandbox: every malformed request is a 4xx naming its field; the happy paths. */
 import { HttpRequest } from '@azure/functions';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { freePort, startAzurite, type AzuriteInstance } from '../../dev/azurite';
+import { freePort } from '../../dev/azurite';
 import { httpHandler } from '../../functions/http';
 import type { ApiRequest, ApiResponse } from '../../src/api/apiTypes';
 import { getMessage } from '../../src/api/messagesGet';
@@ -20,30 +20,29 @@ import {
   valid,
   type RequestSpec,
 } from '../support/malformedRequests';
-import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import type { Sandbox, TestMailer } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
 const BASE = 'http://127.0.0.1:7071/api';
+let stack: Stack;
 let sandbox: Sandbox;
-let azurite: AzuriteInstance;
 let mailer: TestMailer;
 let rt: Runtime;
 let billing: string;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
-  billing = `billing@${sandbox.tenant.domain}`;
-  const overrides = limitSettings(billing);
-  mailer = sandboxMailer(sandbox, 'client-secret', overrides);
-  rt = createRuntime(
-    { ...sandbox.settings(), ...overrides, AzureWebJobsStorage: azurite.connectionString },
-    { mailer, logger: mailer.logger, delivery: { backoffSeconds: () => 2 } },
+  stack = await startStack(
+    ({ sandbox }) => {
+      billing = `billing@${sandbox.tenant.domain}`;
+      return limitSettings(billing);
+    },
+    { delivery: { backoffSeconds: () => 2 } },
   );
-  await rt.storage.ensureResources();
+  ({ sandbox, mailer, runtime: rt } = stack);
 });
 
 afterAll(async () => {
-  await rt?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await stack?.close();
 });
 
 beforeEach(() => {

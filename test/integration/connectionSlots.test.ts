@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
+import type { AzuriteInstance } from '../../dev/azurite';
 import { ConnectionSlots, LEASE_SECONDS, type ConnectionSlot } from '../../src/pacing/connectionSlots';
 import { createLogger } from '../../src/logger';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
@@ -17,19 +17,14 @@ import { IDLE_CLOSE_MS } from '../../src/sender/connectionPool';
 import { MailSender } from '../../src/sender/mailSender';
 import { statusView } from '../../src/outbox/statusStore';
 import { createStorage, type StorageClients } from '../../src/storage/storageClients';
-import {
-  applySandboxEnv,
-  message,
-  sandboxMailer,
-  startSandbox,
-  type Sandbox,
-  type TestMailer,
-} from '../support/sandboxMailer';
+import { applySandboxEnv, message, sandboxMailer, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import { appSettings, startServices, type Services } from '../support/stack';
 
 const ROOT = path.resolve(__dirname, '../..');
 /** Renewal interval in these tests: a lost lease is noticed within a fraction of a second instead of 5 s. */
 const FAST_RENEW_MS = 200;
 
+let services: Services;
 let sandbox: Sandbox;
 let azurite: AzuriteInstance;
 let storage: StorageClients;
@@ -39,7 +34,8 @@ const children = new Set<ChildProcess>();
 const senders: MailSender[] = [];
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
+  services = await startServices();
+  ({ sandbox, azurite } = services);
   storage = createStorage({ kind: 'connectionString', connectionString: azurite.connectionString });
   await storage.ensureResources();
   mailer = sandboxMailer(sandbox);
@@ -48,7 +44,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   await mailer?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await services?.close();
 });
 
 beforeEach(() => {
@@ -233,10 +229,9 @@ describe('delivery when other instances hold every connection slot', () => {
   beforeAll(async () => {
     applySandboxEnv(sandbox);
     // The app as deployed: the runtime builds its own sender under the mailbox's shared connection cap.
-    rt = createRuntime(
-      { ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString, MAIL_RATE_PER_MINUTE: '6000' },
-      { logger: createLogger({ level: 'error', write: () => {} }) },
-    );
+    rt = createRuntime(appSettings(services, { MAIL_RATE_PER_MINUTE: '6000' }), {
+      logger: createLogger({ level: 'error', write: () => {} }),
+    });
     await rt.storage.ensureResources();
   });
 

@@ -5,8 +5,7 @@
  * the record afterwards, what Exchange received, and what the next delivery does.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import type { Runtime } from '../../src/appServices';
 import type { StoredRecord } from '../../src/outbox/statusStore';
 import {
   isRecordOf,
@@ -15,7 +14,8 @@ import {
   type TableFaultProxy,
   type TableRequest,
 } from '../support/tableFaultProxy';
-import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import type { Sandbox, TestMailer } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
 /** The sending lease: short, so that a test can wait for it to run out. Held over 400 ms before SMTP, it is renewed. */
 const LEASE_MS = 4_000;
@@ -25,29 +25,29 @@ const SLOW_LEASE_WRITE_MS = 1_500;
 const FIRST = { dequeueCount: 1 };
 const RETRY = { dequeueCount: 2 };
 
+let stack: Stack;
 let sandbox: Sandbox;
-let azurite: AzuriteInstance;
 let proxy: TableFaultProxy;
 let mailer: TestMailer;
 let rt: Runtime;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
-  proxy = await startTableFaultProxy(`http://127.0.0.1:${azurite.ports.table}/devstoreaccount1`);
-  const settings = {
-    ...sandbox.settings(),
-    // Every table request of the app (status records, pacing) goes through the proxy; queues and blobs do not.
-    AzureWebJobsStorage: azurite.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.url}`),
-    MAIL_RATE_PER_MINUTE: '6000',
-  };
-  mailer = sandboxMailer(sandbox, 'client-secret');
-  rt = createRuntime(settings, { mailer, logger: mailer.logger, delivery: { leaseMs: LEASE_MS } });
-  await rt.storage.ensureResources();
+  stack = await startStack(
+    async ({ azurite }) => {
+      proxy = await startTableFaultProxy(`http://127.0.0.1:${azurite.ports.table}/devstoreaccount1`);
+      return {
+        // Every table request of the app (status records, pacing) goes through the proxy; queues and blobs do not.
+        AzureWebJobsStorage: azurite.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.url}`),
+        MAIL_RATE_PER_MINUTE: '6000',
+      };
+    },
+    { delivery: { leaseMs: LEASE_MS } },
+  );
+  ({ sandbox, mailer, runtime: rt } = stack);
 });
 
 afterAll(async () => {
-  await rt?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop(), proxy?.close()]);
+  await Promise.all([stack?.close(), proxy?.close()]);
 });
 
 beforeEach(async () => {

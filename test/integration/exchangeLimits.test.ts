@@ -3,54 +3,42 @@
  * spending attempts, shows why, says so in telemetry, and sends once Exchange's rolling window frees.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { getMessage } from '../../src/api/messagesGet';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import type { DeliverOutcome } from '../../src/outbox/delivery';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
-import { createRuntime, type Runtime } from '../../src/appServices';
-import {
-  message,
-  resetPacingState,
-  sandboxMailer,
-  startSandbox,
-  type Sandbox,
-  type TestMailer,
-} from '../support/sandboxMailer';
+import type { Runtime } from '../../src/appServices';
+import { message, resetPacingState, sandboxMailer, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
 /** Exchange's daily quota, scaled down: 3 recipients per rolling 8 s. */
 const QUOTA = 3;
 const WINDOW_MS = 8_000;
 
+let stack: Stack;
 let sandbox: Sandbox;
-let azurite: AzuriteInstance;
 let mailer: TestMailer;
 /** Another app (or a person) sending from the same mailbox, past this app's pacing. */
 let outsider: TestMailer;
 let rt: Runtime;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([
-    startSandbox({ smtpLimits: { dailyRecipients: QUOTA, dailyWindowMs: WINDOW_MS } }),
-    startAzurite(),
-  ]);
-  const settings = {
-    ...sandbox.settings(),
-    AzureWebJobsStorage: azurite.connectionString,
-    // This app's own count would allow far more: the quota is used up by mail it never saw.
-    MAIL_DAILY_RECIPIENT_LIMIT: '1000',
-    MAIL_DAILY_WINDOW_SECONDS: String(WINDOW_MS / 1000),
-    MAIL_RATE_PER_MINUTE: '6000',
-  };
-  mailer = sandboxMailer(sandbox);
+  stack = await startStack(
+    {
+      // This app's own count would allow far more: the quota is used up by mail it never saw.
+      MAIL_DAILY_RECIPIENT_LIMIT: '1000',
+      MAIL_DAILY_WINDOW_SECONDS: String(WINDOW_MS / 1000),
+      MAIL_RATE_PER_MINUTE: '6000',
+    },
+    { sandbox: { smtpLimits: { dailyRecipients: QUOTA, dailyWindowMs: WINDOW_MS } } },
+  );
+  ({ sandbox, mailer, runtime: rt } = stack);
   outsider = sandboxMailer(sandbox);
-  rt = createRuntime(settings, { mailer, logger: mailer.logger });
-  await rt.storage.ensureResources();
 });
 
 afterAll(async () => {
-  await Promise.all([rt?.close(), outsider?.close()]);
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await outsider?.close();
+  await stack?.close();
 });
 
 beforeEach(async () => {

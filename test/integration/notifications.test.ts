@@ -29,7 +29,8 @@ import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { createRuntime, type Runtime } from '../../src/appServices';
 import { BATCH_CONTAINER, NOTIFICATIONS_POISON_QUEUE, NOTIFICATIONS_QUEUE } from '../../src/storage/storageClients';
 import { bodyBytes, headersOf, type RequestSpec } from '../support/malformedRequests';
-import { applySandboxEnv, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import { applySandboxEnv, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
 const ROOT = path.resolve(__dirname, '../..');
 const BASE = 'http://127.0.0.1:7071/api';
@@ -37,34 +38,34 @@ const BASE = 'http://127.0.0.1:7071/api';
 const MAX_MESSAGE_BYTES = 300_000;
 const HUGE = 1_000_000_000;
 
+let stack: Stack;
 let sandbox: Sandbox;
-let azurite: AzuriteInstance;
 let mailer: TestMailer;
 let rt: Runtime;
 let billing: string;
 let settings: Record<string, string>;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([
-    startSandbox({ smtpLimits: { ratePerMinute: HUGE, dailyRecipients: HUGE } }),
-    startAzurite(),
-  ]);
-  billing = `billing@${sandbox.tenant.domain}`;
-  const overrides = {
-    MAIL_ALLOWED_FROM: billing,
-    MAIL_MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES),
-    // Pacing is measured on its own; here it would only spread the sends over minutes.
-    MAIL_PACING: 'off',
-  };
-  settings = { ...sandbox.settings(), ...overrides, AzureWebJobsStorage: azurite.connectionString };
-  mailer = sandboxMailer(sandbox, 'client-secret', overrides);
-  rt = createRuntime(settings, { mailer, logger: mailer.logger, delivery: { backoffSeconds: () => 2 } });
-  await rt.storage.ensureResources();
+  stack = await startStack(
+    ({ sandbox }) => {
+      billing = `billing@${sandbox.tenant.domain}`;
+      return {
+        MAIL_ALLOWED_FROM: billing,
+        MAIL_MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES),
+        // Pacing is measured on its own; here it would only spread the sends over minutes.
+        MAIL_PACING: 'off',
+      };
+    },
+    {
+      sandbox: { smtpLimits: { ratePerMinute: HUGE, dailyRecipients: HUGE } },
+      delivery: { backoffSeconds: () => 2 },
+    },
+  );
+  ({ sandbox, mailer, runtime: rt, settings } = stack);
 });
 
 afterAll(async () => {
-  await rt?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await stack?.close();
 });
 
 beforeEach(async () => {

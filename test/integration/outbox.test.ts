@@ -5,7 +5,7 @@ import { TableClient } from '@azure/data-tables';
 import { RestError, type PipelinePolicy } from '@azure/core-rest-pipeline';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
+import type { AzuriteInstance } from '../../dev/azurite';
 import type { DeliverOutcome } from '../../src/outbox/delivery';
 import { MailError } from '../../src/errors';
 import { IdempotencyStore } from '../../src/outbox/idempotencyStore';
@@ -24,8 +24,10 @@ import {
 } from '../../src/storage/storageClients';
 import { ConfigError } from '../../src/config';
 import { SMTP_SEND_AS_APP_ROLE } from '../../sandbox/tenant';
-import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import type { Sandbox, TestMailer } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
+let stack: Stack;
 let sandbox: Sandbox;
 let azurite: AzuriteInstance;
 let mailer: TestMailer;
@@ -36,31 +38,28 @@ const TEST_BACKOFF_SECONDS = 2;
 const TEST_MAX_ATTEMPTS = 3;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
-  billing = `billing@${sandbox.tenant.domain}`;
-  const settings = {
-    ...sandbox.settings(),
-    MAIL_ALLOWED_FROM: billing,
-    AzureWebJobsStorage: azurite.connectionString,
-    // Pacing stays on (test/pacing*.test.ts is about it), at a rate that does not slow these tests down.
-    MAIL_RATE_PER_MINUTE: '6000',
-  };
-  mailer = sandboxMailer(sandbox, 'client-secret', { MAIL_ALLOWED_FROM: billing });
-  rt = createRuntime(settings, {
-    mailer,
-    logger: mailer.logger,
-    delivery: {
-      backoffSeconds: () => TEST_BACKOFF_SECONDS,
-      concurrencyBackoffMs: () => TEST_BACKOFF_SECONDS * 1000,
-      maxAttempts: TEST_MAX_ATTEMPTS,
+  stack = await startStack(
+    ({ sandbox }) => {
+      billing = `billing@${sandbox.tenant.domain}`;
+      return {
+        MAIL_ALLOWED_FROM: billing,
+        // Pacing stays on (test/pacing*.test.ts is about it), at a rate that does not slow these tests down.
+        MAIL_RATE_PER_MINUTE: '6000',
+      };
     },
-  });
-  await rt.storage.ensureResources();
+    {
+      delivery: {
+        backoffSeconds: () => TEST_BACKOFF_SECONDS,
+        concurrencyBackoffMs: () => TEST_BACKOFF_SECONDS * 1000,
+        maxAttempts: TEST_MAX_ATTEMPTS,
+      },
+    },
+  );
+  ({ sandbox, azurite, mailer, runtime: rt } = stack);
 });
 
 afterAll(async () => {
-  await rt?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await stack?.close();
 });
 
 beforeEach(async () => {

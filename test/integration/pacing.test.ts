@@ -3,40 +3,34 @@
  * rolling daily recipient window, connection slots as blob leases, and what delivery does with each limit.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { ConnectionSlots } from '../../src/pacing/connectionSlots';
 import { MailError } from '../../src/errors';
 import { enqueueOutbox, parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { PACING_MARGIN, Pacer, type PacingLimits } from '../../src/pacing/pacer';
 import { MessageStore } from '../../src/outbox/messageStore';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import type { Runtime } from '../../src/appServices';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import { postMessage } from '../../src/api/messagesPost';
 import { runApi } from '../../src/api/runApi';
 import { MailSender } from '../../src/sender/mailSender';
 import { createStorage, type StorageClients } from '../../src/storage/storageClients';
-import {
-  message,
-  resetPacingState,
-  sandboxMailer,
-  startSandbox,
-  type Sandbox,
-  type TestMailer,
-} from '../support/sandboxMailer';
+import { message, resetPacingState, sandboxMailer, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import { startRuntime, startServices, type Services } from '../support/stack';
 
+let services: Services;
 let sandbox: Sandbox;
-let azurite: AzuriteInstance;
 let storage: StorageClients;
 let mailbox = 0;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
-  storage = createStorage({ kind: 'connectionString', connectionString: azurite.connectionString });
+  services = await startServices();
+  sandbox = services.sandbox;
+  storage = createStorage({ kind: 'connectionString', connectionString: services.azurite.connectionString });
   await storage.ensureResources();
 });
 
 afterAll(async () => {
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await services?.close();
 });
 
 /** A fresh mailbox per test, so that tests share no pacing state. */
@@ -205,20 +199,13 @@ describe('the sender under a shared connection cap', () => {
 
 describe('delivery with pacing', () => {
   let rt: Runtime;
-  let mailer: TestMailer;
 
   beforeAll(async () => {
-    const settings = {
-      ...sandbox.settings(),
-      AzureWebJobsStorage: azurite.connectionString,
-      MAIL_SENDER: sandbox.settings().MAIL_SENDER,
+    ({ runtime: rt } = await startRuntime(services, {
       MAIL_DAILY_RECIPIENT_LIMIT: '3',
       MAIL_DAILY_WINDOW_SECONDS: '3',
       MAIL_RATE_PER_MINUTE: '600',
-    };
-    mailer = sandboxMailer(sandbox, 'client-secret', settings);
-    rt = createRuntime(settings, { mailer, logger: mailer.logger });
-    await rt.storage.ensureResources();
+    }));
   });
 
   afterAll(async () => {
@@ -337,14 +324,7 @@ describe('delivery with pacing', () => {
 describe('POST /api/messages?wait=true under pacing', () => {
   it('sends inline while the slot is near; answers 202 queued, not a held request, when it is far', async () => {
     // One message a minute: the second slot is about 61 s away, far over the inline wait of a few seconds.
-    const settings = {
-      ...sandbox.settings(),
-      AzureWebJobsStorage: azurite.connectionString,
-      MAIL_SENDER: sandbox.settings().MAIL_SENDER,
-      MAIL_RATE_PER_MINUTE: '1',
-    };
-    const mailer = sandboxMailer(sandbox, 'client-secret', settings);
-    const rt = createRuntime(settings, { mailer, logger: mailer.logger });
+    const { runtime: rt } = await startRuntime(services, { MAIL_RATE_PER_MINUTE: '1' });
     const post = (subject: string) => {
       const url = 'http://127.0.0.1:7071/api/messages?wait=true';
       const request: ApiRequest = {
@@ -358,7 +338,6 @@ describe('POST /api/messages?wait=true under pacing', () => {
       return runApi(postMessage, request, () => rt);
     };
     try {
-      await rt.storage.ensureResources();
       // The mailbox's pacing state is shared with the tests above: wait until its next slot is free.
       const free = (await rt.pacer!.snapshot()).nextSlotAt - Date.now();
       if (free > 0) await new Promise((resolve) => setTimeout(resolve, free));

@@ -4,7 +4,6 @@
  * the sandbox. (That the reads stay flat beside 100,000 unrelated rows is test/integration/retentionScale.test.ts.)
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { BatchBlobStore } from '../../src/notifications/batchBlobStore';
 import { BatchStore } from '../../src/notifications/batchStore';
 import { IdempotencyStore, idempotencyPartition } from '../../src/outbox/idempotencyStore';
@@ -12,36 +11,23 @@ import { Notifications, type FanoutOutcome } from '../../src/notifications/notif
 import { Outbox } from '../../src/outbox/outbox';
 import { MessageStore } from '../../src/outbox/messageStore';
 import { Retention } from '../../src/outbox/retention';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import type { Runtime } from '../../src/appServices';
 import { drainOutbox as driveOutbox, pumpNotifications as driveNotifications } from '../support/hostDriver';
-import { sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 const RETENTION_DAYS = 30;
 
-let sandbox: Sandbox;
-let azurite: AzuriteInstance;
-let mailer: TestMailer;
+let stack: Stack;
 let rt: Runtime;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
-  mailer = sandboxMailer(sandbox);
-  rt = createRuntime(
-    {
-      ...sandbox.settings(),
-      AzureWebJobsStorage: azurite.connectionString,
-      MAIL_RATE_PER_MINUTE: '6000',
-      MAIL_RETENTION_DAYS: String(RETENTION_DAYS),
-    },
-    { mailer, logger: mailer.logger },
-  );
-  await rt.storage.ensureResources();
+  stack = await startStack({ MAIL_RATE_PER_MINUTE: '6000', MAIL_RETENTION_DAYS: String(RETENTION_DAYS) });
+  rt = stack.runtime;
 }, 60_000);
 
 afterAll(async () => {
-  await rt?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await stack?.close();
 });
 
 beforeEach(async () => {

@@ -6,44 +6,33 @@
 import { TableClient, TableTransaction } from '@azure/data-tables';
 import type { PipelinePolicy } from '@azure/core-rest-pipeline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
+import type { AzuriteInstance } from '../../dev/azurite';
 import { BatchBlobStore } from '../../src/notifications/batchBlobStore';
 import { BatchStore } from '../../src/notifications/batchStore';
 import { IdempotencyStore } from '../../src/outbox/idempotencyStore';
 import { batchPartition, uuidv7 } from '../../src/outbox/messageIds';
 import { Notifications } from '../../src/notifications/notifications';
 import { Retention } from '../../src/outbox/retention';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import type { Runtime } from '../../src/appServices';
 import { StatusStore } from '../../src/outbox/statusStore';
 import { BATCH_TABLE, STATUS_TABLE } from '../../src/storage/storageClients';
 import { drainOutbox, pumpNotifications } from '../support/hostDriver';
-import { sandboxMailer, startSandbox, type Sandbox } from '../support/sandboxMailer';
+import { startStack, type Stack } from '../support/stack';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 const RETENTION_DAYS = 30;
 
-let sandbox: Sandbox;
+let stack: Stack;
 let azurite: AzuriteInstance;
 let rt: Runtime;
 
 beforeAll(async () => {
-  [sandbox, azurite] = await Promise.all([startSandbox(), startAzurite()]);
-  const mailer = sandboxMailer(sandbox);
-  rt = createRuntime(
-    {
-      ...sandbox.settings(),
-      AzureWebJobsStorage: azurite.connectionString,
-      MAIL_RATE_PER_MINUTE: '6000',
-      MAIL_RETENTION_DAYS: String(RETENTION_DAYS),
-    },
-    { mailer, logger: mailer.logger },
-  );
-  await rt.storage.ensureResources();
+  stack = await startStack({ MAIL_RATE_PER_MINUTE: '6000', MAIL_RETENTION_DAYS: String(RETENTION_DAYS) });
+  ({ azurite, runtime: rt } = stack);
 }, 60_000);
 
 afterAll(async () => {
-  await rt?.close();
-  await Promise.all([sandbox?.close(), azurite?.stop()]);
+  await stack?.close();
 });
 
 /** The retention timer as it would run `days` from now. */

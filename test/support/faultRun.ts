@@ -8,14 +8,14 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
-import { startSandbox, type Sandbox } from '../../sandbox';
+import type { Sandbox } from '../../sandbox';
 import type { ExchangeSmtpInjection } from '../../sandbox/smtp';
 import { createLogger } from '../../src/logger';
 import { createRuntime, type Runtime } from '../../src/appServices';
 import { TERMINAL_STATUSES, type StoredRecord } from '../../src/outbox/statusStore';
 import { connectionPortsOf } from './processSockets';
 import { secretScanner } from './secretScan';
+import { appSettings, startServices, type Settings } from './stack';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -233,11 +233,9 @@ interface Worker {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-/** The settings every instance runs with: the sandbox's, Azurite, and the scaled limits. */
-function appSettings(sandbox: Sandbox, azurite: AzuriteInstance, scale: FaultScale): Record<string, string> {
+/** The scaled limits every instance runs with, over the sandbox's and Azurite's settings. */
+function scaleSettings(scale: FaultScale): Settings {
   return {
-    ...sandbox.settings(),
-    AzureWebJobsStorage: azurite.connectionString,
     MAIL_RATE_PER_MINUTE: String(scale.ratePerWindow),
     MAIL_RATE_WINDOW_SECONDS: String(scale.windowMs / 1000),
     MAIL_DAILY_RECIPIENT_LIMIT: String(scale.dailyRecipients),
@@ -270,8 +268,8 @@ export async function runFaultScenario(
   options: { onProgress?: (progress: FaultProgress) => void; progressEveryMs?: number } = {},
 ): Promise<FaultRunResult> {
   execFileSync(process.execPath, [path.join(ROOT, 'scripts/build.mjs')], { cwd: ROOT, stdio: 'ignore' });
-  const started = await Promise.allSettled([
-    startSandbox({
+  const services = await startServices({
+    sandbox: {
       tokenLifetimeSeconds: scale.tokenLifetimeSeconds,
       smtpLimits: {
         ratePerMinute: scale.ratePerWindow,
@@ -280,17 +278,9 @@ export async function runFaultScenario(
         dailyWindowMs: scale.dailyWindowMs,
         maxConnectionsPerMailbox: 3,
       },
-    }),
-    startAzurite(),
-  ] as const);
-  if (started[0].status === 'rejected' || started[1].status === 'rejected') {
-    // One of them started: it must not outlive the failure of the other.
-    if (started[0].status === 'fulfilled') await started[0].value.close();
-    if (started[1].status === 'fulfilled') await started[1].value.stop();
-    throw started[0].status === 'rejected' ? started[0].reason : (started[1] as PromiseRejectedResult).reason;
-  }
-  const sandbox = started[0].value;
-  const azurite = started[1].value;
+    },
+  });
+  const { sandbox, azurite } = services;
   const children = new Set<ChildProcess>();
   const killAll = () => {
     for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -306,7 +296,7 @@ export async function runFaultScenario(
   process.once('SIGTERM', onSignal);
   let rt: Runtime | undefined;
   try {
-    const settings = appSettings(sandbox, azurite, scale);
+    const settings = appSettings(services, scaleSettings(scale));
     rt = createRuntime(settings, { logger: createLogger({ level: 'error', write: () => {} }) });
     await rt.storage.ensureResources();
     return await runOn(sandbox, rt, settings, scale, children, options);
@@ -316,7 +306,7 @@ export async function runFaultScenario(
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await rt?.close();
-    await Promise.all([sandbox.close(), azurite.stop()]);
+    await services.close();
   }
 }
 
