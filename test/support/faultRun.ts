@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { startSandbox, type Sandbox } from '../../sandbox';
-import type { ExchangeSmtpInjection } from '../../sandbox/smtp';
+import type { ExchangeSmtpInjection } from '../../sandbox/smtp/observation';
 import { createLogger } from '../../src/logger';
 import { createRuntime, type Runtime } from '../../src/appServices';
 import { TERMINAL_STATUSES, type StoredRecord } from '../../src/outbox/statusStore';
