@@ -7,7 +7,8 @@ import { startEntra, type EntraServer } from './entra';
 import { startIngestionCapture, type IngestionCapture } from './ingestion';
 import { startKeyVault, type KeyVaultServer } from './keyVault';
 import { createFederationIssuer, startManagedIdentityEndpoint, type ManagedIdentityEndpoint } from './managedIdentity';
-import { startExchangeSmtp, type ExchangeSmtpLimits, type ExchangeSmtpServer, type Clock } from './smtp';
+import type { Clock, ExchangeSmtpLimits } from './smtp/mailboxLimits';
+import { startExchangeSmtp, type ExchangeSmtpServer } from './smtp/server';
 import { certificateThumbprints, createTenant, type SandboxTenant } from './tenant';
 import { TokenIssuer } from './tokens';
 

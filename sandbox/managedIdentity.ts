@@ -13,6 +13,7 @@ import {
   STORAGE_RESOURCE,
   TOKEN_EXCHANGE_AUDIENCE,
 } from './entra';
+import { aadstsDescription } from './entraErrors';
 import { closeServer, delay, listenOnLoopback, sendJson } from './httpServer';
 
 /** The api-version MSAL Node's AppService source sends. */
@@ -173,7 +174,14 @@ export async function startManagedIdentityEndpoint(options: ManagedIdentityOptio
           400,
           platformError(
             400,
-            `AADSTS500011: The resource principal named ${resource} was not found in the tenant named ${tenant.domain}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.`,
+            aadstsDescription(500011, {
+              clientId: tenant.identity.clientId,
+              tenant,
+              tenantSegment: tenant.tenantId,
+              scope: resource,
+              grantType: '',
+              detail: '',
+            }),
           ),
         );
       }

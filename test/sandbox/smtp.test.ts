@@ -8,13 +8,8 @@ import type SMTPPool from 'nodemailer/lib/smtp-pool';
 import { createCertificateAuthority, type CertificateAuthority } from '../../sandbox/ca';
 import { TokenIssuer, type AccessTokenClaims } from '../../sandbox/tokens';
 import { createTenant, SMTP_SEND_AS_APP_ROLE, type SandboxMailbox, type SandboxTenant } from '../../sandbox/tenant';
-import {
-  startExchangeSmtp,
-  type Clock,
-  type ExchangeSmtpLimits,
-  type ExchangeSmtpServer,
-  SANDBOX_SMTP_HOSTNAME,
-} from '../../sandbox/smtp';
+import type { Clock, ExchangeSmtpLimits } from '../../sandbox/smtp/mailboxLimits';
+import { startExchangeSmtp, type ExchangeSmtpServer, SANDBOX_SMTP_HOSTNAME } from '../../sandbox/smtp/server';
 import { secretScanner, smtpWire, type Leak } from '../support/secretScan';
 
 const TOKEN_LIFETIME_S = 3600;

@@ -9,7 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Sandbox } from '../../sandbox';
-import type { ExchangeSmtpInjection } from '../../sandbox/smtp';
+import type { ExchangeSmtpInjection } from '../../sandbox/smtp/observation';
 import { createLogger } from '../../src/logger';
 import { createRuntime, type Runtime } from '../../src/appServices';
 import { TERMINAL_STATUSES, type StoredRecord } from '../../src/outbox/statusStore';

@@ -1,5 +1,5 @@
 /** The one secret scanner every test uses: finds each secret as-is, base64 at any byte offset, JSON-escaped and URL-encoded. */
-import type { ExchangeSmtpServer } from '../../sandbox/smtp';
+import type { ExchangeSmtpServer } from '../../sandbox/smtp/server';
 
 /** One secret to look for; `label` names it in a report without repeating it. */
 export interface Needle {
