@@ -58,3 +58,33 @@ export async function deleteEntity(
     false,
   );
 }
+
+/** Inserts `value` as `toEntity` maps it: the value with its ETag, or undefined (nothing written) when it exists. */
+export async function insertValue<T extends object>(
+  table: TableClient,
+  value: T,
+  toEntity: (value: T) => TableEntity,
+): Promise<(T & { etag: string }) | undefined> {
+  const etag = await insertEntity(table, toEntity(value));
+  return etag === undefined ? undefined : { ...value, etag };
+}
+
+/**
+ * Replaces `current` with `changes` applied (a change to `undefined` removes the field) if nobody has written it
+ * since it was read: the new value with its ETag, or undefined when the ETag no longer matches (412: re-read and
+ * decide again). A replace, not a merge: a field the new value no longer has is not left behind.
+ */
+export async function replaceWithChanges<T extends object>(
+  table: TableClient,
+  current: T & { etag: string },
+  changes: Partial<T>,
+  toEntity: (value: T) => TableEntity,
+): Promise<(T & { etag: string }) | undefined> {
+  const { etag, ...rest } = current;
+  const next = { ...rest, ...changes } as Record<string, unknown>;
+  for (const [key, value] of Object.entries(changes)) {
+    if (value === undefined) delete next[key];
+  }
+  const written = await replaceEntity(table, toEntity(next as T), etag);
+  return written === undefined ? undefined : { ...(next as T), etag: written };
+}
