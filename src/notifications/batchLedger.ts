@@ -4,7 +4,14 @@
  */
 import { randomUUID } from 'node:crypto';
 import { BatchBlobStore, type BatchFields, type BatchHeader } from './batchBlobStore';
-import { BatchStore, type BatchStatus, type BatchSource, type BatchSummary, type StoredSummary } from './batchStore';
+import {
+  BatchStore,
+  type BatchStatus,
+  type BatchSource,
+  type BatchSummary,
+  type StoredSummary,
+  type SummaryChanges,
+} from './batchStore';
 import type { Config } from '../config';
 import { MailError, type ClassifiedError } from '../errors';
 import { silentLogger, type Logger } from '../logger';
@@ -152,14 +159,7 @@ export class BatchLedger {
       maxRaces: MAX_RACES,
       attempt: async () => {
         if (!current || TERMINAL.has(current.status)) return;
-        const at = this.iso();
-        const written = await this.summaries.update(current, {
-          status: 'failed',
-          error: error.toJSON(),
-          completedAt: at,
-          updatedAt: at,
-        });
-        if (written) return;
+        if (await this.summaries.update(current, this.failedChanges(error))) return;
         current = await this.summaries.get(summary.batchId);
         return LOST_RACE;
       },
@@ -167,6 +167,12 @@ export class BatchLedger {
     });
     this.logger.error('notification batch failed', { batchId: summary.batchId, code: error.code });
     return { outcome: 'failed', batchId: summary.batchId, error: error.toJSON() };
+  }
+
+  /** The changes that record a batch as failed now, for `error`. */
+  protected failedChanges(error: MailError): SummaryChanges {
+    const at = this.iso();
+    return { status: 'failed', error: error.toJSON(), completedAt: at, updatedAt: at };
   }
 
   protected newSummary(

@@ -192,13 +192,7 @@ export class Notifications extends BatchLedger {
           return LOST_RACE;
         }
         if (TERMINAL.has(summary.status)) return summary;
-        const now = this.iso();
-        const written = await this.summaries.update(summary, {
-          status: 'failed',
-          error: error.toJSON(),
-          completedAt: now,
-          updatedAt: now,
-        });
+        const written = await this.summaries.update(summary, this.failedChanges(error));
         if (!written) return LOST_RACE;
         this.logger.error('notification batch poisoned', { batchId, dequeueCount: context.dequeueCount });
         return written;
