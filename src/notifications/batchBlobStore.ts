@@ -6,7 +6,8 @@
 import type { ContainerClient } from '@azure/storage-blob';
 import type { Address } from '../message';
 import type { NotificationBatch, RecipientInput } from './batchRequest';
-import { downloadBlob, storageStatusCode } from '../storage/storageClients';
+import { downloadJson, uploadJson } from '../storage/jsonBlob';
+import { catchStatus } from '../storage/storageClients';
 
 const FORMAT_VERSION = 2;
 const HEADER_BLOB = 'batch.json';
@@ -68,15 +69,8 @@ export class BatchBlobStore {
     header: BatchHeader,
     recipients: readonly PreparedRecipient[],
   ): Promise<{ written: true } | { written: false; contentHash: string | undefined }> {
-    const body = Buffer.from(JSON.stringify({ version: FORMAT_VERSION, ...header }));
-    try {
-      await this.container.getBlockBlobClient(BatchBlobStore.headerBlobName(header.batchId)).uploadData(body, {
-        blobHTTPHeaders: { blobContentType: 'application/json' },
-        conditions: { ifNoneMatch: '*' },
-      });
-    } catch (error) {
-      const status = storageStatusCode(error);
-      if (status !== 409 && status !== 412) throw error;
+    const headerBlob = this.container.getBlockBlobClient(BatchBlobStore.headerBlobName(header.batchId));
+    if (!(await uploadJson(headerBlob, { version: FORMAT_VERSION, ...header }, { ifAbsent: true }))) {
       const existing = await this.header(header.batchId);
       if (existing?.contentHash !== header.contentHash) return { written: false, contentHash: existing?.contentHash };
     }
@@ -86,9 +80,7 @@ export class BatchBlobStore {
       while (next < chunks) {
         const chunk = next++;
         const slice = recipients.slice(chunk * header.chunkSize, (chunk + 1) * header.chunkSize);
-        await this.container
-          .getBlockBlobClient(BatchBlobStore.chunkBlobName(header.batchId, chunk))
-          .uploadData(Buffer.from(JSON.stringify(slice)), { blobHTTPHeaders: { blobContentType: 'application/json' } });
+        await uploadJson(this.container.getBlockBlobClient(BatchBlobStore.chunkBlobName(header.batchId, chunk)), slice);
       }
     };
     await Promise.all(Array.from({ length: Math.min(UPLOAD_CONCURRENCY, chunks) }, upload));
@@ -121,30 +113,26 @@ export class BatchBlobStore {
   async delete(batchId: string): Promise<number> {
     let deleted = 0;
     for await (const blob of this.container.listBlobsFlat({ prefix: BatchBlobStore.prefix(batchId) })) {
-      const result = await this.container.deleteBlob(blob.name).then(
-        () => true,
-        (error: unknown) => {
-          if (storageStatusCode(error) === 404) return false;
-          throw error;
+      const result = await catchStatus(
+        async () => {
+          await this.container.deleteBlob(blob.name);
+          return true;
         },
+        [404],
+        false,
       );
       if (result) deleted++;
     }
     return deleted;
   }
 
+  /** The parsed blob, or undefined when it is missing or not JSON (then it is no blob of this store's). */
   private async read(name: string): Promise<unknown> {
-    let buffer: Buffer;
     try {
-      buffer = await downloadBlob(this.container.getBlockBlobClient(name));
+      return await downloadJson(this.container.getBlockBlobClient(name));
     } catch (error) {
-      if (storageStatusCode(error) === 404) return undefined;
+      if (error instanceof SyntaxError) return undefined;
       throw error;
-    }
-    try {
-      return JSON.parse(buffer.toString('utf8')) as unknown;
-    } catch {
-      return undefined;
     }
   }
 }

@@ -4,13 +4,21 @@
  */
 import { randomUUID } from 'node:crypto';
 import { BatchBlobStore, type BatchFields, type BatchHeader } from './batchBlobStore';
-import { BatchStore, type BatchStatus, type BatchSource, type BatchSummary, type StoredSummary } from './batchStore';
+import {
+  BatchStore,
+  type BatchStatus,
+  type BatchSource,
+  type BatchSummary,
+  type StoredSummary,
+  type SummaryChanges,
+} from './batchStore';
 import type { Config } from '../config';
 import { MailError, type ClassifiedError } from '../errors';
 import { silentLogger, type Logger } from '../logger';
 import { batchContentHash, parseNotificationBatch, type BatchRules, type NotificationBatch } from './batchRequest';
 import type { Outbox } from '../outbox/outbox';
 import type { StatusStore } from '../outbox/statusStore';
+import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 import { NOTIFICATIONS_POISON_QUEUE, type StorageClients } from '../storage/storageClients';
 import type { Telemetry } from '../telemetry';
 import type { TemplateRenderer } from '../templates/templateRenderer';
@@ -19,8 +27,6 @@ import type { TemplateRenderer } from '../templates/templateRenderer';
 export const DEFAULT_CHUNK_SIZE = 500;
 /** Recipients accepted at once (each is 4 sequential storage writes: claim, payload, record, queue message). */
 export const DEFAULT_CONCURRENCY = 16;
-/** Re-reads after a lost ETag race before giving up to the host's retry. */
-export const MAX_RACES = 5;
 export const TERMINAL: ReadonlySet<BatchStatus> = new Set(['complete', 'failed']);
 
 /**
@@ -149,19 +155,24 @@ export class BatchLedger {
 
   protected async failBatch(summary: StoredSummary, error: MailError): Promise<FanoutOutcome> {
     let current: StoredSummary | undefined = summary;
-    for (let race = 0; race < MAX_RACES && current && !TERMINAL.has(current.status); race++) {
-      const at = this.iso();
-      const written = await this.summaries.update(current, {
-        status: 'failed',
-        error: error.toJSON(),
-        completedAt: at,
-        updatedAt: at,
-      });
-      if (written) break;
-      current = await this.summaries.get(summary.batchId);
-    }
+    await retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        if (!current || TERMINAL.has(current.status)) return;
+        if (await this.summaries.update(current, this.failedChanges(error))) return;
+        current = await this.summaries.get(summary.batchId);
+        return LOST_RACE;
+      },
+      exhausted: () => undefined,
+    });
     this.logger.error('notification batch failed', { batchId: summary.batchId, code: error.code });
     return { outcome: 'failed', batchId: summary.batchId, error: error.toJSON() };
+  }
+
+  /** The changes that record a batch as failed now, for `error`. */
+  protected failedChanges(error: MailError): SummaryChanges {
+    const at = this.iso();
+    return { status: 'failed', error: error.toJSON(), completedAt: at, updatedAt: at };
   }
 
   protected newSummary(

@@ -2,7 +2,13 @@
 import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError } from '../errors';
 import type { NotificationCategory } from './batchRequest';
-import { deleteEntity, insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
+import {
+  MAX_STRING_PROPERTY_CHARS,
+  parseErrorProperty,
+  parseJsonProperty,
+  presentFields,
+} from '../storage/entityFields';
+import { deleteEntity, insertValue, readEntity, replaceWithChanges } from '../storage/tableEntity';
 
 export const BATCH_STATUSES = ['accepted', 'fanning-out', 'complete', 'failed'] as const;
 export type BatchStatus = (typeof BATCH_STATUSES)[number];
@@ -10,8 +16,8 @@ export type BatchStatus = (typeof BATCH_STATUSES)[number];
 export type BatchSource = 'http' | 'queue';
 /** Rejected recipients listed one by one; the rest are counted in `rejected` only (the entity stays small). */
 export const MAX_LISTED_REJECTIONS = 100;
-/** Table string properties hold at most 32K UTF-16 characters: the rejection list is split into parts this long. */
-const PART_CHARS = 30_000;
+/** The rejection list is split into parts this long, each within a Table string property. */
+const PART_CHARS = MAX_STRING_PROPERTY_CHARS;
 /** Longest field path and reason kept per rejection. */
 const MAX_FIELD_CHARS = 120;
 const MAX_REASON_CHARS = 300;
@@ -70,23 +76,16 @@ export interface BatchSummary {
 
 export type StoredSummary = BatchSummary & { etag: string };
 
-type Entity = {
+/**
+ * A summary as stored: its own fields (the closed sets as plain strings, since storage does not check them), with the
+ * error and the rejection list as JSON.
+ */
+type Entity = Omit<BatchSummary, 'batchId' | 'status' | 'source' | 'category' | 'rejections' | 'error'> & {
   partitionKey: string;
   rowKey: string;
   status: string;
   source: string;
-  template?: string;
   category?: string;
-  total: number;
-  accepted: number;
-  rejected: number;
-  offset: number;
-  continuation?: number;
-  contentHash?: string;
-  stored: boolean;
-  createdAt: string;
-  updatedAt: string;
-  completedAt?: string;
   error?: string;
   /** How many `rejections<n>` parts hold the JSON of the rejection list. */
   rejectionParts: number;
@@ -103,13 +102,14 @@ export function listRejections(listed: readonly Rejection[], more: readonly Reje
     .map((r) => ({ index: r.index, field: clip(r.field, MAX_FIELD_CHARS), reason: clip(r.reason, MAX_REASON_CHARS) }));
 }
 
+/** The optional fields a summary and its entity keep under the same name. */
+const OPTIONAL_FIELDS = ['template', 'category', 'continuation', 'contentHash', 'completedAt'] as const;
+
 function toEntity(summary: BatchSummary): Entity {
   const json = JSON.stringify(summary.rejections);
   const parts: Record<string, string> = {};
   let count = 0;
   for (let at = 0; at < json.length; at += PART_CHARS) parts[`rejections${count++}`] = json.slice(at, at + PART_CHARS);
-  const optional = <K extends keyof BatchSummary>(key: K) =>
-    summary[key] !== undefined ? { [key]: summary[key] } : {};
   return {
     partitionKey: summary.batchId,
     rowKey: ROW_KEY,
@@ -122,39 +122,17 @@ function toEntity(summary: BatchSummary): Entity {
     stored: summary.stored,
     createdAt: summary.createdAt,
     updatedAt: summary.updatedAt,
-    ...optional('template'),
-    ...optional('category'),
-    ...optional('continuation'),
-    ...optional('contentHash'),
-    ...optional('completedAt'),
+    ...presentFields(summary, OPTIONAL_FIELDS),
     ...(summary.error ? { error: clip(JSON.stringify(summary.error), PART_CHARS) } : {}),
     rejectionParts: count,
     ...parts,
   } as Entity;
 }
 
-function parseJson<T>(text: string | undefined, fallback: T): T {
-  if (!text) return fallback;
-  try {
-    return JSON.parse(text) as T;
-  } catch {
-    return fallback;
-  }
-}
-
 function fromEntity(entity: Entity & { etag: string }): StoredSummary {
   let json = '';
   for (let i = 0; i < (entity.rejectionParts ?? 0); i++) json += entity[`rejections${i}`] ?? '';
-  const present = <K extends keyof Entity>(key: K) =>
-    entity[key] !== undefined && entity[key] !== null ? { [key]: entity[key] } : {};
-  const error = entity.error
-    ? parseJson<ClassifiedError>(entity.error, {
-        code: 'UNKNOWN',
-        message: entity.error.slice(0, 500),
-        transient: false,
-        hint: '',
-      })
-    : undefined;
+  const error = parseErrorProperty(entity.error, false);
   return {
     batchId: entity.partitionKey,
     status: entity.status as BatchStatus,
@@ -162,16 +140,12 @@ function fromEntity(entity: Entity & { etag: string }): StoredSummary {
     total: entity.total,
     accepted: entity.accepted,
     rejected: entity.rejected,
-    rejections: parseJson<Rejection[]>(json, []),
+    rejections: parseJsonProperty<Rejection[]>(json, []),
     offset: entity.offset,
     stored: entity.stored === true,
     createdAt: entity.createdAt,
     updatedAt: entity.updatedAt,
-    ...present('template'),
-    ...present('category'),
-    ...present('continuation'),
-    ...present('contentHash'),
-    ...present('completedAt'),
+    ...presentFields(entity, OPTIONAL_FIELDS),
     ...(error ? { error } : {}),
     etag: entity.etag,
   } as StoredSummary;
@@ -186,8 +160,7 @@ export class BatchStore {
 
   /** Creates the summary. Returns undefined (and writes nothing) when the batch already has one. */
   async create(summary: BatchSummary): Promise<StoredSummary | undefined> {
-    const etag = await insertEntity(this.table, toEntity(summary));
-    return etag === undefined ? undefined : { ...summary, etag };
+    return insertValue(this.table, summary, toEntity);
   }
 
   /**
@@ -238,13 +211,7 @@ export class BatchStore {
    * undefined when the ETag no longer matches (412: re-read and decide again).
    */
   async update(current: StoredSummary, changes: SummaryChanges): Promise<StoredSummary | undefined> {
-    const { etag, ...rest } = current;
-    const next: BatchSummary = { ...rest, ...changes };
-    for (const key of Object.keys(changes) as Array<keyof SummaryChanges>) {
-      if (changes[key] === undefined) delete next[key];
-    }
     // Replace, not merge: a shorter rejection list must not leave stale parts behind.
-    const written = await replaceEntity(this.table, toEntity(next), etag);
-    return written === undefined ? undefined : { ...next, etag: written };
+    return replaceWithChanges(this.table, current, changes, toEntity);
   }
 }

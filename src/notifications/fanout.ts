@@ -23,15 +23,8 @@ import {
 import { MAX_VISIBILITY_SECONDS } from '../outbox/outboxQueue';
 import type { SendRequest } from '../outbox/sendRequest';
 import { prepareRecipients } from './recipientPreparation';
-import {
-  BatchLedger,
-  MAX_RACES,
-  TERMINAL,
-  fieldsOf,
-  problem,
-  type FanoutContext,
-  type FanoutOutcome,
-} from './batchLedger';
+import { BatchLedger, TERMINAL, fieldsOf, problem, type FanoutContext, type FanoutOutcome } from './batchLedger';
+import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 
 type CodedRejection = Rejection & { code: string };
 type Prepared = { index: number; request: SendRequest } | { rejection: CodedRejection };
@@ -130,21 +123,26 @@ export class Fanout extends BatchLedger {
         return this.payloads.put(this.header(batchId, contentHash, batch), prepared);
       },
     };
-    for (let race = 0; race < MAX_RACES; race++) {
-      let summary = await this.summaries.get(batchId);
-      if (!summary) {
-        const createdAt = this.iso();
-        await this.summaries.indexForRetention(batchId, createdAt);
-        summary = await this.summaries.create(
-          this.newSummary(batchId, 'queue', batch, contentHash, 'fanning-out', false, createdAt),
-        );
-        if (!summary) continue; // another copy created it first: read theirs
-        this.trackAccepted(summary, context);
-      }
-      if (summary.contentHash !== contentHash) return this.rejectConflict(batchId, content, context);
-      return this.advance(summary, 0, source, context);
-    }
-    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+    return retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        let summary = await this.summaries.get(batchId);
+        if (!summary) {
+          const createdAt = this.iso();
+          await this.summaries.indexForRetention(batchId, createdAt);
+          summary = await this.summaries.create(
+            this.newSummary(batchId, 'queue', batch, contentHash, 'fanning-out', false, createdAt),
+          );
+          if (!summary) return LOST_RACE; // another copy created it first: read theirs
+          this.trackAccepted(summary, context);
+        }
+        if (summary.contentHash !== contentHash) return this.rejectConflict(batchId, content, context);
+        return this.advance(summary, 0, source, context);
+      },
+      exhausted: () => {
+        throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+      },
+    });
   }
 
   private async continueStored(batchId: string, offset: number, context: FanoutContext): Promise<FanoutOutcome> {
@@ -243,69 +241,82 @@ export class Fanout extends BatchLedger {
   ): Promise<FanoutOutcome> {
     const batchId = initial.batchId;
     let current = initial;
-    for (let race = 0; race < MAX_RACES; race++) {
-      const at = this.iso();
-      const accepted = current.accepted + chunk.accepted;
-      const status: BatchStatus = done ? (accepted > 0 ? 'complete' : 'failed') : 'fanning-out';
-      const changes: SummaryChanges = {
-        status,
-        offset: next,
-        accepted,
-        rejected: current.rejected + chunk.rejections.length,
-        rejections: listRejections(current.rejections, chunk.rejections),
-        stored,
-        continuation: undefined,
-        updatedAt: at,
-        ...(done ? { completedAt: at } : {}),
-        ...(status === 'failed'
-          ? {
-              error: new MailError('INVALID_MESSAGE', 'Every recipient of the batch was rejected; see rejections', {
-                details: [{ path: 'recipients', message: 'every recipient was rejected' }],
-              }).toJSON(),
-            }
-          : {}),
-      };
-      const written = await this.summaries.update(current, changes);
-      if (written) {
-        for (const r of chunk.rejections) {
-          this.deps.telemetry?.trackEvent('NotificationRecipientRejected', {
+    return retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        const at = this.iso();
+        const accepted = current.accepted + chunk.accepted;
+        const status: BatchStatus = done ? (accepted > 0 ? 'complete' : 'failed') : 'fanning-out';
+        const changes: SummaryChanges = {
+          status,
+          offset: next,
+          accepted,
+          rejected: current.rejected + chunk.rejections.length,
+          rejections: listRejections(current.rejections, chunk.rejections),
+          stored,
+          continuation: undefined,
+          updatedAt: at,
+          ...(done ? { completedAt: at } : {}),
+          ...(status === 'failed'
+            ? {
+                error: new MailError('INVALID_MESSAGE', 'Every recipient of the batch was rejected; see rejections', {
+                  details: [{ path: 'recipients', message: 'every recipient was rejected' }],
+                }).toJSON(),
+              }
+            : {}),
+        };
+        const written = await this.summaries.update(current, changes);
+        if (written) {
+          for (const r of chunk.rejections) {
+            this.deps.telemetry?.trackEvent('NotificationRecipientRejected', {
+              batchId,
+              index: r.index,
+              errorCode: r.code,
+              source: 'notification',
+              ...(written.template ? { template: written.template } : {}),
+              ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+            });
+          }
+          this.logger.info('notification batch chunk fanned out', {
             batchId,
-            index: r.index,
-            errorCode: r.code,
-            source: 'notification',
-            ...(written.template ? { template: written.template } : {}),
-            ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+            offset,
+            next,
+            total: written.total,
+            accepted: chunk.accepted,
+            rejected: chunk.rejections.length,
           });
+          if (!done) await this.enqueueContinuation(written, next);
+          return { outcome: 'fanned-out', batchId, offset, next, status };
         }
-        this.logger.info('notification batch chunk fanned out', {
-          batchId,
-          offset,
-          next,
-          total: written.total,
-          accepted: chunk.accepted,
-          rejected: chunk.rejections.length,
-        });
-        if (!done) await this.enqueueContinuation(written, next);
-        return { outcome: 'fanned-out', batchId, offset, next, status };
-      }
-      const reread = await this.summaries.get(batchId);
-      if (!reread || reread.offset !== offset || TERMINAL.has(reread.status)) {
-        return { outcome: 'skipped', batchId, reason: 'raced' };
-      }
-      current = reread; // only the marker or another field moved: the chunk is still ours to record
-    }
-    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+        const reread = await this.summaries.get(batchId);
+        if (!reread || reread.offset !== offset || TERMINAL.has(reread.status)) {
+          return { outcome: 'skipped', batchId, reason: 'raced' };
+        }
+        current = reread; // only the marker or another field moved: the chunk is still ours to record
+        return LOST_RACE;
+      },
+      exhausted: () => {
+        throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+      },
+    });
   }
 
   /** Steps 4 and 5: enqueue the continuation at `next`, then note on the summary that it exists. */
   private async enqueueContinuation(summary: StoredSummary, next: number): Promise<void> {
     await enqueueBatchReference(this.deps.storage.notificationsQueue, summary.batchId, next);
     let current: StoredSummary | undefined = summary;
-    for (let race = 0; race < MAX_RACES && current; race++) {
-      if (current.offset !== next || current.continuation === next || TERMINAL.has(current.status)) return;
-      if (await this.summaries.update(current, { continuation: next, updatedAt: this.iso() })) return;
-      current = await this.summaries.get(summary.batchId);
-    }
+    await retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        if (!current || current.offset !== next || current.continuation === next || TERMINAL.has(current.status)) {
+          return;
+        }
+        if (await this.summaries.update(current, { continuation: next, updatedAt: this.iso() })) return;
+        current = await this.summaries.get(summary.batchId);
+        return LOST_RACE;
+      },
+      exhausted: () => undefined,
+    });
   }
 
   /** Fans out the chunk's recipients: prepares each, reserves pacing, accepts into the outbox. */

@@ -39,14 +39,8 @@ import {
 } from './batchRequest';
 import { prepareRecipients } from './recipientPreparation';
 import type { MailStatus } from '../outbox/statusStore';
-import {
-  BatchLedger,
-  TERMINAL,
-  MAX_RACES,
-  type FanoutContext,
-  type FanoutOutcome,
-  type NotificationsDeps,
-} from './batchLedger';
+import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
+import { BatchLedger, TERMINAL, type FanoutContext, type FanoutOutcome, type NotificationsDeps } from './batchLedger';
 import { Fanout } from './fanout';
 
 export {
@@ -189,26 +183,24 @@ export class Notifications extends BatchLedger {
         hint: 'notificationsFanout failed on this message maxDequeueCount times (host.json extensions.queues), usually because storage was unreachable. See its function logs; then send the recipients not yet processed (GET /api/notifications/{batchId} shows how many were) as a new batch.',
       },
     );
-    for (let race = 0; race < MAX_RACES; race++) {
-      const summary = await this.summaries.get(batchId);
-      if (!summary) {
-        await this.recordInvalid(batchId, error);
-        continue;
-      }
-      if (TERMINAL.has(summary.status)) return summary;
-      const now = this.iso();
-      const written = await this.summaries.update(summary, {
-        status: 'failed',
-        error: error.toJSON(),
-        completedAt: now,
-        updatedAt: now,
-      });
-      if (written) {
+    return retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        const summary = await this.summaries.get(batchId);
+        if (!summary) {
+          await this.recordInvalid(batchId, error);
+          return LOST_RACE;
+        }
+        if (TERMINAL.has(summary.status)) return summary;
+        const written = await this.summaries.update(summary, this.failedChanges(error));
+        if (!written) return LOST_RACE;
         this.logger.error('notification batch poisoned', { batchId, dequeueCount: context.dequeueCount });
         return written;
-      }
-    }
-    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times while poisoning`);
+      },
+      exhausted: () => {
+        throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times while poisoning`);
+      },
+    });
   }
 
   /** The batch's summary with its outbox messages counted by status, or undefined when there is no such batch. */

@@ -43,6 +43,7 @@ import {
   type WaitReason,
 } from './statusStore';
 import { IDLE_CLOSE_MS } from '../sender/connectionPool';
+import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 import { isStorageError, type StorageClients } from '../storage/storageClients';
 import type { Telemetry } from '../telemetry';
 
@@ -54,8 +55,6 @@ export const DEFAULT_MAX_ATTEMPTS = 8;
 export const BACKOFF_MAX_SECONDS = 60 * 60;
 /** A copy arriving this much before its record's dueAt is a duplicate (queue visibility is accurate to about a second). */
 const EARLY_TOLERANCE_MS = 2_000;
-/** Re-reads after a lost ETag race before giving up to the host's retry. */
-const MAX_RACES = 5;
 /** Re-tries of the `sent` write: losing it means the one unavoidable duplicate. */
 const SENT_WRITE_TRIES = 3;
 /** Pauses before re-reading a record not written yet (the accept writes the queue message first): 3.3 s in all. */
@@ -156,58 +155,66 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
   const maxAttempts = deps.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
   const iso = (ms: number) => new Date(ms).toISOString();
 
-  let leased: StoredRecord | undefined;
-  let leasedAt = 0;
-  for (let race = 0; race < MAX_RACES && !leased; race++) {
-    const record = race === 0 ? await recordWhenWritten() : await deps.status.get(id);
-    if (!record) {
-      const retriesLeft =
-        context.dequeueCount !== undefined && context.dequeueCount < (deps.maxDequeueCount ?? OUTBOX_MAX_DEQUEUE_COUNT);
-      if (race === 0 && retriesLeft) {
-        // Its accept may still be writing it: let the host try again after its visibility timeout.
-        throw new Error(`Outbox message ${id} has no status record yet; the host retries`);
+  const taken = await retryLostRaces<{ leased: StoredRecord; at: number } | { done: DeliverOutcome }>({
+    maxRaces: MAX_RACES,
+    attempt: async (race) => {
+      const record = race === 0 ? await recordWhenWritten() : await deps.status.get(id);
+      if (!record) {
+        const retriesLeft =
+          context.dequeueCount !== undefined &&
+          context.dequeueCount < (deps.maxDequeueCount ?? OUTBOX_MAX_DEQUEUE_COUNT);
+        if (race === 0 && retriesLeft) {
+          // Its accept may still be writing it: let the host try again after its visibility timeout.
+          throw new Error(`Outbox message ${id} has no status record yet; the host retries`);
+        }
+        // The accept that enqueued it died before writing the record (it was never answered), or the record was
+        // deleted: nothing to send.
+        logger.warn('outbox message has no status record; dropped', { id, dequeueCount: context.dequeueCount });
+        return { done: { outcome: 'missing' } };
       }
-      // The accept that enqueued it died before writing the record (it was never answered), or the record was
-      // deleted: nothing to send.
-      logger.warn('outbox message has no status record; dropped', { id, dequeueCount: context.dequeueCount });
-      return { outcome: 'missing' };
-    }
-    if (TERMINAL_STATUSES.has(record.status)) return { outcome: 'completed', record };
-    const at = now();
-    if (record.status === 'sending' && record.leaseUntil && Date.parse(record.leaseUntil) > at) {
-      const retryInSeconds = Math.ceil((Date.parse(record.leaseUntil) - at) / 1000) + 1;
-      await enqueueOutbox(deps.storage.outboxQueue, id, retryInSeconds);
-      logger.info('outbox message is being sent by another worker; re-enqueued for when its lease ends', {
-        id,
-        retryInSeconds,
+      if (TERMINAL_STATUSES.has(record.status)) return { done: { outcome: 'completed', record } };
+      const at = now();
+      if (record.status === 'sending' && record.leaseUntil && Date.parse(record.leaseUntil) > at) {
+        const retryInSeconds = Math.ceil((Date.parse(record.leaseUntil) - at) / 1000) + 1;
+        await enqueueOutbox(deps.storage.outboxQueue, id, retryInSeconds);
+        logger.info('outbox message is being sent by another worker; re-enqueued for when its lease ends', {
+          id,
+          retryInSeconds,
+        });
+        return { done: { outcome: 'waiting', record, reason: 'lease', retryInSeconds } };
+      }
+      if (record.status !== 'sending' && !context.inline && Date.parse(record.dueAt) > at + EARLY_TOLERANCE_MS) {
+        // Its own queue message becomes visible at dueAt; this one is a duplicate.
+        logger.debug('outbox message arrived before it was due; dropped as a duplicate', { id, dueAt: record.dueAt });
+        return { done: { outcome: 'waiting', record, reason: 'not-due' } };
+      }
+      if (record.status === 'sending')
+        logger.warn('taking over an expired sending lease', { id, lease: record.leaseUntil });
+      if (record.attempts >= maxAttempts) {
+        // Attempts that ended without an outcome (a crash, storage failing after the lease) end here too.
+        const last = record.error ? `: last error ${record.error.code}: ${record.error.message}` : '';
+        return {
+          done: await fail(
+            record,
+            new MailError('RETRIES_EXHAUSTED', `retries exhausted after ${record.attempts} attempts${last}`),
+          ),
+        };
+      }
+      const leased = await deps.status.transition(record, {
+        status: 'sending',
+        attempts: record.attempts + 1,
+        leaseUntil: iso(at + leaseMs),
+        waitReason: undefined,
       });
-      return { outcome: 'waiting', record, reason: 'lease', retryInSeconds };
-    }
-    if (record.status !== 'sending' && !context.inline && Date.parse(record.dueAt) > at + EARLY_TOLERANCE_MS) {
-      // Its own queue message becomes visible at dueAt; this one is a duplicate.
-      logger.debug('outbox message arrived before it was due; dropped as a duplicate', { id, dueAt: record.dueAt });
-      return { outcome: 'waiting', record, reason: 'not-due' };
-    }
-    if (record.status === 'sending')
-      logger.warn('taking over an expired sending lease', { id, lease: record.leaseUntil });
-    if (record.attempts >= maxAttempts) {
-      // Attempts that ended without an outcome (a crash, storage failing after the lease) end here too.
-      const last = record.error ? `: last error ${record.error.code}: ${record.error.message}` : '';
-      return fail(
-        record,
-        new MailError('RETRIES_EXHAUSTED', `retries exhausted after ${record.attempts} attempts${last}`),
-      );
-    }
-    leased = await deps.status.transition(record, {
-      status: 'sending',
-      attempts: record.attempts + 1,
-      leaseUntil: iso(at + leaseMs),
-      waitReason: undefined,
-    });
-    leasedAt = at;
-  }
-  if (!leased)
-    throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times; the host retries`);
+      return leased ? { leased, at } : LOST_RACE;
+    },
+    exhausted: () => {
+      throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times; the host retries`);
+    },
+  });
+  if ('done' in taken) return taken.done;
+  const { leased } = taken;
+  let leasedAt = taken.at;
 
   const attempt = leased.attempts;
   /** The record as this worker last wrote it: its ETag guards the next write. */
@@ -499,22 +506,24 @@ async function markPoisoned(
 ): Promise<StoredRecord | undefined> {
   const logger = deps.logger ?? silentLogger;
   const now = deps.now ?? Date.now;
-  for (let race = 0; race < MAX_RACES; race++) {
-    const record = await deps.status.get(id);
-    if (!record || TERMINAL_STATUSES.has(record.status)) return record;
-    if (record.status === 'sending' && record.leaseUntil && Date.parse(record.leaseUntil) > now()) return record;
-    const last = record.error ? `; last error: ${record.error.code}: ${record.error.message}` : '';
-    const error = new MailError(
-      'POISON_MESSAGE',
-      `poison: the outbox worker failed on this message too many times without an outcome (attempts ${record.attempts})${last}`,
-    );
-    const written = await deps.status.transition(record, {
-      status: 'failed',
-      completedAt: new Date(now()).toISOString(),
-      error: error.toJSON(),
-      leaseUntil: undefined,
-    });
-    if (written) {
+  return retryLostRaces({
+    maxRaces: MAX_RACES,
+    attempt: async () => {
+      const record = await deps.status.get(id);
+      if (!record || TERMINAL_STATUSES.has(record.status)) return record;
+      if (record.status === 'sending' && record.leaseUntil && Date.parse(record.leaseUntil) > now()) return record;
+      const last = record.error ? `; last error: ${record.error.code}: ${record.error.message}` : '';
+      const error = new MailError(
+        'POISON_MESSAGE',
+        `poison: the outbox worker failed on this message too many times without an outcome (attempts ${record.attempts})${last}`,
+      );
+      const written = await deps.status.transition(record, {
+        status: 'failed',
+        completedAt: new Date(now()).toISOString(),
+        error: error.toJSON(),
+        leaseUntil: undefined,
+      });
+      if (!written) return LOST_RACE;
       logger.error('outbox message poisoned', { id, dequeueCount: context.dequeueCount });
       deps.telemetry?.trackEvent('MailFailed', {
         id,
@@ -524,9 +533,11 @@ async function markPoisoned(
         transient: false,
       });
       return written;
-    }
-  }
-  throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times while poisoning`);
+    },
+    exhausted: () => {
+      throw new Error(`Outbox message ${id}: lost the status record race ${MAX_RACES} times while poisoning`);
+    },
+  });
 }
 
 /**

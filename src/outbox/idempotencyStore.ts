@@ -1,8 +1,7 @@
 /** Idempotency keys in Table storage: the first request with a key claims it with an insert-only write; later ones find its message. */
 import { createHash } from 'node:crypto';
 import type { TableClient } from '@azure/data-tables';
-import { storageStatusCode } from '../storage/storageClients';
-import { deleteEntity, readEntity } from '../storage/tableEntity';
+import { deleteEntity, insertEntity, readEntity } from '../storage/tableEntity';
 
 const ROW_KEY = 'key';
 /** Claims of a key that keeps being freed under us before we give up to the caller's retry. */
@@ -40,19 +39,15 @@ export class IdempotencyStore {
     claim: IdempotencyClaim,
   ): Promise<{ created: true } | { created: false; existing: IdempotencyClaim & { etag: string } }> {
     const partitionKey = idempotencyPartition(mailbox, key);
+    const claimed: Entity = {
+      partitionKey,
+      rowKey: ROW_KEY,
+      messageId: claim.id,
+      payloadHash: claim.payloadHash,
+      createdAt: claim.createdAt,
+    };
     for (let tryNo = 1; ; tryNo++) {
-      try {
-        await this.table.createEntity<Entity>({
-          partitionKey,
-          rowKey: ROW_KEY,
-          messageId: claim.id,
-          payloadHash: claim.payloadHash,
-          createdAt: claim.createdAt,
-        });
-        return { created: true };
-      } catch (error) {
-        if (storageStatusCode(error) !== 409) throw error;
-      }
+      if ((await insertEntity(this.table, claimed)) !== undefined) return { created: true };
       const entity = await readEntity<Entity>(this.table, partitionKey, ROW_KEY);
       // Released between our insert and this read: the key is free again, so try to claim it once more.
       if (!entity) {

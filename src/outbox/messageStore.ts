@@ -1,7 +1,7 @@
 /** Rendered outbox messages in Blob storage (`mail-payloads/<id>.json`), so that queue messages carry only an id (Azure caps them at 64 KB). */
 import type { ContainerClient } from '@azure/storage-blob';
 import type { MailMessage } from '../message';
-import { downloadBlob, storageStatusCode } from '../storage/storageClients';
+import { downloadJson, uploadJson } from '../storage/jsonBlob';
 
 const FORMAT_VERSION = 1;
 
@@ -41,18 +41,7 @@ export class MessageStore {
         })),
       },
     };
-    const body = Buffer.from(JSON.stringify(json));
-    try {
-      await this.container.getBlockBlobClient(MessageStore.blobName(id)).uploadData(body, {
-        blobHTTPHeaders: { blobContentType: 'application/json' },
-        conditions: { ifNoneMatch: '*' },
-      });
-      return true;
-    } catch (error) {
-      const status = storageStatusCode(error);
-      if (status === 409 || status === 412) return false;
-      throw error;
-    }
+    return uploadJson(this.container.getBlockBlobClient(MessageStore.blobName(id)), json, { ifAbsent: true });
   }
 
   /** Deletes the payload (retention). True when it existed. */
@@ -62,18 +51,13 @@ export class MessageStore {
 
   /** The payload, or undefined when the blob does not exist. */
   async get(id: string): Promise<StoredMessage | undefined> {
-    let buffer: Buffer;
-    try {
-      buffer = await downloadBlob(this.container.getBlockBlobClient(MessageStore.blobName(id)));
-    } catch (error) {
-      if (storageStatusCode(error) === 404) return undefined;
-      throw error;
-    }
-    const json = JSON.parse(buffer.toString('utf8')) as PayloadJson;
+    const json = await downloadJson(this.container.getBlockBlobClient(MessageStore.blobName(id)));
+    if (json === undefined) return undefined;
+    const { message } = json as PayloadJson;
     return {
       message: {
-        ...json.message,
-        attachments: json.message.attachments.map((a) => ({
+        ...message,
+        attachments: message.attachments.map((a) => ({
           filename: a.filename,
           ...(a.contentType ? { contentType: a.contentType } : {}),
           content: Buffer.from(a.contentBase64, 'base64'),

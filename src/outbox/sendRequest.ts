@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import type { MailError, FieldProblem } from '../errors';
 import { formatPath, boundsProblem, invalidInput, MAX_BODY_JSON_VALUES, MAX_PATH_KEY_CHARS } from '../inputBounds';
-import { addressListSchema, addressSchema, fieldProblems, messageInputSchema, type Address } from '../message';
+import { fieldProblems, messageInputSchema, type Address } from '../message';
 import { TEMPLATE_NAME } from '../templates/templateRenderer';
 
 /** Queue messages can stay invisible for at most 7 days, so that is as far ahead as a message can be scheduled. */
@@ -26,11 +26,11 @@ const idempotencyKeySchema = z
 
 const sendRequestSchema = z
   .object({
-    from: addressSchema.optional(),
-    to: addressListSchema.optional(),
-    cc: addressListSchema.optional(),
-    bcc: addressListSchema.optional(),
-    replyTo: addressSchema.optional(),
+    from: fields.from,
+    to: fields.to,
+    cc: fields.cc,
+    bcc: fields.bcc,
+    replyTo: fields.replyTo,
     subject: fields.subject.optional(),
     text: fields.text,
     html: fields.html,

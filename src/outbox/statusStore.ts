@@ -3,7 +3,13 @@ import { odata, type TableClient } from '@azure/data-tables';
 import type { ClassifiedError, SmtpReply } from '../errors';
 import type { OutboxSource } from '../message';
 import { batchPartition, idOfRecord, recordKeys, SINGLE_ROW_KEY, uuidv7Floor } from './messageIds';
-import { deleteEntity, insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
+import {
+  MAX_STRING_PROPERTY_CHARS,
+  parseErrorProperty,
+  parseJsonProperty,
+  presentFields,
+} from '../storage/entityFields';
+import { deleteEntity, insertValue, readEntity, replaceWithChanges } from '../storage/tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
 export type MailStatus = (typeof MAIL_STATUSES)[number];
@@ -162,12 +168,26 @@ type Entity = {
 /** Rows per page when the retention timer reads records. */
 const PAGE_SIZE = 100;
 
-/** Table properties hold at most 32K UTF-16 characters; SMTP replies and messages are far shorter, but never fail a write on it. */
-const MAX_PROPERTY_CHARS = 30_000;
-const clip = (value: string) => (value.length > MAX_PROPERTY_CHARS ? value.slice(0, MAX_PROPERTY_CHARS) : value);
+/** SMTP replies and messages are far shorter than a Table property holds, but never fail a write on it. */
+const clip = (value: string) =>
+  value.length > MAX_STRING_PROPERTY_CHARS ? value.slice(0, MAX_STRING_PROPERTY_CHARS) : value;
+
+/** The optional fields a record and its entity keep under the same name. */
+const OPTIONAL_FIELDS = [
+  'batchId',
+  'template',
+  'scheduledFor',
+  'sentAt',
+  'messageId',
+  'idempotencyKey',
+  'leaseUntil',
+  'completedAt',
+  'waitReason',
+  'throttles',
+  'refusedCount',
+] as const;
 
 function toEntity(record: StatusRecord): Entity {
-  const optional = <K extends keyof StatusRecord>(key: K) => (record[key] !== undefined ? { [key]: record[key] } : {});
   return {
     ...recordKeys(record.id),
     status: record.status,
@@ -176,17 +196,7 @@ function toEntity(record: StatusRecord): Entity {
     createdAt: record.createdAt,
     dueAt: record.dueAt,
     payloadHash: record.payloadHash,
-    ...optional('batchId'),
-    ...optional('template'),
-    ...optional('scheduledFor'),
-    ...optional('sentAt'),
-    ...optional('messageId'),
-    ...optional('idempotencyKey'),
-    ...optional('leaseUntil'),
-    ...optional('completedAt'),
-    ...optional('waitReason'),
-    ...optional('throttles'),
-    ...optional('refusedCount'),
+    ...presentFields(record, OPTIONAL_FIELDS),
     ...(record.refused ? { refused: JSON.stringify(listRefusals(record.refused)) } : {}),
     ...(record.smtp ? { smtpCode: record.smtp.code, smtpResponse: clip(record.smtp.response) } : {}),
     ...(record.error ? { error: clip(JSON.stringify(record.error)) } : {}),
@@ -194,16 +204,7 @@ function toEntity(record: StatusRecord): Entity {
 }
 
 function fromEntity(entity: Entity & { etag: string }): StoredRecord {
-  const optional = <K extends keyof Entity>(key: K) =>
-    entity[key] !== undefined && entity[key] !== null ? { [key]: entity[key] } : {};
-  let error: ClassifiedError | undefined;
-  if (entity.error) {
-    try {
-      error = JSON.parse(entity.error) as ClassifiedError;
-    } catch {
-      error = { code: 'UNKNOWN', message: entity.error.slice(0, 500), transient: true, hint: '' };
-    }
-  }
+  const error = parseErrorProperty(entity.error, true);
   return {
     id: idOfRecord(entity.partitionKey, entity.rowKey),
     status: entity.status as MailStatus,
@@ -212,17 +213,7 @@ function fromEntity(entity: Entity & { etag: string }): StoredRecord {
     createdAt: entity.createdAt,
     dueAt: entity.dueAt,
     payloadHash: entity.payloadHash,
-    ...optional('batchId'),
-    ...optional('template'),
-    ...optional('scheduledFor'),
-    ...optional('sentAt'),
-    ...optional('messageId'),
-    ...optional('idempotencyKey'),
-    ...optional('leaseUntil'),
-    ...optional('completedAt'),
-    ...optional('waitReason'),
-    ...optional('throttles'),
-    ...optional('refusedCount'),
+    ...presentFields(entity, OPTIONAL_FIELDS),
     ...(entity.refused ? { refused: parseRefusals(entity.refused) } : {}),
     ...(entity.smtpCode !== undefined && entity.smtpCode !== null
       ? { smtp: { code: entity.smtpCode, response: entity.smtpResponse ?? '' } }
@@ -233,13 +224,9 @@ function fromEntity(entity: Entity & { etag: string }): StoredRecord {
 }
 
 function parseRefusals(text: string): Refusal[] {
-  try {
-    const value = JSON.parse(text) as unknown;
-    return Array.isArray(value) ? (value as Refusal[]) : [];
-  } catch {
-    // A list clipped at the property limit: the count still says how many.
-    return [];
-  }
+  // A list clipped at the property limit is no JSON: the count still says how many.
+  const value = parseJsonProperty<unknown>(text, []);
+  return Array.isArray(value) ? (value as Refusal[]) : [];
 }
 
 /** The fields a transition may change; `undefined` removes an optional field. */
@@ -251,8 +238,7 @@ export class StatusStore {
 
   /** Creates the record. Returns undefined (and writes nothing) when a record with this id already exists. */
   async create(record: StatusRecord): Promise<StoredRecord | undefined> {
-    const etag = await insertEntity(this.table, toEntity(record));
-    return etag === undefined ? undefined : { ...record, etag };
+    return insertValue(this.table, record, toEntity);
   }
 
   /** The record, or undefined when there is none. */
@@ -273,13 +259,7 @@ export class StatusStore {
    * undefined when the ETag no longer matches (412: another worker moved it; re-read and decide again).
    */
   async transition(current: StoredRecord, changes: RecordChanges): Promise<StoredRecord | undefined> {
-    const { etag, ...rest } = current;
-    const next: StatusRecord = { ...rest, ...changes };
-    for (const key of Object.keys(changes) as Array<keyof RecordChanges>) {
-      if (changes[key] === undefined) delete next[key];
-    }
-    const written = await replaceEntity(this.table, toEntity(next), etag);
-    return written === undefined ? undefined : { ...next, etag: written };
+    return replaceWithChanges(this.table, current, changes, toEntity);
   }
 
   /**

@@ -23,6 +23,7 @@
 import type { TableClient } from '@azure/data-tables';
 import type { Config } from '../config';
 import { MailError } from '../errors';
+import { LOST_RACE, retryLostRaces, type RaceRetry } from '../storage/etagRetry';
 import { insertEntity, readEntity, replaceEntity } from '../storage/tableEntity';
 
 /** Slots are spaced this much wider than window / rate, so that the spread of send latencies cannot push a window over. */
@@ -41,8 +42,10 @@ const DAILY_BUCKETS = 96;
 const QUOTA_PROBE_BUCKETS = 1;
 /** ... but never sooner than this, however far time is scaled down. */
 const MIN_QUOTA_PROBE_MS = 1_000;
-/** ETag races before a reservation gives up and defers its message briefly. */
-const MAX_RACES = 25;
+/** ETag races on the pacing entity before a reservation gives up and defers its message briefly. */
+const MAX_PACING_RACES = 25;
+/** The random pause after a lost race on the pacing entity, so that racing instances fall out of step. */
+const RACE_JITTER_MS = 5;
 const ROW_KEY = 'pacing';
 
 export interface PacingLimits {
@@ -101,8 +104,6 @@ type Buckets = Array<[number, number]>;
 function partitionOf(mailbox: string): string {
   return mailbox.toLowerCase().replace(/[/\\#?\u0000-\u001f\u007f]/g, '_');
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class Pacer {
   /** Milliseconds between two send slots. */
@@ -165,32 +166,33 @@ export class Pacer {
         { transient: false },
       );
     }
-    for (let race = 0; race < MAX_RACES; race++) {
-      const current = await this.read();
-      const now = this.now();
-      if (current.blockedUntil > now) {
-        const wake = await this.ticket(1, 'nextWakeAt');
-        return { kind: 'defer', retryAt: wake ?? current.blockedUntil, reason: 'exchange-daily-quota' };
-      }
-      const buckets = this.live(current.buckets, now);
-      const used = buckets.reduce((sum, [, n]) => sum + n, 0);
-      if (used + recipients > this.limits.dailyRecipientLimit) {
-        return { kind: 'defer', retryAt: this.dailyRoomAt(buckets, used, recipients), reason: 'daily' };
-      }
-      const slot = Math.max(now, current.nextSlotAt);
-      if (slot - now > maxWaitMs) {
-        const wake = await this.ticket(1, 'nextWakeAt');
-        return { kind: 'defer', retryAt: wake ?? slot, reason: 'rate' };
-      }
-      const bucketStart = Math.floor(slot / this.bucketMs) * this.bucketMs;
-      const last = buckets.at(-1);
-      if (last && last[0] === bucketStart) last[1] += recipients;
-      else buckets.push([bucketStart, recipients]);
-      const written = await this.write(current.etag, { ...current, nextSlotAt: slot + this.intervalMs, buckets });
-      if (written) return { kind: 'slot', at: slot };
-      await sleep(Math.random() * 5);
-    }
-    return { kind: 'defer', retryAt: this.now() + this.intervalMs, reason: 'contention' };
+    return this.update<Reservation>({
+      attempt: async () => {
+        const current = await this.read();
+        const now = this.now();
+        if (current.blockedUntil > now) {
+          const wake = await this.ticket(1, 'nextWakeAt');
+          return { kind: 'defer', retryAt: wake ?? current.blockedUntil, reason: 'exchange-daily-quota' };
+        }
+        const buckets = this.live(current.buckets, now);
+        const used = buckets.reduce((sum, [, n]) => sum + n, 0);
+        if (used + recipients > this.limits.dailyRecipientLimit) {
+          return { kind: 'defer', retryAt: this.dailyRoomAt(buckets, used, recipients), reason: 'daily' };
+        }
+        const slot = Math.max(now, current.nextSlotAt);
+        if (slot - now > maxWaitMs) {
+          const wake = await this.ticket(1, 'nextWakeAt');
+          return { kind: 'defer', retryAt: wake ?? slot, reason: 'rate' };
+        }
+        const bucketStart = Math.floor(slot / this.bucketMs) * this.bucketMs;
+        const last = buckets.at(-1);
+        if (last && last[0] === bucketStart) last[1] += recipients;
+        else buckets.push([bucketStart, recipients]);
+        const written = await this.write(current.etag, { ...current, nextSlotAt: slot + this.intervalMs, buckets });
+        return written ? { kind: 'slot', at: slot } : LOST_RACE;
+      },
+      exhausted: () => ({ kind: 'defer', retryAt: this.now() + this.intervalMs, reason: 'contention' }),
+    });
   }
 
   /**
@@ -207,13 +209,14 @@ export class Pacer {
    * Returns the time the block ends (epoch ms), which is when the first deferred message probes the mailbox again.
    */
   async blockForDailyQuota(): Promise<number> {
-    for (let race = 0; race < MAX_RACES; race++) {
-      const current = await this.read();
-      const until = Math.max(current.blockedUntil, this.now() + this.quotaProbeMs);
-      if (await this.write(current.etag, { ...current, blockedUntil: until })) return until;
-      await sleep(Math.random() * 5);
-    }
-    return this.now() + this.quotaProbeMs;
+    return this.update({
+      attempt: async () => {
+        const current = await this.read();
+        const until = Math.max(current.blockedUntil, this.now() + this.quotaProbeMs);
+        return (await this.write(current.etag, { ...current, blockedUntil: until })) ? until : LOST_RACE;
+      },
+      exhausted: () => this.now() + this.quotaProbeMs,
+    });
   }
 
   /** What the shared state says now (for tests and benchmarks). */
@@ -237,14 +240,20 @@ export class Pacer {
 
   /** Takes `count` tickets; undefined when it kept losing the race (the caller then uses its own estimate). */
   private async ticket(count: number, line: 'nextWakeAt' | 'nextBatchAt'): Promise<number | undefined> {
-    for (let race = 0; race < MAX_RACES; race++) {
-      const current = await this.read();
-      const start = Math.max(this.now(), current.nextSlotAt, current[line], current.blockedUntil);
-      const written = await this.write(current.etag, { ...current, [line]: start + count * this.intervalMs });
-      if (written) return start;
-      await sleep(Math.random() * 5);
-    }
-    return undefined;
+    return this.update<number | undefined>({
+      attempt: async () => {
+        const current = await this.read();
+        const start = Math.max(this.now(), current.nextSlotAt, current[line], current.blockedUntil);
+        const written = await this.write(current.etag, { ...current, [line]: start + count * this.intervalMs });
+        return written ? start : LOST_RACE;
+      },
+      exhausted: () => undefined,
+    });
+  }
+
+  /** Runs an ETag-guarded read-modify-write of the pacing entity: at most MAX_PACING_RACES lost races, jittered. */
+  private update<T>(change: Pick<RaceRetry<T>, 'attempt' | 'exhausted'>): Promise<T> {
+    return retryLostRaces({ ...change, maxRaces: MAX_PACING_RACES, jitterMs: RACE_JITTER_MS });
   }
 
   /** Buckets still (partly) inside the daily window: a bucket counts until its end has left the window. */

@@ -255,6 +255,24 @@ export function storageStatusCode(error: unknown): number | undefined {
   return typeof code === 'number' ? code : undefined;
 }
 
+/**
+ * Runs a storage call and returns `answer` when it fails with one of `statuses`: the statuses that answer the
+ * question rather than fail it (404: there is none; 409 or 412: someone else wrote first). Anything else is rethrown.
+ */
+export async function catchStatus<T, A>(
+  call: () => Promise<T>,
+  statuses: readonly number[],
+  answer: A,
+): Promise<T | A> {
+  try {
+    return await call();
+  } catch (error) {
+    const status = storageStatusCode(error);
+    if (status !== undefined && statuses.includes(status)) return answer;
+    throw error;
+  }
+}
+
 /** What @azure/identity throws when the app identity cannot get a token (identity-based storage connections). */
 const CREDENTIAL_ERRORS = new Set([
   'AggregateAuthenticationError',

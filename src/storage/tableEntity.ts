@@ -3,16 +3,11 @@
  * tells "absent" from "failed", and a replace and a delete guarded by the ETag the writer read.
  */
 import type { TableClient, TableEntity } from '@azure/data-tables';
-import { storageStatusCode } from './storageClients';
+import { catchStatus } from './storageClients';
 
 /** Inserts `entity`; returns its ETag, or undefined (and writes nothing) when it already exists. */
 export async function insertEntity(table: TableClient, entity: TableEntity): Promise<string | undefined> {
-  try {
-    return (await table.createEntity(entity)).etag ?? '';
-  } catch (error) {
-    if (storageStatusCode(error) === 409) return undefined;
-    throw error;
-  }
+  return catchStatus(async () => (await table.createEntity(entity)).etag ?? '', [409], undefined);
 }
 
 /** The entity with its ETag, or undefined when there is none. */
@@ -21,12 +16,11 @@ export async function readEntity<T extends object>(
   partitionKey: string,
   rowKey: string,
 ): Promise<(T & { etag: string }) | undefined> {
-  try {
-    return (await table.getEntity<T>(partitionKey, rowKey)) as T & { etag: string };
-  } catch (error) {
-    if (storageStatusCode(error) === 404) return undefined;
-    throw error;
-  }
+  return catchStatus(
+    async () => (await table.getEntity<T>(partitionKey, rowKey)) as T & { etag: string },
+    [404],
+    undefined,
+  );
 }
 
 /**
@@ -41,12 +35,7 @@ export async function replaceEntity(
 ): Promise<string | undefined> {
   if (!etag)
     throw new Error(`Entity ${entity.partitionKey}/${entity.rowKey} has no ETag; re-read it before writing it`);
-  try {
-    return (await table.updateEntity(entity, 'Replace', { etag })).etag ?? '';
-  } catch (error) {
-    if (storageStatusCode(error) === 412) return undefined;
-    throw error;
-  }
+  return catchStatus(async () => (await table.updateEntity(entity, 'Replace', { etag })).etag ?? '', [412], undefined);
 }
 
 /**
@@ -60,12 +49,42 @@ export async function deleteEntity(
   etag: string,
 ): Promise<boolean> {
   if (!etag) throw new Error(`Entity ${partitionKey}/${rowKey} has no ETag; re-read it before deleting it`);
-  try {
-    await table.deleteEntity(partitionKey, rowKey, { etag });
-    return true;
-  } catch (error) {
-    const status = storageStatusCode(error);
-    if (status === 412 || status === 404) return false;
-    throw error;
+  return catchStatus(
+    async () => {
+      await table.deleteEntity(partitionKey, rowKey, { etag });
+      return true;
+    },
+    [412, 404],
+    false,
+  );
+}
+
+/** Inserts `value` as `toEntity` maps it: the value with its ETag, or undefined (nothing written) when it exists. */
+export async function insertValue<T extends object>(
+  table: TableClient,
+  value: T,
+  toEntity: (value: T) => TableEntity,
+): Promise<(T & { etag: string }) | undefined> {
+  const etag = await insertEntity(table, toEntity(value));
+  return etag === undefined ? undefined : { ...value, etag };
+}
+
+/**
+ * Replaces `current` with `changes` applied (a change to `undefined` removes the field) if nobody has written it
+ * since it was read: the new value with its ETag, or undefined when the ETag no longer matches (412: re-read and
+ * decide again). A replace, not a merge: a field the new value no longer has is not left behind.
+ */
+export async function replaceWithChanges<T extends object>(
+  table: TableClient,
+  current: T & { etag: string },
+  changes: Partial<T>,
+  toEntity: (value: T) => TableEntity,
+): Promise<(T & { etag: string }) | undefined> {
+  const { etag, ...rest } = current;
+  const next = { ...rest, ...changes } as Record<string, unknown>;
+  for (const [key, value] of Object.entries(changes)) {
+    if (value === undefined) delete next[key];
   }
+  const written = await replaceEntity(table, toEntity(next as T), etag);
+  return written === undefined ? undefined : { ...(next as T), etag: written };
 }
