@@ -1,7 +1,7 @@
 /** One fan-out run in a fresh process (so that its peak RSS is the fan-out's own): submit a batch, play the queue host, report. */
 import { performance } from 'node:perf_hooks';
 import { createLogger } from '../src/logger';
-import { createRuntime } from '../src/appServices';
+import { createAppServices } from '../src/appServices';
 
 /** How often the resident set size is sampled. */
 const RSS_SAMPLE_MS = 50;
@@ -10,7 +10,7 @@ const MiB = 1024 * 1024;
 async function main(): Promise<void> {
   const recipients = Number(process.argv[2]);
   if (!Number.isSafeInteger(recipients) || recipients < 1) throw new Error('usage: fanoutChild <recipients>');
-  const rt = createRuntime(process.env, { logger: createLogger({ level: 'warn' }) });
+  const rt = createAppServices(process.env, { logger: createLogger({ level: 'warn' }) });
   await rt.storage.ensureResources();
   const batch = {
     template: 'notification',

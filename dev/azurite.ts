@@ -59,8 +59,33 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
-/** Starts Azurite as a child process and waits until all three services accept connections. */
+/** How many times start-up is tried with fresh ports when Azurite exits at once (another process took a port). */
+const START_ATTEMPTS = 3;
+/** How much of Azurite's stderr an error quotes. */
+const STDERR_TAIL_CHARS = 2_000;
+
+/** Azurite exited before its three services accepted connections; `stderr` is the end of what it printed. */
+class AzuriteExitedError extends Error {
+  constructor(readonly stderr: string) {
+    super(`Azurite exited during start-up${stderr ? `: ${stderr}` : ''}`);
+  }
+}
+
+/**
+ * Starts Azurite as a child process and waits until all three services accept connections. A free port can be
+ * taken by another process between {@link freePort} and Azurite binding it, so an early exit is retried on new ports.
+ */
 export async function startAzurite(options: AzuriteOptions = {}): Promise<AzuriteInstance> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(options);
+    } catch (error) {
+      if (!(error instanceof AzuriteExitedError) || attempt >= START_ATTEMPTS) throw error;
+    }
+  }
+}
+
+async function startOnce(options: AzuriteOptions): Promise<AzuriteInstance> {
   const [blob, queue, table] = [await freePort(), await freePort(), await freePort()];
   // In-memory persistence: only the debug log and extent metadata would touch the working directory.
   const location = mkdtempSync(path.join(tmpdir(), 'azurite-'));
@@ -95,9 +120,12 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
       String(table),
       ...tls,
     ],
-    { stdio: options.silent === false ? 'inherit' : 'ignore', cwd: location },
+    { stdio: options.silent === false ? 'inherit' : ['ignore', 'ignore', 'pipe'], cwd: location },
   );
   let exited = false;
+  let stderr = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => (stderr = (stderr + chunk).slice(-STDERR_TAIL_CHARS)));
   child.once('exit', () => (exited = true));
   const stop = async () => {
     if (!exited) {
@@ -111,7 +139,10 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
   };
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
-    if (exited) throw new Error('Azurite exited during start-up');
+    if (exited) {
+      rmSync(location, { recursive: true, force: true });
+      throw new AzuriteExitedError(stderr.trim());
+    }
     const ready = await Promise.all([canConnect(blob), canConnect(queue), canConnect(table)]);
     if (ready.every(Boolean)) break;
     if (Date.now() > deadline) {

@@ -2,7 +2,7 @@
 import type { HttpHandler, HttpRequest, HttpResponseInit } from '@azure/functions';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { runApi, type ApiHandler } from '../src/api/runApi';
-import { getRuntime, type Runtime } from '../src/appServices';
+import { getAppServices, type AppServices } from '../src/appServices';
 
 /** The HttpRequest as the handlers see it (its headers, query, params and body stream fit as they are). */
 export function toApiRequest(request: HttpRequest): ApiRequest {
@@ -16,10 +16,10 @@ export function toApiRequest(request: HttpRequest): ApiRequest {
   };
 }
 
-/** An HttpHandler running `handler` with the process Runtime (or `runtime`, in tests); it never throws. */
-export function httpHandler(handler: ApiHandler, runtime: () => Runtime = getRuntime): HttpHandler {
+/** An HttpHandler running `handler` with the process AppServices (or `getServices`, in tests); it never throws. */
+export function httpHandler(handler: ApiHandler, getServices: () => AppServices = getAppServices): HttpHandler {
   return async (request: HttpRequest): Promise<HttpResponseInit> => {
-    const response = await runApi(handler, toApiRequest(request), runtime);
+    const response = await runApi(handler, toApiRequest(request), getServices);
     return {
       status: response.status,
       ...(response.headers ? { headers: response.headers } : {}),

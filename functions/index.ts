@@ -1,6 +1,6 @@
 /** The Functions entry (package.json main, bundled by scripts/build.mjs): importing each file registers its function. */
 import { app } from '@azure/functions';
-import { closeRuntime } from '../src/appServices';
+import { closeAppServices } from '../src/appServices';
 import './messagesPost';
 import './messagesGet';
 import './templatesPreview';
@@ -13,4 +13,4 @@ import './notificationsFanout';
 import './notificationsPoison';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
-app.hook.appTerminate(() => closeRuntime());
+app.hook.appTerminate(() => closeAppServices());

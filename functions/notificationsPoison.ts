@@ -1,12 +1,12 @@
 /** Queue mail-notifications-poison: the host gave up on a batch message; the batch becomes `failed` with reason "poison: …". */
 import { app, type InvocationContext } from '@azure/functions';
-import { getRuntime } from '../src/appServices';
+import { getAppServices } from '../src/appServices';
 import { NOTIFICATIONS_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
 export async function notificationsPoison(message: unknown, context: InvocationContext): Promise<void> {
   const dequeueCount = dequeueCountOf(context);
-  await getRuntime().notifications.markPoisoned(message, {
+  await getAppServices().notifications.markPoisoned(message, {
     ...(dequeueCount !== undefined ? { dequeueCount } : {}),
     invocationId: context.invocationId,
   });

@@ -1,19 +1,22 @@
 /** Queue mail-outbox: delivers one outbox message; a storage failure throws, so the host retries and finally poisons it. */
 import { app, type InvocationContext } from '@azure/functions';
 import { parseOutboxMessage } from '../src/outbox/outboxQueue';
-import { getRuntime } from '../src/appServices';
+import { getAppServices } from '../src/appServices';
 import { OUTBOX_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
 export async function outboxDeliver(message: unknown, context: InvocationContext): Promise<void> {
-  const rt = getRuntime();
+  const services = getAppServices();
   const parsed = parseOutboxMessage(message);
   if (!parsed) {
     // Retrying cannot fix a message that is not { id }: log it and let it go.
-    rt.logger.error('mail-outbox message is not { id }; dropped', { invocationId: context.invocationId });
+    services.logger.error('mail-outbox message is not { id }; dropped', { invocationId: context.invocationId });
     return;
   }
-  await rt.delivery.deliver(parsed.id, { dequeueCount: dequeueCountOf(context), invocationId: context.invocationId });
+  await services.delivery.deliver(parsed.id, {
+    dequeueCount: dequeueCountOf(context),
+    invocationId: context.invocationId,
+  });
 }
 
 app.storageQueue('outboxDeliver', { queueName: OUTBOX_QUEUE, connection: STORAGE_SETTING, handler: outboxDeliver });

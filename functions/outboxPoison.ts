@@ -1,18 +1,18 @@
 /** Queue mail-outbox-poison: the host gave up on an outbox message; its status becomes `failed` with reason "poison: …". */
 import { app, type InvocationContext } from '@azure/functions';
 import { parseOutboxMessage } from '../src/outbox/outboxQueue';
-import { getRuntime } from '../src/appServices';
+import { getAppServices } from '../src/appServices';
 import { OUTBOX_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { dequeueCountOf } from './queue';
 
 export async function outboxPoison(message: unknown, context: InvocationContext): Promise<void> {
-  const rt = getRuntime();
+  const services = getAppServices();
   const parsed = parseOutboxMessage(message);
   if (!parsed) {
-    rt.logger.error('mail-outbox-poison message is not { id }; dropped', { invocationId: context.invocationId });
+    services.logger.error('mail-outbox-poison message is not { id }; dropped', { invocationId: context.invocationId });
     return;
   }
-  await rt.delivery.markPoisoned(parsed.id, { dequeueCount: dequeueCountOf(context) });
+  await services.delivery.markPoisoned(parsed.id, { dequeueCount: dequeueCountOf(context) });
 }
 
 app.storageQueue('outboxPoison', {

@@ -21,7 +21,7 @@ import { TemplateRenderer } from './templates/templateRenderer';
 import type { Telemetry } from './telemetry';
 
 /** Everything the HTTP handlers and the outbox worker use. */
-export interface Runtime {
+export interface AppServices {
   config: Config;
   mailer: Mailer;
   storage: StorageClients;
@@ -44,7 +44,7 @@ export interface Runtime {
   close(): Promise<void>;
 }
 
-export interface RuntimeOptions {
+export interface AppServicesOptions {
   logger?: Logger;
   telemetry?: Telemetry;
   /** Use this mailer instead of building one (tests share one sandbox mailer); its redactor is used. */
@@ -56,8 +56,11 @@ export interface RuntimeOptions {
   delivery?: Pick<DeliverDeps, 'leaseMs' | 'maxAttempts' | 'backoffSeconds' | 'concurrencyBackoffMs'>;
 }
 
-/** Builds a Runtime from `settings` (no network). Throws ConfigError naming each bad setting. */
-export function createRuntime(settings: Record<string, string | undefined>, options: RuntimeOptions = {}): Runtime {
+/** Builds a AppServices from `settings` (no network). Throws ConfigError naming each bad setting. */
+export function createAppServices(
+  settings: Record<string, string | undefined>,
+  options: AppServicesOptions = {},
+): AppServices {
   const redactor = options.mailer?.redactor ?? options.redactor ?? defaultRedactor;
   // Before anything can fail or log: the account key and IDENTITY_HEADER are known to every line written after this.
   // IDENTITY_HEADER is read from process.env too, because that is where the Azure SDK takes it from.
@@ -146,22 +149,22 @@ export function createRuntime(settings: Record<string, string | undefined>, opti
   };
 }
 
-let built: Runtime | undefined;
+let built: AppServices | undefined;
 let failure: Error | undefined;
 
 /**
- * The process's Runtime, from process.env (and local.settings.json when run locally). A settings error is logged
+ * The process's AppServices, from process.env (and local.settings.json when run locally). A settings error is logged
  * once, in full, and then thrown again (the same error, without a new stack) on every call: the triggers answer
  * with a short message instead of a stack trace per request.
  */
-export function getRuntime(): Runtime {
+export function getAppServices(): AppServices {
   if (built) return built;
   if (failure) throw failure;
   try {
     registerSecretSettings(defaultRedactor, process.env);
     const settings = readSettings(process.env);
     exportSettings(settings);
-    built = createRuntime(settings);
+    built = createAppServices(settings);
     return built;
   } catch (error) {
     failure = ensureError(error);
@@ -170,9 +173,9 @@ export function getRuntime(): Runtime {
   }
 }
 
-/** Closes the SMTP pool and flushes telemetry of the process Runtime, if one was built (the host's appTerminate hook). */
-export async function closeRuntime(): Promise<void> {
-  const runtime = built;
+/** Closes the SMTP pool and flushes telemetry of the process AppServices, if one was built (the host's appTerminate hook). */
+export async function closeAppServices(): Promise<void> {
+  const services = built;
   built = undefined;
-  await runtime?.close();
+  await services?.close();
 }

@@ -1,12 +1,12 @@
 /** GET /api/messages/{id}: a message's status record, as the API documents it. */
 import { MailError } from '../errors';
 import { isMessageId } from '../outbox/messageIds';
-import type { Runtime } from '../appServices';
+import type { AppServices } from '../appServices';
 import { statusView } from '../outbox/statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 
 /** Handles GET /api/messages/{id}. */
-export async function getMessage(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
+export async function getMessage(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
   const id = request.params.id ?? '';
   if (!isMessageId(id)) {
     throw new MailError('INVALID_MESSAGE', 'The message id is malformed', {
@@ -19,8 +19,8 @@ export async function getMessage(request: ApiRequest, rt: Runtime): Promise<ApiR
       ],
     });
   }
-  await rt.storage.ensureResources();
-  const record = await rt.status.get(id);
+  await services.storage.ensureResources();
+  const record = await services.status.get(id);
   if (!record) {
     throw new MailError('NOT_FOUND', `No message with id ${id}`, {
       details: [{ path: 'id', message: 'no message with this id' }],

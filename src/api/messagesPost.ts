@@ -1,7 +1,7 @@
 /** POST /api/messages: accept into the outbox (202), or with `?wait=true` deliver inline through the same delivery. */
 import { MailError } from '../errors';
 import { trimTrailingSlashes } from '../inputBounds';
-import type { Runtime } from '../appServices';
+import type { AppServices } from '../appServices';
 import { statusView, type StoredRecord } from '../outbox/statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { maxBodyBytes, readJsonBody } from './readJsonBody';
@@ -36,10 +36,10 @@ function accepted(request: ApiRequest, record: StoredRecord, replayed: boolean):
 }
 
 /** Handles POST /api/messages. */
-export async function postMessage(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
+export async function postMessage(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
   const wait = parseWait(request.query.get('wait'));
-  const body = await readJsonBody(request, maxBodyBytes(rt.config.limits.maxMessageBytes));
-  const result = await rt.outbox.accept(body, {
+  const body = await readJsonBody(request, maxBodyBytes(services.config.limits.maxMessageBytes));
+  const result = await services.outbox.accept(body, {
     source: 'http',
     idempotencyKeyHeader: request.headers.get('idempotency-key'),
     ...(wait ? { holdSeconds: WAIT_HOLD_SECONDS } : {}),
@@ -48,7 +48,7 @@ export async function postMessage(request: ApiRequest, rt: Runtime): Promise<Api
   if (!wait) return accepted(request, record, result.replayed);
 
   if (record.status === 'queued' || record.status === 'sending') {
-    const outcome = await rt.delivery.deliver(result.id, { inline: true });
+    const outcome = await services.delivery.deliver(result.id, { inline: true });
     if (outcome.outcome === 'sent') {
       return {
         status: 200,

@@ -1,7 +1,7 @@
 /** POST /api/notifications: accepts a batch notification — stored in Blob storage, fanned out from the queue (202). */
 import { MailError } from '../errors';
 import { MAX_BATCH_JSON_VALUES } from '../inputBounds';
-import type { Runtime } from '../appServices';
+import type { AppServices } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { statusUrl } from './messagesPost';
 import { readJsonBody } from './readJsonBody';
@@ -25,9 +25,9 @@ async function readBatchBody(request: ApiRequest): Promise<unknown> {
 }
 
 /** Handles POST /api/notifications: 202 `{ batchId, status, recipients, statusUrl }` with a Location header. */
-export async function postNotifications(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
+export async function postNotifications(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
   const body = await readBatchBody(request);
-  const { batchId, summary, replayed } = await rt.notifications.submit(body);
+  const { batchId, summary, replayed } = await services.notifications.submit(body);
   const location = statusUrl(request.url, batchId);
   return {
     status: 202,

@@ -1,32 +1,32 @@
-/** Runs an API handler with the process Runtime, turning everything thrown (settings errors included) into an HTTP answer. */
-import { getRuntime, type Runtime } from '../appServices';
+/** Runs an API handler with the process AppServices, turning everything thrown (settings errors included) into an HTTP answer. */
+import { getAppServices, type AppServices } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { errorResponse } from './errorResponse';
 
-export type ApiHandler = (request: ApiRequest, runtime: Runtime) => Promise<ApiResponse>;
+export type ApiHandler = (request: ApiRequest, services: AppServices) => Promise<ApiResponse>;
 
 /** Never rejects: a failure becomes a 4xx/5xx answer (see errorResponse). */
 export async function runApi(
   handler: ApiHandler,
   request: ApiRequest,
-  runtime: () => Runtime = getRuntime,
+  getServices: () => AppServices = getAppServices,
 ): Promise<ApiResponse> {
-  let rt: Runtime;
+  let services: AppServices;
   try {
-    rt = runtime();
+    services = getServices();
   } catch (error) {
     return errorResponse(error);
   }
   let response: ApiResponse;
   try {
-    response = await handler(request, rt);
+    response = await handler(request, services);
   } catch (error) {
-    response = errorResponse(error, rt.logger);
+    response = errorResponse(error, services.logger);
   }
   // An error answer can quote what a server or an SDK said (a 422's SMTP reply, a storage message): the last
   // chance to take out the account key, IDENTITY_HEADER, Key Vault secrets and tokens before they leave the app.
   if (response.status >= 400 && response.jsonBody !== undefined) {
-    response = { ...response, jsonBody: rt.redactor.redactValue(response.jsonBody) };
+    response = { ...response, jsonBody: services.redactor.redactValue(response.jsonBody) };
   }
   return response;
 }

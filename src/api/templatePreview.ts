@@ -1,7 +1,7 @@
 /** GET /api/templates/{name}/preview: renders a template with its sample.json or `?data=`, as JSON or as the HTML itself. */
 import { MailError } from '../errors';
 import { MAX_BODY_JSON_VALUES, parseBoundedJson } from '../inputBounds';
-import type { Runtime } from '../appServices';
+import type { AppServices } from '../appServices';
 import { MAX_TEMPLATE_DATA_CHARS } from '../templates/templateRenderer';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 
@@ -11,9 +11,9 @@ const PREVIEW_CSP = "sandbox; default-src 'none'; img-src data: https:; style-sr
 const invalid = (path: string, message: string) =>
   new MailError('INVALID_MESSAGE', `Invalid preview request: ${path}: ${message}`, { details: [{ path, message }] });
 
-function previewData(request: ApiRequest, rt: Runtime, name: string): unknown {
+function previewData(request: ApiRequest, services: AppServices, name: string): unknown {
   const raw = request.query.get('data');
-  if (raw === null) return rt.renderer.sample(name) ?? {};
+  if (raw === null) return services.renderer.sample(name) ?? {};
   // Bounded before it is parsed: the data could not be rendered anyway (MAX_TEMPLATE_DATA_CHARS).
   if (raw.length > MAX_TEMPLATE_DATA_CHARS) {
     throw invalid('data', `must be at most ${MAX_TEMPLATE_DATA_CHARS} characters of JSON`);
@@ -30,16 +30,16 @@ function previewData(request: ApiRequest, rt: Runtime, name: string): unknown {
 }
 
 /** Handles GET /api/templates/{name}/preview[?data=<json>][&format=html]. */
-export async function previewTemplate(request: ApiRequest, rt: Runtime): Promise<ApiResponse> {
+export async function previewTemplate(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
   const name = request.params.name ?? '';
-  if (!rt.renderer.has(name)) {
+  if (!services.renderer.has(name)) {
     throw new MailError('NOT_FOUND', `No template named ${JSON.stringify(name.slice(0, 80))}`, {
-      details: [{ path: 'template', message: `unknown template; known: ${rt.renderer.names().join(', ')}` }],
+      details: [{ path: 'template', message: `unknown template; known: ${services.renderer.names().join(', ')}` }],
     });
   }
   const format = request.query.get('format') ?? 'json';
   if (format !== 'json' && format !== 'html') throw invalid('format', 'must be json or html');
-  const rendered = rt.renderer.render(name, previewData(request, rt, name));
+  const rendered = services.renderer.render(name, previewData(request, services, name));
   if (format === 'html') {
     return {
       status: 200,

@@ -20,7 +20,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import { startDevHost, type DevHost } from '../../dev/host';
 import { ConnectionSlots } from '../../src/pacing/connectionSlots';
-import { createRuntime } from '../../src/appServices';
+import { createAppServices } from '../../src/appServices';
 import { OUTBOX_POISON_QUEUE, OUTBOX_QUEUE } from '../../src/storage/storageClients';
 import { applySandboxEnv, startSandbox, type Sandbox } from '../support/sandboxMailer';
 
@@ -281,7 +281,7 @@ describe('a delivery worker killed between taking the lease and recording the re
     // leaves it a wait of 5 s minus its start-up, within the 5 s an inline send may wait, holding its lease.
     const slow = { MAIL_RATE_PER_MINUTE: '1', MAIL_RATE_WINDOW_SECONDS: '5' };
     const leaseMs = 12_000;
-    const rt = createRuntime({ ...sandbox.settings(), ...slow, AzureWebJobsStorage: azurite.connectionString });
+    const rt = createAppServices({ ...sandbox.settings(), ...slow, AzureWebJobsStorage: azurite.connectionString });
     try {
       // A worker killed holding an SMTP connection slot keeps it until its blob lease expires (15 s): the worker
       // must find one free, or it defers the message instead of holding it.
@@ -324,7 +324,7 @@ describe('a delivery worker killed between taking the lease and recording the re
     expect(received(subject)).toHaveLength(1);
     expect((await status(id)).status).toBe('sent');
     // Leave the mailbox's pacing as the next test expects it: no send slot reserved ahead at this slow rate.
-    const after = createRuntime({ ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString });
+    const after = createAppServices({ ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString });
     try {
       const { nextSlotAt } = await after.pacer!.snapshot();
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, nextSlotAt - Date.now())));

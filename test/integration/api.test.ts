@@ -10,7 +10,7 @@ import { maxBodyBytes } from '../../src/api/readJsonBody';
 import { runApi, type ApiHandler } from '../../src/api/runApi';
 import { previewTemplate } from '../../src/api/templatePreview';
 import { ConfigError } from '../../src/config';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import {
   bodyBytes,
   headersOf,
@@ -27,7 +27,7 @@ const BASE = 'http://127.0.0.1:7071/api';
 let stack: Stack;
 let sandbox: Sandbox;
 let mailer: TestMailer;
-let rt: Runtime;
+let rt: AppServices;
 let billing: string;
 
 beforeAll(async () => {
@@ -38,7 +38,7 @@ beforeAll(async () => {
     },
     { delivery: { backoffSeconds: () => 2 } },
   );
-  ({ sandbox, mailer, runtime: rt } = stack);
+  ({ sandbox, mailer, app: rt } = stack);
 });
 
 afterAll(async () => {
@@ -278,7 +278,7 @@ describe('GET /api/templates/{name}/preview', () => {
 describe('no input produces a 5xx; outages and settings errors answer cleanly', () => {
   it('storage down: 503 storage_unavailable with Retry-After', async () => {
     const port = await freePort();
-    const down = createRuntime(
+    const down = createAppServices(
       {
         ...sandbox.settings(),
         AzureWebJobsStorage: `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${Buffer.from('k').toString('base64')};BlobEndpoint=http://127.0.0.1:${port}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:${port}/devstoreaccount1;TableEndpoint=http://127.0.0.1:${port}/devstoreaccount1;`,

@@ -12,7 +12,7 @@ import { ConnectionSlots, LEASE_SECONDS, type ConnectionSlot } from '../../src/p
 import { createLogger } from '../../src/logger';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { Pacer } from '../../src/pacing/pacer';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import { IDLE_CLOSE_MS } from '../../src/sender/connectionPool';
 import { MailSender } from '../../src/sender/mailSender';
 import { statusView } from '../../src/outbox/statusStore';
@@ -224,12 +224,12 @@ describe('idle connections', () => {
 });
 
 describe('delivery when other instances hold every connection slot', () => {
-  let rt: Runtime;
+  let rt: AppServices;
 
   beforeAll(async () => {
     applySandboxEnv(sandbox);
-    // The app as deployed: the runtime builds its own sender under the mailbox's shared connection cap.
-    rt = createRuntime(appSettings(services, { MAIL_RATE_PER_MINUTE: '6000' }), {
+    // The app as deployed: the app's services build their own sender under the mailbox's shared connection cap.
+    rt = createAppServices(appSettings(services, { MAIL_RATE_PER_MINUTE: '6000' }), {
       logger: createLogger({ level: 'error', write: () => {} }),
     });
     await rt.storage.ensureResources();

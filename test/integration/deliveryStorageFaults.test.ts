@@ -5,7 +5,7 @@
  * the record afterwards, what Exchange received, and what the next delivery does.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { Runtime } from '../../src/appServices';
+import type { AppServices } from '../../src/appServices';
 import type { StoredRecord } from '../../src/outbox/statusStore';
 import {
   isRecordOf,
@@ -29,7 +29,7 @@ let stack: Stack;
 let sandbox: Sandbox;
 let proxy: TableFaultProxy;
 let mailer: TestMailer;
-let rt: Runtime;
+let rt: AppServices;
 
 beforeAll(async () => {
   stack = await startStack(
@@ -43,7 +43,7 @@ beforeAll(async () => {
     },
     { delivery: { leaseMs: LEASE_MS } },
   );
-  ({ sandbox, mailer, runtime: rt } = stack);
+  ({ sandbox, mailer, app: rt } = stack);
 });
 
 afterAll(async () => {

@@ -7,7 +7,7 @@ import { getMessage } from '../../src/api/messagesGet';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import type { DeliverOutcome } from '../../src/outbox/delivery';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
-import type { Runtime } from '../../src/appServices';
+import type { AppServices } from '../../src/appServices';
 import { message, resetPacingState, sandboxMailer, type Sandbox, type TestMailer } from '../support/sandboxMailer';
 import { startStack, type Stack } from '../support/stack';
 
@@ -20,7 +20,7 @@ let sandbox: Sandbox;
 let mailer: TestMailer;
 /** Another app (or a person) sending from the same mailbox, past this app's pacing. */
 let outsider: TestMailer;
-let rt: Runtime;
+let rt: AppServices;
 
 beforeAll(async () => {
   stack = await startStack(
@@ -32,7 +32,7 @@ beforeAll(async () => {
     },
     { sandbox: { smtpLimits: { dailyRecipients: QUOTA, dailyWindowMs: WINDOW_MS } } },
   );
-  ({ sandbox, mailer, runtime: rt } = stack);
+  ({ sandbox, mailer, app: rt } = stack);
   outsider = sandboxMailer(sandbox);
 });
 

@@ -13,7 +13,7 @@ import { loadConfig } from '../../src/config';
 import { canonicalJsonIterative, MAX_BODY_JSON_VALUES, parseBoundedJson } from '../../src/inputBounds';
 import { Outbox, payloadHash, type OutboxDeps } from '../../src/outbox/outbox';
 import { silentLogger } from '../../src/logger';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import { parseSendRequest } from '../../src/outbox/sendRequest';
 import { templateBundle } from '../../src/templates/templateBundle';
 import { TemplateRenderer } from '../../src/templates/templateRenderer';
@@ -55,11 +55,11 @@ describe('parseSendRequest + Outbox.render on hostile bodies (in process)', () =
 
 describe('POST /api/messages through the handler, against Azurite', () => {
   let azurite: AzuriteInstance;
-  let rt: Runtime;
+  let rt: AppServices;
 
   beforeAll(async () => {
     azurite = await startAzurite();
-    rt = createRuntime({ ...SETTINGS, AzureWebJobsStorage: azurite.connectionString }, { logger: silentLogger });
+    rt = createAppServices({ ...SETTINGS, AzureWebJobsStorage: azurite.connectionString }, { logger: silentLogger });
     await rt.storage.ensureResources();
   }, 60_000);
 

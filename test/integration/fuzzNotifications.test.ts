@@ -14,7 +14,7 @@ import { canonicalJsonIterative } from '../../src/inputBounds';
 import { parseNotificationMessage } from '../../src/notifications/batchQueue';
 import { deriveBatchId, parseNotificationBatch, type BatchRules } from '../../src/notifications/batchRequest';
 import { silentLogger } from '../../src/logger';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import {
   acceptedOrFieldError,
   deepValue,
@@ -110,11 +110,11 @@ describe('parseNotificationBatch and parseNotificationMessage (in process)', () 
 
 describe('the mail-notifications handler and POST /api/notifications, against Azurite', () => {
   let azurite: AzuriteInstance;
-  let rt: Runtime;
+  let rt: AppServices;
 
   beforeAll(async () => {
     azurite = await startAzurite();
-    rt = createRuntime({ ...SETTINGS, AzureWebJobsStorage: azurite.connectionString }, { logger: silentLogger });
+    rt = createAppServices({ ...SETTINGS, AzureWebJobsStorage: azurite.connectionString }, { logger: silentLogger });
     await rt.storage.ensureResources();
   }, 60_000);
 

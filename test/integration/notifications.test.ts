@@ -26,7 +26,7 @@ import {
   type FanoutOutcome,
 } from '../../src/notifications/notifications';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import { BATCH_CONTAINER, NOTIFICATIONS_POISON_QUEUE, NOTIFICATIONS_QUEUE } from '../../src/storage/storageClients';
 import { bodyBytes, headersOf, type RequestSpec } from '../support/malformedRequests';
 import { applySandboxEnv, type Sandbox, type TestMailer } from '../support/sandboxMailer';
@@ -41,7 +41,7 @@ const HUGE = 1_000_000_000;
 let stack: Stack;
 let sandbox: Sandbox;
 let mailer: TestMailer;
-let rt: Runtime;
+let rt: AppServices;
 let billing: string;
 let settings: Record<string, string>;
 
@@ -61,7 +61,7 @@ beforeAll(async () => {
       delivery: { backoffSeconds: () => 2 },
     },
   );
-  ({ sandbox, mailer, runtime: rt, settings } = stack);
+  ({ sandbox, mailer, app: rt, settings } = stack);
 });
 
 afterAll(async () => {
@@ -73,7 +73,7 @@ beforeEach(async () => {
   sandbox.smtp.reset();
 });
 
-/** A Notifications service over the test runtime, with its own chunk size and pacing. */
+/** A Notifications service over the test app's services, with its own chunk size and pacing. */
 function service(options: { chunkSize?: number; schedule?: BatchSchedule } = {}): Notifications {
   return new Notifications({
     config: rt.config,
@@ -484,7 +484,7 @@ describe('pacing for the batch as a whole', () => {
 
   it('with pacing on, the real pacer spaces a batch: its messages come due one send interval apart', async () => {
     // Six a minute: a send interval of 10.3 s, wide enough that the milliseconds an accept takes do not matter.
-    const paced = createRuntime(
+    const paced = createAppServices(
       { ...settings, MAIL_PACING: 'on', MAIL_RATE_PER_MINUTE: '6' },
       { logger: mailer.logger },
     );

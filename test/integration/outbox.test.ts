@@ -14,7 +14,7 @@ import { uuidv7 } from '../../src/outbox/messageIds';
 import { StatusStore, statusView } from '../../src/outbox/statusStore';
 import { enqueueOutbox, parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { MessageStore } from '../../src/outbox/messageStore';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import { parseSendRequest } from '../../src/outbox/sendRequest';
 import {
   asStorageUnavailable,
@@ -31,7 +31,7 @@ let stack: Stack;
 let sandbox: Sandbox;
 let azurite: AzuriteInstance;
 let mailer: TestMailer;
-let rt: Runtime;
+let rt: AppServices;
 let billing: string;
 
 const TEST_BACKOFF_SECONDS = 2;
@@ -55,7 +55,7 @@ beforeAll(async () => {
       },
     },
   );
-  ({ sandbox, azurite, mailer, runtime: rt } = stack);
+  ({ sandbox, azurite, mailer, app: rt } = stack);
 });
 
 afterAll(async () => {
@@ -616,6 +616,6 @@ describe('storage settings (the Functions AzureWebJobsStorage convention)', () =
     expect(() =>
       storageTargetFromSettings({ AzureWebJobsStorage__queueServiceUri: 'https://acct.queue.core.windows.net' }),
     ).toThrow(/AzureWebJobsStorage__tableServiceUri is required/);
-    expect(() => createRuntime({ ...sandbox.settings() })).toThrow(ConfigError);
+    expect(() => createAppServices({ ...sandbox.settings() })).toThrow(ConfigError);
   });
 });

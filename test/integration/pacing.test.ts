@@ -8,14 +8,14 @@ import { MailError } from '../../src/errors';
 import { enqueueOutbox, parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { PACING_MARGIN, Pacer, type PacingLimits } from '../../src/pacing/pacer';
 import { MessageStore } from '../../src/outbox/messageStore';
-import type { Runtime } from '../../src/appServices';
+import type { AppServices } from '../../src/appServices';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import { postMessage } from '../../src/api/messagesPost';
 import { runApi } from '../../src/api/runApi';
 import { MailSender } from '../../src/sender/mailSender';
 import { createStorage, type StorageClients } from '../../src/storage/storageClients';
 import { message, resetPacingState, sandboxMailer, type Sandbox, type TestMailer } from '../support/sandboxMailer';
-import { startRuntime, startServices, type Services } from '../support/stack';
+import { startApp, startServices, type Services } from '../support/stack';
 
 let services: Services;
 let sandbox: Sandbox;
@@ -198,10 +198,10 @@ describe('the sender under a shared connection cap', () => {
 });
 
 describe('delivery with pacing', () => {
-  let rt: Runtime;
+  let rt: AppServices;
 
   beforeAll(async () => {
-    ({ runtime: rt } = await startRuntime(services, {
+    ({ app: rt } = await startApp(services, {
       MAIL_DAILY_RECIPIENT_LIMIT: '3',
       MAIL_DAILY_WINDOW_SECONDS: '3',
       MAIL_RATE_PER_MINUTE: '600',
@@ -324,7 +324,7 @@ describe('delivery with pacing', () => {
 describe('POST /api/messages?wait=true under pacing', () => {
   it('sends inline while the slot is near; answers 202 queued, not a held request, when it is far', async () => {
     // One message a minute: the second slot is about 61 s away, far over the inline wait of a few seconds.
-    const { runtime: rt } = await startRuntime(services, { MAIL_RATE_PER_MINUTE: '1' });
+    const { app: rt } = await startApp(services, { MAIL_RATE_PER_MINUTE: '1' });
     const post = (subject: string) => {
       const url = 'http://127.0.0.1:7071/api/messages?wait=true';
       const request: ApiRequest = {

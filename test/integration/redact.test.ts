@@ -5,7 +5,7 @@ import { previewTemplate } from '../../src/api/templatePreview';
 import { runApi } from '../../src/api/runApi';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import { MAX_TRACKED_TOKENS, Redactor, registerSecretSettings } from '../../src/redact';
-import { createRuntime } from '../../src/appServices';
+import { createAppServices } from '../../src/appServices';
 import { secretScanner } from '../support/secretScan';
 import { sandboxMailer, startSandbox, type Sandbox } from '../support/sandboxMailer';
 
@@ -137,7 +137,7 @@ describe('the account key and IDENTITY_HEADER never leave the Functions app', ()
   }
 
   it('an HTTP error answer that quotes them (404 for an unknown template name) has them redacted', async () => {
-    const rt = createRuntime(settings);
+    const rt = createAppServices(settings);
     try {
       for (const secret of [accountKey, identityHeader]) {
         const response = await runApi(previewTemplate, previewRequest(secret), () => rt);
@@ -152,8 +152,8 @@ describe('the account key and IDENTITY_HEADER never leave the Functions app', ()
     }
   });
 
-  it("the runtime's logger (stderr, as in Azure) writes them as [redacted]", async () => {
-    const rt = createRuntime(settings);
+  it("the app's logger (stderr, as in Azure) writes them as [redacted]", async () => {
+    const rt = createAppServices(settings);
     const lines: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
     process.stderr.write = ((chunk: string | Uint8Array) => {

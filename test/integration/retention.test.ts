@@ -11,7 +11,7 @@ import { Notifications, type FanoutOutcome } from '../../src/notifications/notif
 import { Outbox } from '../../src/outbox/outbox';
 import { MessageStore } from '../../src/outbox/messageStore';
 import { Retention } from '../../src/outbox/retention';
-import type { Runtime } from '../../src/appServices';
+import type { AppServices } from '../../src/appServices';
 import { drainOutbox as driveOutbox, pumpNotifications as driveNotifications } from '../support/hostDriver';
 import { startStack, type Stack } from '../support/stack';
 
@@ -19,11 +19,11 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 const RETENTION_DAYS = 30;
 
 let stack: Stack;
-let rt: Runtime;
+let rt: AppServices;
 
 beforeAll(async () => {
   stack = await startStack({ MAIL_RATE_PER_MINUTE: '6000', MAIL_RETENTION_DAYS: String(RETENTION_DAYS) });
-  rt = stack.runtime;
+  rt = stack.app;
 }, 60_000);
 
 afterAll(async () => {

@@ -13,7 +13,7 @@ import { IdempotencyStore } from '../../src/outbox/idempotencyStore';
 import { batchPartition, uuidv7 } from '../../src/outbox/messageIds';
 import { Notifications } from '../../src/notifications/notifications';
 import { Retention } from '../../src/outbox/retention';
-import type { Runtime } from '../../src/appServices';
+import type { AppServices } from '../../src/appServices';
 import { StatusStore } from '../../src/outbox/statusStore';
 import { BATCH_TABLE, STATUS_TABLE } from '../../src/storage/storageClients';
 import { drainOutbox, pumpNotifications } from '../support/hostDriver';
@@ -24,11 +24,11 @@ const RETENTION_DAYS = 30;
 
 let stack: Stack;
 let azurite: AzuriteInstance;
-let rt: Runtime;
+let rt: AppServices;
 
 beforeAll(async () => {
   stack = await startStack({ MAIL_RATE_PER_MINUTE: '6000', MAIL_RETENTION_DAYS: String(RETENTION_DAYS) });
-  ({ azurite, runtime: rt } = stack);
+  ({ azurite, app: rt } = stack);
 }, 60_000);
 
 afterAll(async () => {

@@ -1,11 +1,11 @@
 /**
  * MAIL_RETRY_BACKOFF_SECONDS: the back-off after a transient failure, 30 s doubling per attempt up to 1 h by default,
- * scaled down by the fault suite along with the rate and daily windows. Read by the app's own Runtime.
+ * scaled down by the fault suite along with the rate and daily windows. Read by the app's own services.
  */
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config';
 import { defaultBackoffSeconds } from '../../src/outbox/delivery';
-import { createRuntime } from '../../src/appServices';
+import { createAppServices } from '../../src/appServices';
 
 /** Valid settings for a client-secret app; nothing here connects anywhere. */
 const settings = {
@@ -18,7 +18,7 @@ const settings = {
 
 /** The back-offs of attempts 1..n as the app's delivery computes them. */
 function schedule(env: Record<string, string>, attempts: number): number[] {
-  const rt = createRuntime({ ...settings, ...env });
+  const rt = createAppServices({ ...settings, ...env });
   try {
     return Array.from({ length: attempts }, (_, i) => rt.delivery.deps.backoffSeconds!(i + 1));
   } finally {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Sandbox } from '../../sandbox';
 import type { ExchangeSmtpInjection } from '../../sandbox/smtp/observation';
 import { createLogger } from '../../src/logger';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import { TERMINAL_STATUSES, type StoredRecord } from '../../src/outbox/statusStore';
 import { connectionPortsOf } from './processSockets';
 import { secretScanner } from './secretScan';
@@ -294,10 +294,10 @@ export async function runFaultScenario(
   process.on('exit', killAll);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  let rt: Runtime | undefined;
+  let rt: AppServices | undefined;
   try {
     const settings = appSettings(services, scaleSettings(scale));
-    rt = createRuntime(settings, { logger: createLogger({ level: 'error', write: () => {} }) });
+    rt = createAppServices(settings, { logger: createLogger({ level: 'error', write: () => {} }) });
     await rt.storage.ensureResources();
     return await runOn(sandbox, rt, settings, scale, children, options);
   } finally {
@@ -312,7 +312,7 @@ export async function runFaultScenario(
 
 async function runOn(
   sandbox: Sandbox,
-  rt: Runtime,
+  rt: AppServices,
   settings: Record<string, string>,
   scale: FaultScale,
   children: Set<ChildProcess>,

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createLogger } from '../../src/logger';
 import { localTcpPorts } from './processSockets';
-import { createRuntime, type Runtime } from '../../src/appServices';
+import { createAppServices, type AppServices } from '../../src/appServices';
 import type { Sandbox } from '../../sandbox';
 
 const ROOT = path.resolve(__dirname, '../..');
@@ -120,7 +120,7 @@ export async function runPacingScenario(scenario: PacingScenario): Promise<Pacin
     MAIL_RATE_WINDOW_SECONDS: String(scenario.windowMs / 1000),
     MAIL_SEND_LEASE_SECONDS: String(recovery),
   };
-  const rt: Runtime = createRuntime(settings, { logger: createLogger({ level: 'warn', write: () => {} }) });
+  const rt: AppServices = createAppServices(settings, { logger: createLogger({ level: 'warn', write: () => {} }) });
   const workers: ChildProcess[] = [];
   const workerLogs: string[] = [];
   try {

@@ -1,10 +1,10 @@
 /**
  * Test support: the app in process against a sandbox and an Azurite of its own (free ports, so suites run in
  * parallel). `startStack` is the setup the integration suites share: start both, build the app settings from them,
- * create the runtime with a sandbox mailer whose log lines are captured, and tear all of it down with one `close()`.
+ * create the app with a sandbox mailer whose log lines are captured, and tear all of it down with one `close()`.
  */
 import { startAzurite, type AzuriteInstance, type AzuriteOptions } from '../../dev/azurite';
-import { createRuntime, type Runtime, type RuntimeOptions } from '../../src/appServices';
+import { createAppServices, type AppServices, type AppServicesOptions } from '../../src/appServices';
 import type { Config } from '../../src/config';
 import { sandboxMailer, startSandbox, type Sandbox, type SandboxOptions, type TestMailer } from './sandboxMailer';
 
@@ -51,39 +51,39 @@ export function appSettings(services: Pick<Services, 'sandbox' | 'azurite'>, ove
   };
 }
 
-/** The app's runtime in this process, built from `settings`. */
-export interface StackRuntime {
-  /** The app settings the runtime was built from. */
+/** The app's app in this process, built from `settings`. */
+export interface StackApp {
+  /** The app settings the app was built from. */
   settings: Settings;
   config: Config;
-  runtime: Runtime;
-  /** The runtime's mailer: a sandbox mailer (client-secret) built from the same settings. */
+  app: AppServices;
+  /** The app's mailer: a sandbox mailer (client-secret) built from the same settings. */
   mailer: TestMailer;
-  /** Every log line of the runtime and its mailer, at debug level. */
+  /** Every log line of the app and its mailer, at debug level. */
   logs: string[];
-  /** Closes the runtime (its SMTP pool and telemetry). */
+  /** Closes the app (its SMTP pool and telemetry). */
   close(): Promise<void>;
 }
 
-export interface RuntimeStartOptions {
-  /** Delivery tuning (lease, attempts, back-off), as createRuntime takes it. */
-  delivery?: RuntimeOptions['delivery'];
+export interface AppStartOptions {
+  /** Delivery tuning (lease, attempts, back-off), as createAppServices takes it. */
+  delivery?: AppServicesOptions['delivery'];
 }
 
 /**
- * Builds the runtime against running `services` with `overrides` over {@link appSettings}, and creates its storage
- * resources. On a failure the runtime is closed again; the services are the caller's.
+ * Builds the app against running `services` with `overrides` over {@link appSettings}, and creates its storage
+ * resources. On a failure the app is closed again; the services are the caller's.
  */
-export async function startRuntime(
+export async function startApp(
   services: Pick<Services, 'sandbox' | 'azurite'>,
   overrides: Settings = {},
-  options: RuntimeStartOptions = {},
-): Promise<StackRuntime> {
+  options: AppStartOptions = {},
+): Promise<StackApp> {
   const settings = appSettings(services, overrides);
   const mailer = sandboxMailer(services.sandbox, 'client-secret', settings);
-  let runtime: Runtime;
+  let app: AppServices;
   try {
-    runtime = createRuntime(settings, {
+    app = createAppServices(settings, {
       mailer,
       logger: mailer.logger,
       ...(options.delivery ? { delivery: options.delivery } : {}),
@@ -93,35 +93,35 @@ export async function startRuntime(
     throw error;
   }
   try {
-    await runtime.storage.ensureResources();
+    await app.storage.ensureResources();
   } catch (error) {
-    await runtime.close();
+    await app.close();
     throw error;
   }
-  return { settings, config: runtime.config, runtime, mailer, logs: mailer.logs, close: () => runtime.close() };
+  return { settings, config: app.config, app, mailer, logs: mailer.logs, close: () => app.close() };
 }
 
 /** App settings for {@link startStack}; a function when they depend on what started (the tenant's domain, Azurite's ports). */
 export type StackOverrides = Settings | ((services: Services) => Settings | Promise<Settings>);
 
-export interface StackOptions extends ServicesOptions, RuntimeStartOptions {}
+export interface StackOptions extends ServicesOptions, AppStartOptions {}
 
-/** A sandbox, Azurite, and the app's runtime against both. */
-export interface Stack extends Services, StackRuntime {
-  /** Closes the runtime, then the sandbox and Azurite. */
+/** A sandbox, Azurite, and the app's app against both. */
+export interface Stack extends Services, StackApp {
+  /** Closes the app, then the sandbox and Azurite. */
   close(): Promise<void>;
 }
 
 /**
- * Starts a sandbox and Azurite, and the app's runtime against them with `overrides` over their settings. Whatever
+ * Starts a sandbox and Azurite, and the app's app against them with `overrides` over their settings. Whatever
  * started is closed again if a later step fails.
  */
 export async function startStack(overrides: StackOverrides = {}, options: StackOptions = {}): Promise<Stack> {
   const services = await startServices(options);
-  let app: StackRuntime;
+  let app: StackApp;
   try {
     const settings = typeof overrides === 'function' ? await overrides(services) : overrides;
-    app = await startRuntime(services, settings, options);
+    app = await startApp(services, settings, options);
   } catch (error) {
     await services.close();
     throw error;

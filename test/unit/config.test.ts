@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, SETTING_NAMES, loadConfig, readSettings } from '../../src/config';
-import { createRuntime } from '../../src/appServices';
+import { createAppServices } from '../../src/appServices';
 
 const tempDirs: string[] = [];
 function tempDir(): string {
@@ -159,11 +159,11 @@ describe('a settings error never echoes a value that could be a secret', () => {
   ]);
   const runtimeBase = { ...base, AzureWebJobsStorage: 'UseDevelopmentStorage=true' };
 
-  /** The ConfigError message createRuntime (loadConfig, then the storage settings) throws for `env`, if any. */
+  /** The ConfigError message createAppServices (loadConfig, then the storage settings) throws for `env`, if any. */
   async function settingsError(env: Record<string, string | undefined>): Promise<string | undefined> {
     let rt;
     try {
-      rt = createRuntime(env);
+      rt = createAppServices(env);
     } catch (error) {
       expect(error).toBeInstanceOf(ConfigError);
       return (error as ConfigError).message;

@@ -18,7 +18,7 @@ import { silentLogger } from '../../src/logger';
 import { isMessageId } from '../../src/outbox/messageIds';
 import { Redactor } from '../../src/redact';
 import { encodeOutboxMessage, parseOutboxMessage } from '../../src/outbox/outboxQueue';
-import type { Runtime } from '../../src/appServices';
+import type { AppServices } from '../../src/appServices';
 import { templateBundle } from '../../src/templates/templateBundle';
 import { MAX_SUBJECT_CHARS } from '../../src/message';
 import { foldSubject, TemplateRenderer } from '../../src/templates/templateRenderer';
@@ -108,7 +108,7 @@ describe('TemplateRenderer.render and subject folding', () => {
 });
 
 describe('GET /api/templates/{name}/preview?data=', () => {
-  const rt = { renderer, logger: silentLogger, redactor: new Redactor() } as unknown as Runtime;
+  const rt = { renderer, logger: silentLogger, redactor: new Redactor() } as unknown as AppServices;
   const preview = (name: string, query: string) => {
     const url = `http://127.0.0.1:7071/api/templates/${encodeURIComponent(name)}/preview${query}`;
     const request: ApiRequest = {
