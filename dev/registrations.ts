@@ -11,7 +11,7 @@ interface Common {
   callback: FunctionCallback;
 }
 
-/** One registered function, normalised once at load (STYLE.md: option shapes are normalised at registration). */
+/** One registered function, normalised once at load. */
 export type DevFunction =
   | (Common & { kind: 'http'; route: string; methods: string[]; authLevel: AuthLevel })
   | (Common & { kind: 'queue'; queueName: string; connection: string })
