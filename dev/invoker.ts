@@ -131,7 +131,7 @@ export class Invoker {
     };
     coreCtx.state = 'postInvocationHooks';
     await this.#runHooks('postInvocation', post);
-    coreCtx.state = undefined;
+    delete coreCtx.state;
     const elapsed = Date.now() - started;
     if (post.error !== undefined && post.error !== null) {
       const reason = post.error instanceof Error ? (post.error.stack ?? post.error.message) : format(post.error);

@@ -80,8 +80,8 @@ export interface KeyVaultServer {
 interface StoredVersion {
   version: string;
   value: string;
-  contentType?: string;
-  tags?: Record<string, string>;
+  contentType?: string | undefined;
+  tags?: Record<string, string> | undefined;
   enabled: boolean;
   created: number;
   updated: number;

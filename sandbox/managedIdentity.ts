@@ -30,7 +30,7 @@ export interface ManagedIdentityRequestRecord {
   time: Date;
   resource: string;
   /** The user-assigned identity asked for (`client_id`, `object_id` or `mi_res_id`), or undefined for system-assigned. */
-  identity?: string;
+  identity?: string | undefined;
   apiVersion: string;
   status: number;
   error?: string;

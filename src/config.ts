@@ -161,7 +161,7 @@ interface OAuthSettings {
 export type AuthConfig =
   | ({ mode: 'client-secret'; keyVaultUrl: string; clientSecretName: string } & OAuthSettings)
   | ({ mode: 'client-certificate'; keyVaultUrl: string; clientCertName: string } & OAuthSettings)
-  | ({ mode: 'federated-identity'; managedIdentityClientId?: string } & OAuthSettings)
+  | ({ mode: 'federated-identity'; managedIdentityClientId?: string | undefined } & OAuthSettings)
   | { mode: 'basic'; keyVaultUrl: string; passwordSecretName: string };
 
 export interface Config {
@@ -173,8 +173,8 @@ export interface Config {
   authorityHost: string;
   smtp: { host: string; port: number };
   /** PEM of MAIL_TLS_CA_FILE, trusted in addition to the system roots. */
-  extraCaPem?: string;
-  extraCaFile?: string;
+  extraCaPem?: string | undefined;
+  extraCaFile?: string | undefined;
   limits: {
     ratePerMinute: number;
     maxConnections: number;
@@ -194,11 +194,11 @@ export interface Config {
   retryBackoffSeconds: number;
   /** MAIL_RETENTION_DAYS: records, keys, payloads and batches are deleted this long after their final state. */
   retentionMs: number;
-  storageConnection?: string;
-  appInsightsConnectionString?: string;
+  storageConnection?: string | undefined;
+  appInsightsConnectionString?: string | undefined;
   /** APPLICATIONINSIGHTS_AUTHENTICATION_STRING: send telemetry with a managed identity token (local auth off). */
-  appInsightsAuthenticationString?: string;
-  managedIdentityClientId?: string;
+  appInsightsAuthenticationString?: string | undefined;
+  managedIdentityClientId?: string | undefined;
 }
 
 export const BASIC_AUTH_DEPRECATION =

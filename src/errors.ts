@@ -216,14 +216,20 @@ export class MailError extends Error {
   override readonly name = 'MailError';
   readonly code: MailErrorCode;
   readonly transient: boolean;
-  readonly smtp?: SmtpReply;
+  readonly smtp: SmtpReply | undefined;
   readonly hint: string;
-  readonly details?: FieldProblem[];
+  readonly details: FieldProblem[] | undefined;
 
   constructor(
     code: MailErrorCode,
     message: string,
-    options: { cause?: unknown; smtp?: SmtpReply; hint?: string; transient?: boolean; details?: FieldProblem[] } = {},
+    options: {
+      cause?: unknown;
+      smtp?: SmtpReply | undefined;
+      hint?: string;
+      transient?: boolean;
+      details?: FieldProblem[] | undefined;
+    } = {},
   ) {
     super(message, { cause: options.cause });
     this.code = code;

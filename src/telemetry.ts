@@ -105,15 +105,15 @@ export interface Telemetry {
 
 export interface TelemetryOptions {
   /** APPLICATIONINSIGHTS_CONNECTION_STRING. Absent or empty: a no-op Telemetry that loads nothing. */
-  connectionString?: string;
+  connectionString?: string | undefined;
   /**
    * APPLICATIONINSIGHTS_AUTHENTICATION_STRING: `Authorization=AAD` (system-assigned identity) or
    * `Authorization=AAD;ClientId=<client id>` (user-assigned). Absent: the connection string alone authenticates,
    * which a resource with local authentication off refuses. See {@link parseAuthenticationString}.
    */
-  authenticationString?: string;
+  authenticationString?: string | undefined;
   /** An extra CA (PEM) to trust for the ingestion endpoint (the sandbox); verification stays on. */
-  extraCaPem?: string;
+  extraCaPem?: string | undefined;
   /** Cloud role name (`cloud_RoleName`); default `m365-mailer`. */
   roleName?: string;
   /** Cloud role instance (`cloud_RoleInstance`); default the exporter's (the host name). */
@@ -552,14 +552,15 @@ class ExportingTelemetry implements Telemetry {
       const { properties, measurements } = eventFields(props);
       const ids = correlation(props ?? {});
       const timestamp = Date.now();
-      this.enqueue((p) =>
+      this.enqueue((p) => {
+        const context = p.contextFor(ids);
         p.logger.emit({
           timestamp,
           body: { measurements },
           attributes: { [CUSTOM_EVENT_NAME_ATTRIBUTE]: name, ...properties },
-          context: p.contextFor(ids),
-        }),
-      );
+          ...(context ? { context } : {}),
+        });
+      });
     } catch (error) {
       this.report(error);
     }

@@ -83,7 +83,8 @@ async function sendWithin(
     if (state.timedOut) throw timeoutError();
     throw error;
   } finally {
-    request.abortSignal = outer;
+    if (outer) request.abortSignal = outer;
+    else delete request.abortSignal;
   }
   const body = response.readableStreamBody;
   if (!body || state.timedOut) {

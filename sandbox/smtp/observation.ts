@@ -33,7 +33,7 @@ export interface ExchangeSmtpSession {
   open: boolean;
   startedTls: boolean;
   /** Negotiated protocol, e.g. 'TLSv1.3'; undefined while in plaintext. */
-  tlsVersion?: string;
+  tlsVersion?: string | undefined;
   /** The client sent AUTH before STARTTLS (it was refused, but the credentials may have left in clear). */
   authBeforeTls: boolean;
   /** The authenticated mailbox. */
@@ -80,11 +80,11 @@ export interface ExchangeSmtpMessage {
 /** Any 4xx/5xx reply the server sent. */
 export interface ExchangeSmtpRejection {
   sessionId: string;
-  mailbox?: string;
+  mailbox?: string | undefined;
   /** The verb being answered ('CONNECT' for the greeting, 'DATA' for the end of the message). */
   command: string;
   code: number;
-  enhanced?: string;
+  enhanced?: string | undefined;
   text: string;
   at: number;
 }

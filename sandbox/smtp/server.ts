@@ -46,7 +46,7 @@ export interface ExchangeSmtpOptions {
   tenant: SandboxTenant;
   issuer: TokenIssuer;
   limits?: Partial<ExchangeSmtpLimits>;
-  clock?: Clock;
+  clock?: Clock | undefined;
   /** Host name in the greeting and diagnostics. */
   hostname?: string;
 }

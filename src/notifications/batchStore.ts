@@ -8,7 +8,7 @@ import {
   parseJsonProperty,
   presentFields,
 } from '../storage/entityFields';
-import { deleteEntity, insertValue, readEntity, replaceWithChanges } from '../storage/tableEntity';
+import { deleteEntity, insertValue, readEntity, replaceWithChanges, type Changes } from '../storage/tableEntity';
 
 export const BATCH_STATUSES = ['accepted', 'fanning-out', 'complete', 'failed'] as const;
 export type BatchStatus = (typeof BATCH_STATUSES)[number];
@@ -152,7 +152,7 @@ function fromEntity(entity: Entity & { etag: string }): StoredSummary {
 }
 
 /** The fields an update may change; `undefined` removes an optional field. */
-export type SummaryChanges = Partial<Omit<BatchSummary, 'batchId' | 'source' | 'createdAt'>>;
+export type SummaryChanges = Changes<Omit<BatchSummary, 'batchId' | 'source' | 'createdAt'>>;
 
 /** Reads and writes batch summaries. Every write but `create` is guarded by the summary's ETag. */
 export class BatchStore {

@@ -94,8 +94,8 @@ export interface DeliverDeps {
 
 export interface DeliveryContext {
   /** The queue trigger's dequeueCount (1 on first delivery); absent when delivering inline. */
-  dequeueCount?: number;
-  invocationId?: string;
+  dequeueCount?: number | undefined;
+  invocationId?: string | undefined;
   /** `?wait=true`: delivered in the accepting request, before its (held) queue message is due. */
   inline?: boolean;
 }
@@ -501,7 +501,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
  */
 async function markPoisoned(
   id: string,
-  context: { dequeueCount?: number },
+  context: { dequeueCount?: number | undefined },
   deps: Pick<DeliverDeps, 'status' | 'logger' | 'now' | 'telemetry'>,
 ): Promise<StoredRecord | undefined> {
   const logger = deps.logger ?? silentLogger;
@@ -556,7 +556,7 @@ export class Delivery {
   }
 
   /** Marks a message the host moved to `mail-outbox-poison` failed ("poison: …"), unless it has an outcome already. */
-  markPoisoned(id: string, context: { dequeueCount?: number } = {}): Promise<StoredRecord | undefined> {
+  markPoisoned(id: string, context: { dequeueCount?: number | undefined } = {}): Promise<StoredRecord | undefined> {
     return markPoisoned(id, context, this.deps);
   }
 

@@ -55,7 +55,7 @@ export interface OutboxDeps {
 export interface AcceptOptions {
   source: OutboxSource;
   /** The `Idempotency-Key` header, when the request had one. */
-  idempotencyKeyHeader?: string | null;
+  idempotencyKeyHeader?: string | null | undefined;
   batchId?: string;
   /**
    * Keep the queue message invisible this long even when the message is due now: `?wait=true` delivers inline and

@@ -161,7 +161,7 @@ function content(body: ParsedBody, problems: FieldProblem[]): SendRequest['conte
  */
 export function parseSendRequest(
   body: unknown,
-  options: { now?: number; idempotencyKeyHeader?: string | null } = {},
+  options: { now?: number; idempotencyKeyHeader?: string | null | undefined } = {},
 ): SendRequest {
   const now = options.now ?? Date.now();
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {

@@ -9,7 +9,7 @@ import {
   parseJsonProperty,
   presentFields,
 } from '../storage/entityFields';
-import { deleteEntity, insertValue, readEntity, replaceWithChanges } from '../storage/tableEntity';
+import { deleteEntity, insertValue, readEntity, replaceWithChanges, type Changes } from '../storage/tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
 export type MailStatus = (typeof MAIL_STATUSES)[number];
@@ -230,7 +230,7 @@ function parseRefusals(text: string): Refusal[] {
 }
 
 /** The fields a transition may change; `undefined` removes an optional field. */
-export type RecordChanges = Partial<Omit<StatusRecord, 'id' | 'source' | 'createdAt' | 'payloadHash'>>;
+export type RecordChanges = Changes<Omit<StatusRecord, 'id' | 'source' | 'createdAt' | 'payloadHash'>>;
 
 /** Reads and moves status records. Every method but `create` and `get` is guarded by the record's ETag. */
 export class StatusStore {

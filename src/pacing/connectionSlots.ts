@@ -26,7 +26,7 @@ export class ConnectionSlots {
   private readonly prefix: string;
   private readonly logger: Logger;
   private readonly renewEveryMs: number;
-  private ready?: Promise<void>;
+  private ready: Promise<void> | undefined;
 
   constructor(
     private readonly container: ContainerClient,

@@ -121,7 +121,7 @@ export class Pacer {
   private readonly partitionKey: string;
   private readonly now: () => number;
   /** Creates the table (once per process) before the first read. */
-  private readonly ensure?: () => Promise<void>;
+  private readonly ensure: (() => Promise<void>) | undefined;
 
   constructor(
     private readonly table: TableClient,

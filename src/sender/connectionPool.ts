@@ -33,7 +33,7 @@ export interface ConnectionPool {
 
 /** Without a shared cap: one nodemailer pool of MAIL_MAX_CONNECTIONS for the process. */
 export class ProcessPool implements ConnectionPool {
-  private transporter?: Transporter;
+  private transporter: Transporter | undefined;
   readonly heldSlots = 0;
 
   constructor(
@@ -76,7 +76,7 @@ interface Lane {
 /** Connections that exist only while this process holds one of the mailbox's connection slots. */
 export class SlotPool implements ConnectionPool {
   private readonly lanes: Lane[] = [];
-  private acquiring?: Promise<Lane | undefined>;
+  private acquiring: Promise<Lane | undefined> | undefined;
   private readonly logger: Logger;
 
   constructor(

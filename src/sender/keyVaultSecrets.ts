@@ -53,7 +53,7 @@ export class KeyVaultSecrets implements SecretSource {
     vaultUrl: string,
     credential: TokenCredential,
     private readonly options: {
-      extraCaPem?: string;
+      extraCaPem?: string | undefined;
       redactor?: Redactor;
       ttlMs?: number;
       now?: () => number;

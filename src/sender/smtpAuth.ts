@@ -117,7 +117,7 @@ function answeredStatus(error: unknown, depth = 0): number | undefined {
 /** MSAL client credentials for the three OAuth modes; one ConfidentialClientApplication per process and config. */
 class MsalAuthSource implements SmtpAuthSource {
   readonly mode: OAuthConfig['mode'];
-  private app?: Promise<ConfidentialClientApplication>;
+  private app: Promise<ConfidentialClientApplication> | undefined;
   private skipCacheNext = false;
   /** Set when a build timed out: its secret read may still hang in the SecretSource's cache, so read afresh. */
   private rereadSecret = false;

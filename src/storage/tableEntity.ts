@@ -74,10 +74,13 @@ export async function insertValue<T extends object>(
  * since it was read: the new value with its ETag, or undefined when the ETag no longer matches (412: re-read and
  * decide again). A replace, not a merge: a field the new value no longer has is not left behind.
  */
+/** Fields a write may change; a field given as `undefined` is removed. */
+export type Changes<T> = { [K in keyof T]?: T[K] | undefined };
+
 export async function replaceWithChanges<T extends object>(
   table: TableClient,
   current: T & { etag: string },
-  changes: Partial<T>,
+  changes: Changes<T>,
   toEntity: (value: T) => TableEntity,
 ): Promise<(T & { etag: string }) | undefined> {
   const { etag, ...rest } = current;

@@ -50,7 +50,7 @@ interface Upload {
 }
 
 interface Outcome {
-  status?: number;
+  status?: number | undefined;
   headers?: http.IncomingHttpHeaders;
   text: string;
   /** Body bytes the client wrote. */
@@ -117,7 +117,7 @@ function upload(spec: Upload): Promise<Outcome> {
 }
 
 interface RawOutcome {
-  status?: number;
+  status?: number | undefined;
   headers: Record<string, string>;
   text: string;
   sent: number;

@@ -97,11 +97,17 @@ function secrets(
   c: Config,
   bounds: { tryTimeoutMs?: number; readTimeoutMs?: number; credentialTryTimeoutMs?: number },
 ) {
-  return new KeyVaultSecrets(vaultUrl(c), createAzureCredential(c, { tryTimeoutMs: bounds.credentialTryTimeoutMs }), {
-    extraCaPem: c.extraCaPem,
-    ...(bounds.tryTimeoutMs !== undefined ? { tryTimeoutMs: bounds.tryTimeoutMs } : {}),
-    ...(bounds.readTimeoutMs !== undefined ? { readTimeoutMs: bounds.readTimeoutMs } : {}),
-  });
+  return new KeyVaultSecrets(
+    vaultUrl(c),
+    createAzureCredential(c, {
+      ...(bounds.credentialTryTimeoutMs !== undefined ? { tryTimeoutMs: bounds.credentialTryTimeoutMs } : {}),
+    }),
+    {
+      extraCaPem: c.extraCaPem,
+      ...(bounds.tryTimeoutMs !== undefined ? { tryTimeoutMs: bounds.tryTimeoutMs } : {}),
+      ...(bounds.readTimeoutMs !== undefined ? { readTimeoutMs: bounds.readTimeoutMs } : {}),
+    },
+  );
 }
 
 function expectTransient(error: unknown, code: MailError['code']): MailError {

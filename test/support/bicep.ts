@@ -149,7 +149,7 @@ export interface Declaration {
   /** Decorators before it, by name, with the raw tokens of their arguments. */
   decorators: Map<string, Token[]>;
   /** param/output: the declared type; resource: 'Type@apiVersion'; module: the path. */
-  typeOrPath?: string;
+  typeOrPath?: string | undefined;
   /** Whether it is `existing` (resources). */
   existing?: boolean;
   /** The tokens after `=` (the default, value or body); empty for a param without default. */
