@@ -5,7 +5,8 @@
  * `messageEncoding: "base64"` expects; plain JSON is read too.
  */
 import type { QueueClient } from '@azure/storage-queue';
-import { canonicalJsonIterative, inspectJson } from '../inputBounds';
+import { canonicalJsonIterative } from '../canonicalJson';
+import { inspectJson } from '../inputBounds';
 import { BATCH_ID } from './batchRequest';
 
 /** Never expire: a continuation must not vanish behind a long backlog (the default TTL is 7 days). */

@@ -2,9 +2,9 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { MailError, type FieldProblem } from '../errors';
-import { boundsProblem, canonicalJsonIterative, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from '../inputBounds';
+import { canonicalJson, canonicalJsonIterative } from '../canonicalJson';
+import { boundsProblem, capProblems, inspectJson, MAX_BATCH_JSON_VALUES } from '../inputBounds';
 import { addressSchema, MAX_SUBJECT_CHARS, type Address } from '../message';
-import { canonicalJson } from '../outbox/outbox';
 import { isAllowedFrom } from '../config';
 import { checkSendAt, IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY_CHARS, problemsOf } from '../outbox/sendRequest';
 import { TEMPLATE_NAME, templateDataProblems } from '../templates/templateRenderer';

@@ -1,7 +1,7 @@
 /**
  * Outbox message ids and where their status records live.
  *
- * - A single message (HTTP, digest) gets a UUIDv7: 48 bits of creation time in milliseconds first, so ids sort by
+ * - A single message (HTTP) gets a UUIDv7: 48 bits of creation time in milliseconds first, so ids sort by
  *   creation time as strings. Its record is the one row of partition `<id>`, and "every record created before T" is a
  *   PartitionKey range, which the retention timer reads without scanning the table.
  * - A message of a notification batch gets `<batchId>~<32 hex>`, the hex derived from the batch and the recipient's

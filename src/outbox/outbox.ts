@@ -15,6 +15,7 @@
  * 4. status record (`queued` or `scheduled`, `dueAt`) — written last, so that every record has its queue message:
  *    no timer has to look for records whose queue message went missing.
  */
+import { canonicalJson } from '../canonicalJson';
 import { createHash } from 'node:crypto';
 import { isAllowedFrom, type Config } from '../config';
 import { MailError } from '../errors';
@@ -69,17 +70,6 @@ export interface AcceptResult {
   record: StoredRecord;
   /** True when an earlier request with the same idempotency key and payload created the message. */
   replayed: boolean;
-}
-
-/** JSON with object keys sorted, so that equal requests hash equally whatever their key order. */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) =>
-    v && typeof v === 'object' && !Array.isArray(v) && !Buffer.isBuffer(v)
-      ? Object.fromEntries(
-          Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
-      : v,
-  );
 }
 
 /**
@@ -162,7 +152,7 @@ export class Outbox {
     return { message, ...(request.content.kind === 'template' ? { template: request.content.template } : {}) };
   }
 
-  /** Accepts an already validated request (the HTTP body, a notification recipient, a digest). */
+  /** Accepts an already validated request (the HTTP body, a notification recipient). */
   async acceptRequest(request: SendRequest, options: AcceptOptions): Promise<AcceptResult> {
     const { message, template } = this.render(request);
     const { storage, status, payloads } = this.deps;

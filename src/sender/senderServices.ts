@@ -1,4 +1,4 @@
-/** The composition root: builds the sender and everything it needs from one Config, once per process. */
+/** The sender's own composition: builds the sender and everything it needs (secrets, tokens, connection slots) from one Config, once per process. */
 import type { Config } from '../config';
 import type { ConnectionSlots } from '../pacing/connectionSlots';
 import { silentLogger, type Logger } from '../logger';

@@ -10,7 +10,7 @@ import { startAzurite, type AzuriteInstance } from '../../dev/azurite';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import { postNotifications } from '../../src/api/notificationsPost';
 import { runApi } from '../../src/api/runApi';
-import { canonicalJsonIterative } from '../../src/inputBounds';
+import { canonicalJsonIterative } from '../../src/canonicalJson';
 import { parseNotificationMessage } from '../../src/notifications/batchQueue';
 import { deriveBatchId, parseNotificationBatch, type BatchRules } from '../../src/notifications/batchRequest';
 import { silentLogger } from '../../src/logger';

@@ -13,7 +13,7 @@ import { runApi } from '../../src/api/runApi';
 import { previewTemplate } from '../../src/api/templatePreview';
 import { CliUsageError, parseSendCommand } from '../../src/cli';
 import { ConfigError, loadConfig } from '../../src/config';
-import { canonicalJsonIterative } from '../../src/inputBounds';
+import { canonicalJsonIterative } from '../../src/canonicalJson';
 import { silentLogger } from '../../src/logger';
 import { isMessageId } from '../../src/outbox/messageIds';
 import { Redactor } from '../../src/redact';
