@@ -265,7 +265,7 @@ describe('redelivery and duplicates', () => {
     const anonymous = encodeNotificationMessage(batchOf(['f', 'g', 'h'].map((x) => person(x))));
     const outcomes = await Promise.all([n.handleMessage(anonymous), n.handleMessage(anonymous)]);
     expect(outcomes.filter((o) => o.outcome === 'fanned-out')).toHaveLength(1);
-    const derived = outcomes[0]!.batchId;
+    const derived = outcomes[0].batchId;
 
     expect(await recordsOf(batchId)).toHaveLength(5);
     expect(await recordsOf(derived)).toHaveLength(3);

@@ -340,7 +340,7 @@ async function runOn(
     child.once('exit', () => children.delete(child));
     const log = new OutputLog();
     allLogs.push(log);
-    child.stderr!.on('data', (chunk: Buffer) => log.feed(chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => log.feed(chunk.toString()));
     return new Promise((resolve, reject) => {
       let out = '';
       const onData = (chunk: Buffer) => {
@@ -349,12 +349,12 @@ async function runOn(
         out += text;
         const line = out.split('\n').find((l) => l.includes('"event":"ready"'));
         if (!line) return;
-        child.stdout!.off('data', onData);
-        child.stdout!.on('data', (more: Buffer) => log.feed(more.toString()));
+        child.stdout.off('data', onData);
+        child.stdout.on('data', (more: Buffer) => log.feed(more.toString()));
         const ready = JSON.parse(line) as { url: string; pid: number };
         resolve({ slot, child, pid: ready.pid, url: ready.url, log });
       };
-      child.stdout!.on('data', onData);
+      child.stdout.on('data', onData);
       child.once('exit', (code, signal) =>
         reject(new Error(`instance ${slot} exited (${code ?? signal}) before it was ready: ${log.tail(3_000)}`)),
       );
