@@ -464,9 +464,9 @@ describe('pacing for the batch as a whole', () => {
     const calls: number[] = [];
     const startAt = Date.now() + 60_000;
     const intervalMs = 2_000;
-    const schedule: BatchSchedule = async (count) => {
+    const schedule: BatchSchedule = (count) => {
       calls.push(count);
-      return { startAt: startAt + (calls.length - 1) * 10_000, intervalMs };
+      return Promise.resolve({ startAt: startAt + (calls.length - 1) * 10_000, intervalMs });
     };
     const n = service({ chunkSize: 3, schedule });
     const batchId = newBatchId();
@@ -516,7 +516,7 @@ describe('pacing for the batch as a whole', () => {
 
   it('a batch sendAt later than the slots wins: every message is scheduled for sendAt', async () => {
     const sendAt = new Date(Date.now() + 5 * 60_000);
-    const n = service({ schedule: async () => ({ startAt: Date.now(), intervalMs: 1_000 }) });
+    const n = service({ schedule: () => Promise.resolve({ startAt: Date.now(), intervalMs: 1_000 }) });
     const batchId = newBatchId();
     await enqueue(batchOf([person('s0'), person('s1')], { batchId, sendAt: sendAt.toISOString() }));
     await pump(n);

@@ -269,7 +269,7 @@ describe('classified failures', () => {
     }
   });
 
-  it('too many recipients for the server → TOO_MANY_RECIPIENTS is caught before sending', async () => {
+  it('too many recipients for the server → TOO_MANY_RECIPIENTS is caught before sending', () => {
     const m = mailer('client-secret', { MAIL_MAX_RECIPIENTS: '2' });
     expect(() => message(m, { to: ['a@x.com', 'b@x.com', 'c@x.com'] })).toThrow(/at most 2 recipients/);
   });
