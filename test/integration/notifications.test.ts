@@ -392,7 +392,9 @@ describe('chunks and continuations', () => {
     // The inline batch was written to mail-batches (its fields and its chunks) before its continuation was enqueued.
     expect(await rt.storage.batches.getBlobClient(BatchBlobStore.headerBlobName(batchId)).exists()).toBe(true);
     const peeked = await rt.storage.notificationsQueue.peekMessages({ numberOfMessages: 32 });
-    const texts = peeked.peekedMessageItems.map((m) => JSON.parse(Buffer.from(m.messageText, 'base64').toString()));
+    const texts = peeked.peekedMessageItems.map(
+      (m) => JSON.parse(Buffer.from(m.messageText, 'base64').toString()) as unknown,
+    );
     expect(texts).toContainEqual({ batchId, offset: 3 });
     expect((await viewOf(n, batchId)).status).toBe('fanning-out');
 
