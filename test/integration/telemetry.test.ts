@@ -19,6 +19,7 @@ import { secretScanner } from '../support/secretScan';
 
 /** Every outbound socket this test process opens, so that "no host but the ingestion endpoint" is checked, not assumed. */
 const connections: string[] = [];
+// eslint-disable-next-line @typescript-eslint/unbound-method -- put back afterwards, and called with its socket (apply)
 const originalConnect = net.Socket.prototype.connect;
 
 let ca: CertificateAuthority;
