@@ -8,8 +8,10 @@ async function main(): Promise<void> {
   const entry = process.argv[2];
   if (!entry) throw new Error('usage: coldStartChild <entry>');
   const started = performance.now();
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const registrations = captureRegistrations(() => require(entry));
+  const registrations = captureRegistrations(() => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    require(entry);
+  });
   const imported = performance.now();
   const fn = registrations.functions
     .map((f) => normalise(f.metadata, f.callback, process.env))

@@ -136,6 +136,7 @@ export class Invoker {
     if (post.error !== undefined && post.error !== null) {
       const reason = post.error instanceof Error ? (post.error.stack ?? post.error.message) : format(post.error);
       this.log(fn.name, 'error', `Failed (Id=${invocationId}, Duration=${elapsed}ms)\n${reason}`);
+      // eslint-disable-next-line @typescript-eslint/only-throw-error -- the function's (or a hook's) error, unchanged, as the host rethrows it
       throw post.error;
     }
     this.log(fn.name, 'information', `Succeeded (Id=${invocationId}, Duration=${elapsed}ms)`);

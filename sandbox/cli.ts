@@ -70,8 +70,15 @@ async function main(): Promise<void> {
     await sandbox.close();
     process.exit(0);
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  // A signal handler's promise goes nowhere: report a failed close and exit instead of leaving it unhandled.
+  const onSignal = () => {
+    stop().catch((error: unknown) => {
+      process.stderr.write(`sandbox failed to stop: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 }
 
 main().catch((error: unknown) => {

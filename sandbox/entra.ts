@@ -268,7 +268,7 @@ export async function startEntra(options: EntraOptions): Promise<EntraServer> {
     let header: Record<string, unknown>;
     let claims: JWTPayload;
     try {
-      header = decodeProtectedHeader(assertion) as Record<string, unknown>;
+      header = decodeProtectedHeader(assertion);
       claims = decodeJwt(assertion);
     } catch {
       throw new AadstsError(50027);

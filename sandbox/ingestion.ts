@@ -132,6 +132,12 @@ function parseEnvelopes(text: string): unknown[] {
     .map((line) => JSON.parse(line) as unknown);
 }
 
+/** A JSON field as text: strings as they are, numbers and booleans written out, anything else (absent, null, an object) ''. */
+function text(value: unknown): string {
+  if (typeof value === 'string') return value;
+  return typeof value === 'number' || typeof value === 'boolean' ? String(value) : '';
+}
+
 function stringRecord(value: unknown): Record<string, string> {
   const out: Record<string, string> = {};
   if (value && typeof value === 'object') {
@@ -153,13 +159,13 @@ function toEnvelope(raw: unknown, path: string): CapturedEnvelope | undefined {
   const r = raw as Record<string, unknown>;
   const data = (r.data ?? {}) as Record<string, unknown>;
   return {
-    name: String(r.name ?? ''),
-    iKey: String(r.iKey ?? r.instrumentationKey ?? ''),
-    time: String(r.time ?? ''),
+    name: text(r.name),
+    iKey: text(r.iKey ?? r.instrumentationKey),
+    time: text(r.time),
     ...(typeof r.sampleRate === 'number' ? { sampleRate: r.sampleRate } : {}),
     tags: stringRecord(r.tags),
     data: {
-      baseType: String(data.baseType ?? ''),
+      baseType: text(data.baseType),
       baseData: (data.baseData && typeof data.baseData === 'object'
         ? data.baseData
         : {}) as CapturedEnvelope['data']['baseData'],
@@ -390,7 +396,7 @@ export async function startIngestionCapture(options: {
           : [];
         for (const p of points) {
           const metric: CapturedMetric = {
-            name: String(p.name ?? ''),
+            name: text(p.name),
             value: Number(p.value ?? 0),
             ...(typeof p.count === 'number' ? { count: p.count } : {}),
             ...(typeof p.min === 'number' ? { min: p.min } : {}),

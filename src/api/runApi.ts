@@ -3,7 +3,8 @@ import { getAppServices, type AppServices } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { errorResponse } from './errorResponse';
 
-export type ApiHandler = (request: ApiRequest, services: AppServices) => Promise<ApiResponse>;
+/** An API handler; one with nothing to wait for answers at once (runApi awaits either way, inside its try). */
+export type ApiHandler = (request: ApiRequest, services: AppServices) => ApiResponse | Promise<ApiResponse>;
 
 /** Never rejects: a failure becomes a 4xx/5xx answer (see errorResponse). */
 export async function runApi(

@@ -30,7 +30,7 @@ function previewData(request: ApiRequest, services: AppServices, name: string): 
 }
 
 /** Handles GET /api/templates/{name}/preview[?data=<json>][&format=html]. */
-export async function previewTemplate(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
+export function previewTemplate(request: ApiRequest, services: AppServices): ApiResponse {
   const name = request.params.name ?? '';
   if (!services.renderer.has(name)) {
     throw new MailError('NOT_FOUND', `No template named ${JSON.stringify(name.slice(0, 80))}`, {

@@ -126,7 +126,7 @@ function toEntity(summary: BatchSummary): Entity {
     ...(summary.error ? { error: clip(JSON.stringify(summary.error), PART_CHARS) } : {}),
     rejectionParts: count,
     ...parts,
-  } as Entity;
+  };
 }
 
 function fromEntity(entity: Entity & { etag: string }): StoredSummary {
@@ -185,7 +185,7 @@ export class BatchStore {
         batchId: e.batchId,
         createdAt: e.createdAt,
         rowKey: e.rowKey as string,
-        etag: e.etag as string,
+        etag: e.etag,
       }));
     }
   }

@@ -110,13 +110,14 @@ export class Fanout extends BatchLedger {
     const contentHash = batchContentHash(batch);
     let prepared: PreparedRecipient[] | undefined;
     const source: ChunkSource = {
-      chunk: async (offset) => {
+      // The batch is in memory: nothing to wait for.
+      chunk: (offset) => {
         prepared ??= prepareRecipients(batchId, batch.recipients);
-        return {
+        return Promise.resolve({
           fields: fieldsOf(batch),
           total: batch.recipients.length,
           recipients: prepared.slice(offset, offset + this.chunkSize),
-        };
+        });
       },
       store: () => {
         prepared ??= prepareRecipients(batchId, batch.recipients);

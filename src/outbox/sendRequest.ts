@@ -177,7 +177,7 @@ export function parseSendRequest(
     const problems = problemsOf(parsed.error);
     const more: FieldProblem[] = [];
     const raw = body as Record<string, unknown>;
-    content({ ...raw, template: typeof raw.template === 'string' ? raw.template : undefined } as ParsedBody, more);
+    content({ ...raw, template: typeof raw.template === 'string' ? raw.template : undefined }, more);
     if (typeof raw.sendAt === 'string') checkSendAt(raw.sendAt, now, more);
     const named = new Set(problems.map((p) => p.path));
     throw invalid([...problems, ...more.filter((p) => !named.has(p.path))]);

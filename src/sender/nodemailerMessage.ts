@@ -66,10 +66,11 @@ export function readSentInfo(info: SentInfo): {
   rejected: string[];
   refused: RefusedRecipient[];
 } {
-  const reply = String(info.response ?? '');
+  // nodemailer's SMTP transports give both as strings.
+  const reply = typeof info.response === 'string' ? info.response : '';
   const rejected = addressesOf(info.rejected);
   return {
-    messageId: String(info.messageId ?? ''),
+    messageId: typeof info.messageId === 'string' ? info.messageId : '',
     smtp: { code: Number(/^\d{3}/.exec(reply)?.[0] ?? 250), response: reply },
     accepted: addressesOf(info.accepted),
     rejected,

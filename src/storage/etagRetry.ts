@@ -30,7 +30,7 @@ export interface RaceRetry<T> {
 export async function retryLostRaces<T>({ maxRaces, attempt, exhausted, jitterMs }: RaceRetry<T>): Promise<T> {
   for (let race = 0; race < maxRaces; race++) {
     const result = await attempt(race);
-    if (result !== LOST_RACE) return result as T;
+    if (result !== LOST_RACE) return result;
     if (jitterMs) await new Promise((resolve) => setTimeout(resolve, Math.random() * jitterMs));
   }
   return exhausted();

@@ -484,7 +484,7 @@ function collectPaths(program: hbs.AST.Program): LocatedPath[] {
       const block = typed as hbs.AST.BlockStatement;
       visit(block.params, scopes);
       visit(block.hash, scopes);
-      const helper = block.path.type === 'PathExpression' ? (block.path as hbs.AST.PathExpression).original : '';
+      const helper = block.path.type === 'PathExpression' ? block.path.original : '';
       const param = block.params[0];
       const target = param?.type === 'PathExpression' ? resolve(param as hbs.AST.PathExpression, scopes) : undefined;
       // each and with change the context of their block; if, unless and the rest do not.

@@ -150,7 +150,7 @@ describe(`POST /api/messages over HTTP: the ${malformed.length} malformed reques
       headers: { 'content-type': 'application/json' },
       body,
       duplex: 'half',
-    } as RequestInit);
+    });
     const { error } = (await response.json()) as ErrorJson;
     expect([response.status, error.code, error.message]).toEqual([
       413,
@@ -178,7 +178,7 @@ describe(`POST /api/messages over HTTP: the ${malformed.length} malformed reques
         headers: { 'content-type': 'application/json' },
         body: endless,
         duplex: 'half',
-      } as RequestInit);
+      });
       const { error } = (await response.json()) as ErrorJson;
       expect([response.status, error.code]).toEqual([413, 'payload_too_large']);
       expect(error.message).toContain(`${MAX_REQUEST_BODY_BYTES} bytes`);

@@ -41,14 +41,16 @@ interface Outputs {
  */
 function captureProcessOutput(into: string[]): () => void {
   const streams = [process.stdout, process.stderr] as const;
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- kept only to be put back on the same stream
   const writes = streams.map((s) => s.write);
   const methods = ['log', 'info', 'warn', 'error', 'debug'] as const;
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- kept only to be put back on console
   const consoles = methods.map((m) => console[m]);
   for (const stream of streams) {
-    stream.write = ((chunk: string | Uint8Array) => {
+    stream.write = (chunk: string | Uint8Array) => {
       into.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
       return true;
-    }) as typeof stream.write;
+    };
   }
   for (const method of methods) console[method] = (...args: unknown[]) => void into.push(args.map(String).join(' '));
   return () => {

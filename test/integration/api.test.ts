@@ -142,7 +142,11 @@ describe('POST /api/messages and GET /api/messages/{id}', () => {
     const response = await call(postMessage, { body: valid, path: 'messages?code=secret-function-key' });
     expect(response.status).toBe(202);
     const body = response.jsonBody as { id: string; status: string; statusUrl: string };
-    expect(body).toEqual({ id: expect.any(String), status: 'queued', statusUrl: `${BASE}/messages/${body.id}` });
+    expect(body).toEqual({
+      id: expect.any(String) as unknown,
+      status: 'queued',
+      statusUrl: `${BASE}/messages/${body.id}`,
+    });
     expect(response.headers?.Location).toBe(body.statusUrl);
 
     const got = await call(getMessage, { method: 'GET', path: `messages/${body.id}`, params: { id: body.id } });
@@ -152,7 +156,7 @@ describe('POST /api/messages and GET /api/messages/{id}', () => {
       status: 'queued',
       source: 'http',
       attempts: 0,
-      createdAt: expect.any(String),
+      createdAt: expect.any(String) as unknown,
     });
   });
 
@@ -167,7 +171,7 @@ describe('POST /api/messages and GET /api/messages/{id}', () => {
     expect(conflict.status).toBe(409);
     expect(errorOf(conflict).error).toMatchObject({
       code: 'idempotency_conflict',
-      details: [{ path: 'idempotencyKey', message: expect.any(String) }],
+      details: [{ path: 'idempotencyKey', message: expect.any(String) as unknown }],
     });
   });
 
@@ -211,7 +215,7 @@ describe('POST /api/messages?wait=true', () => {
       status: 'sent',
       attempts: 1,
       messageId: body.messageId,
-      sentAt: expect.any(String),
+      sentAt: expect.any(String) as unknown,
     });
   });
 

@@ -141,7 +141,7 @@ describe('basic (app password)', () => {
     const rotated = `rotated-app-password-${Date.now()}`;
     mailbox().appPassword = rotated;
     sandbox.keyVault.setSecret('mail-password', rotated);
-    m.sender.close(); // a new connection logs in with the password read before the rotation (cached for 5 minutes)
+    await m.sender.close(); // a new connection logs in with the password read before the rotation (cached for 5 minutes)
     await m.sender.send(message(m, { subject: 'after rotation' }), { source: 'cli' });
 
     expect(sandbox.smtp.authAttempts.map((a) => [a.method, a.outcome])).toEqual([

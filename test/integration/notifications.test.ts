@@ -265,7 +265,7 @@ describe('redelivery and duplicates', () => {
     const anonymous = encodeNotificationMessage(batchOf(['f', 'g', 'h'].map((x) => person(x))));
     const outcomes = await Promise.all([n.handleMessage(anonymous), n.handleMessage(anonymous)]);
     expect(outcomes.filter((o) => o.outcome === 'fanned-out')).toHaveLength(1);
-    const derived = outcomes[0]!.batchId;
+    const derived = outcomes[0].batchId;
 
     expect(await recordsOf(batchId)).toHaveLength(5);
     expect(await recordsOf(derived)).toHaveLength(3);
@@ -392,7 +392,9 @@ describe('chunks and continuations', () => {
     // The inline batch was written to mail-batches (its fields and its chunks) before its continuation was enqueued.
     expect(await rt.storage.batches.getBlobClient(BatchBlobStore.headerBlobName(batchId)).exists()).toBe(true);
     const peeked = await rt.storage.notificationsQueue.peekMessages({ numberOfMessages: 32 });
-    const texts = peeked.peekedMessageItems.map((m) => JSON.parse(Buffer.from(m.messageText, 'base64').toString()));
+    const texts = peeked.peekedMessageItems.map(
+      (m) => JSON.parse(Buffer.from(m.messageText, 'base64').toString()) as unknown,
+    );
     expect(texts).toContainEqual({ batchId, offset: 3 });
     expect((await viewOf(n, batchId)).status).toBe('fanning-out');
 
@@ -464,9 +466,9 @@ describe('pacing for the batch as a whole', () => {
     const calls: number[] = [];
     const startAt = Date.now() + 60_000;
     const intervalMs = 2_000;
-    const schedule: BatchSchedule = async (count) => {
+    const schedule: BatchSchedule = (count) => {
       calls.push(count);
-      return { startAt: startAt + (calls.length - 1) * 10_000, intervalMs };
+      return Promise.resolve({ startAt: startAt + (calls.length - 1) * 10_000, intervalMs });
     };
     const n = service({ chunkSize: 3, schedule });
     const batchId = newBatchId();
@@ -516,7 +518,7 @@ describe('pacing for the batch as a whole', () => {
 
   it('a batch sendAt later than the slots wins: every message is scheduled for sendAt', async () => {
     const sendAt = new Date(Date.now() + 5 * 60_000);
-    const n = service({ schedule: async () => ({ startAt: Date.now(), intervalMs: 1_000 }) });
+    const n = service({ schedule: () => Promise.resolve({ startAt: Date.now(), intervalMs: 1_000 }) });
     const batchId = newBatchId();
     await enqueue(batchOf([person('s0'), person('s1')], { batchId, sendAt: sendAt.toISOString() }));
     await pump(n);

@@ -427,7 +427,7 @@ describe('delivery failures', () => {
   });
 
   it('SMTP AUTH disabled for the mailbox is permanent: failed with SMTP_AUTH_DISABLED', async () => {
-    mailer.sender.close(); // an authenticated pooled connection would outlive the switch
+    await mailer.sender.close(); // an authenticated pooled connection would outlive the switch
     sandbox.tenant.exchange.mailboxes.get(rt.config.sender)!.smtpAuthEnabled = false;
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     await drainOnce();
@@ -435,7 +435,7 @@ describe('delivery failures', () => {
     expect(failed.status).toBe('failed');
     expect(failed.error).toMatchObject({ code: 'SMTP_AUTH_DISABLED', transient: false });
     expect(failed.error?.hint).toContain('Set-CASMailbox');
-    mailer.sender.close();
+    await mailer.sender.close();
   });
 
   it('a deleted payload blob fails the message with PAYLOAD_MISSING instead of retrying forever', async () => {

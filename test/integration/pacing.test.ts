@@ -84,7 +84,7 @@ describe('send slots', () => {
     expect(afterBatch.kind === 'defer' && afterBatch.retryAt).toBeCloseTo(state.nextWakeAt, 3);
   });
 
-  it('a message never waits for its slot longer than half its sending lease', async () => {
+  it('a message never waits for its slot longer than half its sending lease', () => {
     const limits = { ratePerWindow: 30, rateWindowMs: 60_000, dailyRecipientLimit: 1_000, dailyWindowMs: 60_000 };
     expect(new Pacer(storage.pacingTable, nextMailbox(), limits).maxWaitMs).toBe(60_000);
     expect(new Pacer(storage.pacingTable, nextMailbox(), limits, { leaseMs: 30_000 }).maxWaitMs).toBe(15_000);

@@ -156,10 +156,10 @@ describe('the account key and IDENTITY_HEADER never leave the Functions app', ()
     const rt = createAppServices(settings);
     const lines: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array) => {
+    process.stderr.write = (chunk: string | Uint8Array) => {
       lines.push(String(chunk));
       return true;
-    }) as typeof process.stderr.write;
+    };
     try {
       rt.logger.warn(`storage unavailable: key ${accountKey} refused`, { header: identityHeader });
     } finally {

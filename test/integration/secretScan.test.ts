@@ -197,7 +197,7 @@ describe('planted leaks', () => {
         const wanted = ([] as LeakForm[]).concat(plant.form);
         if (!leaks.some((l) => l.label === needle.label && l.kind === needle.kind && wanted.includes(l.form))) {
           missed.push(
-            `${needle.kind} (${needle.label}) ${plant.name}: want ${plant.form}, got ${JSON.stringify(leaks.map((l) => l.form))}`,
+            `${needle.kind} (${needle.label}) ${plant.name}: want ${wanted.join(',')}, got ${JSON.stringify(leaks.map((l) => l.form))}`,
           );
         }
         // A report never repeats the secret it found.

@@ -269,7 +269,7 @@ describe('classified failures', () => {
     }
   });
 
-  it('too many recipients for the server → TOO_MANY_RECIPIENTS is caught before sending', async () => {
+  it('too many recipients for the server → TOO_MANY_RECIPIENTS is caught before sending', () => {
     const m = mailer('client-secret', { MAIL_MAX_RECIPIENTS: '2' });
     expect(() => message(m, { to: ['a@x.com', 'b@x.com', 'c@x.com'] })).toThrow(/at most 2 recipients/);
   });
@@ -341,7 +341,7 @@ describe('token lifecycle', () => {
     if (login.kind !== 'xoauth2') return;
     expect(login.fromCache).toBe(true);
     sandbox.issuer.revoke(decodeJwt(login.accessToken).jti as string);
-    m.sender.close(); // force a new connection, which presents the cached (revoked) token
+    await m.sender.close(); // force a new connection, which presents the cached (revoked) token
     const before = sandbox.entra.requests.length;
     await m.sender.send(message(m, { subject: 'after revocation' }), { source: 'cli' });
     expect(sandbox.entra.requests.length - before).toBe(1);
@@ -356,7 +356,7 @@ describe('token lifecycle', () => {
       const m = mailer();
       await m.sender.send(message(m), { source: 'cli' });
       await new Promise((r) => setTimeout(r, 2500));
-      m.sender.close();
+      await m.sender.close();
       await m.sender.send(message(m, { subject: 'later' }), { source: 'cli' });
       expect(sandbox.smtp.authAttempts.map((a) => a.outcome)).toEqual(['ok', 'ok']);
       expect(sandbox.smtp.messages).toHaveLength(2);
@@ -374,7 +374,7 @@ describe('token lifecycle', () => {
     sandbox.keyVault.setSecret('mail-client-secret', newSecret);
     try {
       m.auth.invalidate(); // as when the cached token expires
-      m.sender.close();
+      await m.sender.close();
       await m.sender.send(message(m, { subject: 'after rotation' }), { source: 'cli' });
       const last = sandbox.entra.requests.slice(-2);
       expect(last.map((r) => r.status)).toEqual([401, 200]);
@@ -396,7 +396,7 @@ describe('telemetry and secrets', () => {
       id: 'msg-telemetry',
     });
     sandbox.tenant.exchange.smtpAuthEnabled = false;
-    m.sender.close();
+    await m.sender.close();
     m.auth.invalidate();
     const error = await sendError(m);
     await m.telemetry.flush();

@@ -19,6 +19,7 @@ import { secretScanner } from '../support/secretScan';
 
 /** Every outbound socket this test process opens, so that "no host but the ingestion endpoint" is checked, not assumed. */
 const connections: string[] = [];
+// eslint-disable-next-line @typescript-eslint/unbound-method -- put back afterwards, and called with its socket (apply)
 const originalConnect = net.Socket.prototype.connect;
 
 let ca: CertificateAuthority;
@@ -40,7 +41,7 @@ beforeAll(async () => {
         : { port: Number(first) };
     connections.push(target.path ?? `${target.host ?? 'localhost'}:${target.port}`);
     return (originalConnect as (...a: unknown[]) => net.Socket).apply(this, args);
-  } as typeof net.Socket.prototype.connect;
+  };
   ca = createCertificateAuthority('telemetry test CA');
   capture = await startIngestionCapture({ ca });
 });
@@ -157,7 +158,7 @@ describe('custom events and the duration metric reach the ingestion endpoint', (
       password: 'hunter2-app-password',
       headers: { Authorization: 'Bearer abc.def.ghi' },
     };
-    t.trackEvent('MailSent', { id: 'leak-check', source: 'http', ...(secrets as object) } as MailEventProperties);
+    t.trackEvent('MailSent', { id: 'leak-check', source: 'http', ...(secrets as object) });
     // Allow-listed fields misused to carry an address or a token are replaced, not recorded.
     t.trackEvent('MailFailed', { id: 'someone@example.org', errorCode: secrets.token, batchId: 'ok-batch' });
     t.trackDuration(5, { source: 'http', outcome: 'sent', ...({ to: secrets.to } as object) });

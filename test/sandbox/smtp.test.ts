@@ -184,7 +184,7 @@ class RawSmtp {
     const reply = await this.command('STARTTLS');
     this.socket.removeAllListeners('data');
     const secure = tls.connect({
-      socket: this.socket as net.Socket,
+      socket: this.socket,
       ca: ca.certPem,
       servername: 'localhost',
       ...extra,

@@ -340,7 +340,7 @@ async function runOn(
     child.once('exit', () => children.delete(child));
     const log = new OutputLog();
     allLogs.push(log);
-    child.stderr!.on('data', (chunk: Buffer) => log.feed(chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => log.feed(chunk.toString()));
     return new Promise((resolve, reject) => {
       let out = '';
       const onData = (chunk: Buffer) => {
@@ -349,12 +349,12 @@ async function runOn(
         out += text;
         const line = out.split('\n').find((l) => l.includes('"event":"ready"'));
         if (!line) return;
-        child.stdout!.off('data', onData);
-        child.stdout!.on('data', (more: Buffer) => log.feed(more.toString()));
+        child.stdout.off('data', onData);
+        child.stdout.on('data', (more: Buffer) => log.feed(more.toString()));
         const ready = JSON.parse(line) as { url: string; pid: number };
         resolve({ slot, child, pid: ready.pid, url: ready.url, log });
       };
-      child.stdout!.on('data', onData);
+      child.stdout.on('data', onData);
       child.once('exit', (code, signal) =>
         reject(new Error(`instance ${slot} exited (${code ?? signal}) before it was ready: ${log.tail(3_000)}`)),
       );
@@ -444,10 +444,10 @@ async function runOn(
   let restartsDuringOutage = 0;
   let killing = true;
   /** A replacement that would not start: the run stops with it rather than carrying on short of an instance. */
-  let fleetError: unknown;
+  let fleetError: { error: unknown } | undefined;
   const killOne = async () => {
     if (!killing || kills.length >= scale.kills.max) return;
-    at(since() + scale.kills.everyMs, () => void killOne().catch((error: unknown) => (fleetError = error)));
+    at(since() + scale.kills.everyMs, () => void killOne().catch((error: unknown) => (fleetError = { error })));
     const slot = kills.length % scale.workers;
     const victim = workers[slot] ?? workers.find((w) => w !== undefined);
     if (!victim) return;
@@ -469,7 +469,7 @@ async function runOn(
     const ready = since();
     if (ready >= outage.from && ready < outage.to) restartsDuringOutage++;
   };
-  at(scale.kills.firstAtMs, () => void killOne().catch((error: unknown) => (fleetError = error)));
+  at(scale.kills.firstAtMs, () => void killOne().catch((error: unknown) => (fleetError = { error })));
 
   // --- Accept over HTTP ---------------------------------------------------------------------------------------
   const ids: string[] = [];
@@ -576,7 +576,7 @@ async function runOn(
     );
     acceptMs = since();
     await until(() => {
-      if (fleetError) throw fleetError;
+      if (fleetError) throw fleetError.error;
       return (counts.sent ?? 0) + (counts.failed ?? 0) >= acceptedCount || since() > scale.deadlineMs;
     });
     deadlineHit = (counts.sent ?? 0) + (counts.failed ?? 0) < acceptedCount;

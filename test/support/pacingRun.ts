@@ -73,17 +73,17 @@ function spawnWorker(
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   track(child);
-  child.stderr!.on('data', (chunk: Buffer) => logs.push(chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => logs.push(chunk.toString()));
   return new Promise((resolve, reject) => {
     let out = '';
     const onData = (chunk: Buffer) => {
       out += chunk.toString();
       if (out.includes('"event":"ready"')) {
-        child.stdout!.off('data', onData);
+        child.stdout.off('data', onData);
         resolve(child);
       }
     };
-    child.stdout!.on('data', onData);
+    child.stdout.on('data', onData);
     child.once('exit', (code) => reject(new Error(`worker exited with ${code} before it was ready: ${logs.join('')}`)));
   });
 }

@@ -6,9 +6,9 @@ describe('retryLostRaces', () => {
     const seen: number[] = [];
     const result = await retryLostRaces({
       maxRaces: 5,
-      attempt: async (race) => {
+      attempt: (race) => {
         seen.push(race);
-        return race < 2 ? LOST_RACE : `won at ${race}`;
+        return Promise.resolve(race < 2 ? LOST_RACE : `won at ${race}`);
       },
       exhausted: () => 'exhausted',
     });
@@ -18,9 +18,9 @@ describe('retryLostRaces', () => {
 
   it('gives up after maxRaces lost races with what exhausted gives, or its error', async () => {
     let attempts = 0;
-    const lose = async (): Promise<typeof LOST_RACE> => {
+    const lose = (): Promise<typeof LOST_RACE> => {
       attempts++;
-      return LOST_RACE;
+      return Promise.resolve(LOST_RACE);
     };
     expect(await retryLostRaces({ maxRaces: 3, attempt: lose, exhausted: () => 'fallback' })).toBe('fallback');
     expect(attempts).toBe(3);
@@ -41,9 +41,9 @@ describe('retryLostRaces', () => {
     await expect(
       retryLostRaces({
         maxRaces: 5,
-        attempt: async () => {
+        attempt: () => {
           attempts++;
-          throw new Error('storage failed');
+          return Promise.reject(new Error('storage failed'));
         },
         exhausted: () => undefined,
       }),
@@ -55,9 +55,9 @@ describe('retryLostRaces', () => {
     let attempts = 0;
     const result = await retryLostRaces({
       maxRaces: 5,
-      attempt: async () => {
+      attempt: () => {
         attempts++;
-        return undefined;
+        return Promise.resolve(undefined);
       },
       exhausted: () => 'exhausted',
     });

@@ -295,7 +295,9 @@ describe('storage, roles and retention match the code', () => {
   });
 
   it('every queue a registered trigger listens on is created, on the identity-based AzureWebJobsStorage connection', () => {
-    const registrations = captureRegistrations(() => tsxRequire(path.join(ROOT, 'functions/index.ts'), __filename));
+    const registrations = captureRegistrations(() => {
+      tsxRequire(path.join(ROOT, 'functions/index.ts'), __filename);
+    });
     const functions = registrations.functions.map((f) => normalise(f.metadata, f.callback, process.env));
     const queues = functions.flatMap((f) => (f.kind === 'queue' ? [f] : []));
     expect(queues.length).toBeGreaterThanOrEqual(4);

@@ -279,7 +279,7 @@ describe('the link helper', () => {
   ])('refuses %j as a 400 naming the data field', (url) => {
     const error = thrown(() => renderer.render('notification', notification(url)));
     expect(error.code).toBe('INVALID_MESSAGE');
-    expect(error.details).toEqual([{ path: 'data.action.url', message: expect.stringMatching(/URL/) }]);
+    expect(error.details).toEqual([{ path: 'data.action.url', message: expect.stringMatching(/URL/) as unknown }]);
   });
 
   it("names the field passed through a partial's hash, and a missing one as a missing variable", () => {
@@ -310,13 +310,17 @@ describe('bounds on the data and the subject', () => {
     const error = thrown(() =>
       renderer.render('notification', { title: 't', paragraphs: ['ok', 'p'.repeat(MAX_TEMPLATE_STRING_CHARS + 1)] }),
     );
-    expect(error.details).toEqual([{ path: 'data.paragraphs[1]', message: expect.stringMatching(/at most 65536/) }]);
+    expect(error.details).toEqual([
+      { path: 'data.paragraphs[1]', message: expect.stringMatching(/at most 65536/) as unknown },
+    ]);
   });
 
   it(`refuses data over ${MAX_TEMPLATE_DATA_CHARS} characters as JSON, naming data`, () => {
     const paragraphs = Array.from({ length: 5 }, () => 'p'.repeat(60_000));
     const error = thrown(() => renderer.render('notification', { title: 't', paragraphs }));
-    expect(error.details).toEqual([{ path: 'data', message: expect.stringMatching(/must not exceed 262144/) }]);
+    expect(error.details).toEqual([
+      { path: 'data', message: expect.stringMatching(/must not exceed 262144/) as unknown },
+    ]);
   });
 
   it('refuses data nested deeper than 32 levels, naming the field, before rendering', () => {
