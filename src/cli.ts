@@ -1,4 +1,4 @@
-/** The m365-mailer command line: `send` one message inline with the app's own settings. */
+/** The m365-mailer command line: `send` one message inline with the app's own settings, or run the `doctor`. */
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -8,6 +8,7 @@ import { createLogger } from './logger';
 import { createMailer } from './sender/senderServices';
 import { MAX_ATTACHMENTS, parseMessage, type MailMessage } from './message';
 import { Redactor, registerSecretSettings } from './redact';
+import { DOCTOR_USAGE, DoctorUsageError, parseDoctorArgs, runDoctorCommand } from './doctor/command';
 
 export const EXIT_OK = 0;
 export const EXIT_SEND_FAILED = 1;
@@ -17,10 +18,12 @@ const USAGE = `Usage:
   m365-mailer send --to <address> [--to …] [--cc …] [--bcc …] [--from <address>] [--reply-to <address>]
                    --subject <text> (--text <text> | --html <html> | --text-file F | --html-file F) [--attach FILE …]
                    [--header "X-Name: value" …] [--json]
+${DOCTOR_USAGE}
 
 Settings come from the environment and from local.settings.json "Values" in the current directory
 (never read when WEBSITE_INSTANCE_ID is set, i.e. in Azure).
-Exit status: 0 sent (250), 1 send failed (classified error and hint printed), 2 bad usage or settings.`;
+Exit status: 0 sent (250) or no check failed, 1 send failed (classified error and hint printed) or a check
+failed, 2 bad usage or settings.`;
 
 /** What the CLI writes; injectable so tests capture it. */
 export interface CliIo {
@@ -199,6 +202,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.stdout(`${USAGE}\n`);
     return command ? EXIT_OK : EXIT_USAGE;
   }
+  if (command === 'doctor') return runDoctorCli(rest, io);
   if (command !== 'send') {
     io.stderr(`Unknown command "${command}".\n${USAGE}\n`);
     return EXIT_USAGE;
@@ -262,4 +266,32 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   } finally {
     await mailer?.close().catch(() => {});
   }
+}
+
+/** `m365-mailer doctor`: every check, each printed as it completes; exit 1 when one failed, 2 for bad usage. */
+async function runDoctorCli(args: string[], io: CliIo): Promise<number> {
+  let command;
+  try {
+    command = parseDoctorArgs(args);
+  } catch (error) {
+    if (!(error instanceof DoctorUsageError)) throw error;
+    if (args.includes('--json'))
+      io.stdout(
+        JSON.stringify({ ok: false, error: { code: 'USAGE', option: error.option, message: error.message } }) + '\n',
+      );
+    else io.stderr(`m365-mailer doctor: ${error.message}\n\n${USAGE}\n`);
+    return EXIT_USAGE;
+  }
+  const redactor = new Redactor();
+  return runDoctorCommand(command, {
+    redactor,
+    write: (text) => io.stdout(text),
+    settings: () => {
+      const settings = readSettings(io.env, path.join(io.cwd, 'local.settings.json'));
+      registerSecretSettings(redactor, settings);
+      registerSecretSettings(redactor, process.env);
+      exportSettings(settings);
+      return settings;
+    },
+  });
 }

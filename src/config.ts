@@ -52,7 +52,7 @@ const isEmail = (value: string) => value.length <= MAX_ADDRESS_CHARS && isEmailA
  * `contoso.com`: letters, digits, dots and dashes, ending in a dot and a top-level domain of two or more letters.
  * Split at the last dot rather than matched as `[a-z0-9.-]+\.[a-z]{2,}`, whose two parts both take dots and letters.
  */
-function isDomain(value: string): boolean {
+export function isDomain(value: string): boolean {
   if (value.length > MAX_SETTING_CHARS || !DOMAIN_CHARS.test(value)) return false;
   const dot = value.lastIndexOf('.');
   return dot > 0 && TOP_LEVEL_DOMAIN.test(value.slice(dot + 1));
