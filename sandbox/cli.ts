@@ -1,6 +1,7 @@
 /** `npm run sandbox`: runs the local Microsoft 365 sandbox until Ctrl-C and writes the settings that point the app at it. */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { goodDomainRecords, startSandboxDns } from './dns';
 import { startSandbox } from './index';
 
 /** Marks a local.settings.json the sandbox may overwrite; a file without it belongs to the user. */
@@ -18,6 +19,8 @@ async function main(): Promise<void> {
   const dir = path.resolve('.sandbox');
   mkdirSync(dir, { recursive: true });
   const sandbox = await startSandbox({ dir });
+  // SPF, DKIM and DMARC for the sandbox's domain, for `m365-mailer doctor --dns` (the domain has none in public DNS).
+  const dns = await startSandboxDns(goodDomainRecords(sandbox.tenant.domain));
   const settings = {
     FUNCTIONS_WORKER_RUNTIME: 'node',
     AzureWebJobsStorage: 'UseDevelopmentStorage=true',
@@ -37,6 +40,7 @@ async function main(): Promise<void> {
   out(`  Managed identity ${sandbox.identity.endpoint}`);
   out(`  App Insights    ${sandbox.ingestion.url}`);
   out(`  Exchange SMTP   ${sandbox.smtp.host}:${sandbox.smtp.port} (STARTTLS, XOAUTH2)`);
+  out(`  DNS             ${dns.server} (SPF, DKIM, DMARC of ${sandbox.tenant.domain})`);
   out(`  Local CA        ${sandbox.caFile}`);
   out();
   out(
@@ -45,6 +49,7 @@ async function main(): Promise<void> {
       : 'Your local.settings.json was left alone; the sandbox settings are in .sandbox/local.settings.json. Export them, then:',
   );
   out(`  npx m365-mailer send --to someone@example.com --subject "Hello" --text "It works"`);
+  out(`  npx m365-mailer doctor --dns ${dns.server}`);
   out();
   out('Settings:');
   for (const [key, value] of Object.entries(settings)) out(`  ${key}=${value}`);
@@ -67,7 +72,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     out('Stopping sandbox…');
-    await sandbox.close();
+    await Promise.all([sandbox.close(), dns.close()]);
     process.exit(0);
   };
   // A signal handler's promise goes nowhere: report a failed close and exit instead of leaving it unhandled.

@@ -1,10 +1,15 @@
-/** `npm run demo`: starts the whole stack, sends through the HTTP API and the outbox, prints what Exchange and App Insights received, exits 0. */
+/**
+ * `npm run demo`: starts the whole stack, sends through the HTTP API and the outbox, prints what Exchange and App Insights
+ * received, then runs `m365-mailer doctor` against the sandbox with every check passing, and exits 0.
+ */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { startAzurite } from '../dev/azurite';
 import { startDevHost } from '../dev/host';
 import { startSandbox } from '../sandbox';
+import { goodDomainRecords, startSandboxDns } from '../sandbox/dns';
+import { runCli } from '../src/cli';
 
 const ROOT = path.resolve(__dirname, '..');
 const out = (line = '') => process.stdout.write(`${line}\n`);
@@ -64,6 +69,23 @@ async function main(): Promise<void> {
     out();
     out('Text part as sent:');
     for (const line of (received.parsed.text ?? '').split('\n').slice(0, 16)) out(`  | ${line}`);
+
+    // The doctor, as an operator would run it, with a loopback DNS server holding good SPF, DKIM and DMARC records
+    // for the sandbox's domain (contoso.test has none in public DNS).
+    const dns = await startSandboxDns(goodDomainRecords(sandbox.tenant.domain));
+    try {
+      out();
+      out(`m365-mailer doctor --dns ${dns.server}:`);
+      const code = await runCli(['doctor', '--dns', dns.server], {
+        stdout: (text) => process.stdout.write(text.replace(/^(?=.)/gm, '  ')),
+        stderr: (text) => process.stderr.write(text),
+        env: sandbox.settings(),
+        cwd: sandbox.dir,
+      });
+      if (code !== 0) throw new Error(`the doctor exited ${code}`);
+    } finally {
+      await dns.close();
+    }
   } finally {
     await host.stop();
     await Promise.all([sandbox.close(), azurite.stop()]);

@@ -1,5 +1,9 @@
 /** The doctor's pure parts: DNS record readers, JWT claims, clock verdicts, report formatting, argument parsing. */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { ERROR_CODES } from '../../src/errors';
+import { CHECK_NAMES } from '../../src/doctor/runDoctor';
 import { loadConfig } from '../../src/config';
 import { checkAuthMode } from '../../src/doctor/checks/authMode';
 import { judgeSkew } from '../../src/doctor/checks/clock';
@@ -216,5 +220,21 @@ describe('doctor arguments', () => {
     for (const ok of ['127.0.0.1', '127.0.0.1:53', '::1', '[::1]:5353']) expect(dnsServerProblem(ok)).toBeUndefined();
     for (const bad of ['localhost:53', '[::1', '[127.0.0.1]:53', '1.2.3.4:0', '1.2.3.4:x'])
       expect(dnsServerProblem(bad)).toBeDefined();
+  });
+});
+
+describe('docs', () => {
+  const read = (file: string) => readFileSync(path.join(__dirname, '../../docs', file), 'utf8');
+  it('troubleshooting.md maps every error code to a doctor check (or none) in its symptom table', () => {
+    const doc = read('troubleshooting.md');
+    const start = doc.indexOf('## Symptom → doctor check / error code');
+    const table = doc.slice(start, doc.indexOf('\n## ', start + 1));
+    expect(start).toBeGreaterThan(0);
+    for (const code of Object.keys(ERROR_CODES)) expect(table, code).toContain(`\`${code}\``);
+    for (const name of CHECK_NAMES) expect(table, name).toContain(`\`${name}\``);
+  });
+  it('doctor.md documents every check', () => {
+    const doc = read('doctor.md');
+    for (const name of CHECK_NAMES) expect(doc).toContain(`| \`${name}\` |`);
   });
 });

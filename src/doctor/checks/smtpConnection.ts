@@ -29,7 +29,12 @@ export async function checkSmtpDns(inputs: DoctorInputs, config: Config, state: 
     state.smtpAddresses = addresses;
     return result('smtp-dns', 'pass', `${host} resolves to ${addresses.slice(0, 4).join(', ')}`);
   } catch (error) {
-    return result('smtp-dns', 'fail', `${host} does not resolve: ${describeDnsError(error)}`, HOST_FIX);
+    return result(
+      'smtp-dns',
+      'fail',
+      `${host} does not resolve: ${describeDnsError(error)}: CONNECTION_FAILED`,
+      HOST_FIX,
+    );
   }
 }
 
