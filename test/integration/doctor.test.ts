@@ -3,6 +3,7 @@
  * server (sandbox/dns.ts): every check passing, then each one failing the way a real tenant does.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -84,6 +85,41 @@ async function closedPort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise((resolve) => server.close(resolve));
   return port;
+}
+
+/**
+ * A bare SMTP server on loopback that offers STARTTLS and then speaks TLS with `tlsOptions` (the sandbox CA's
+ * certificate unless given): for the TLS cases the sandbox does not cover (an old TLS version, an expired certificate).
+ */
+async function startTlsServer(tlsOptions: tls.TlsOptions): Promise<{ port: number; close(): Promise<void> }> {
+  const server = net.createServer((socket) => {
+    socket.on('error', () => {});
+    socket.write('220 test.local ESMTP\r\n');
+    let buffer = '';
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString('latin1');
+      for (let end = buffer.indexOf('\n'); end >= 0; end = buffer.indexOf('\n')) {
+        const line = buffer.slice(0, end).trim().toUpperCase();
+        buffer = buffer.slice(end + 1);
+        if (line.startsWith('EHLO')) socket.write('250-test.local\r\n250 STARTTLS\r\n');
+        else if (line === 'STARTTLS') {
+          socket.off('data', onData);
+          socket.write('220 2.0.0 SMTP server ready\r\n', () => {
+            const secure = new tls.TLSSocket(socket, { isServer: true, ...tlsOptions });
+            secure.on('error', () => {});
+            secure.on('data', () => secure.write('221 bye\r\n', () => secure.end()));
+          });
+          return;
+        } else socket.write('502 no\r\n');
+      }
+    };
+    socket.on('data', onData);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
 }
 
 describe('a healthy tenant', () => {
@@ -207,6 +243,47 @@ describe('smtp-starttls', () => {
     expect(run.byName['smtp-starttls']?.detail).toContain('TLS_CERTIFICATE');
     expect(run.byName['smtp-starttls']?.fix).toContain('MAIL_TLS_CA_FILE');
   });
+  it('fails a server that speaks only TLS 1.1 (TLS_VERSION)', async () => {
+    const cert = sandbox.ca.issueServer();
+    const server = await startTlsServer({
+      key: cert.keyPem,
+      cert: cert.certPem,
+      minVersion: 'TLSv1',
+      maxVersion: 'TLSv1.1',
+      ciphers: 'DEFAULT@SECLEVEL=0',
+    });
+    try {
+      const run = await doctor({ MAIL_SMTP_PORT: String(server.port) });
+      expect(run.byName['smtp-tcp']?.status).toBe('pass');
+      expect(run.byName['smtp-starttls']?.status).toBe('fail');
+      expect(run.byName['smtp-starttls']?.detail).toContain('TLS_VERSION');
+      expect(run.byName['smtp-starttls']?.fix).toContain('TLS 1.2 or later');
+    } finally {
+      await server.close();
+    }
+  });
+  it('fails a server whose certificate has expired (TLS_CERTIFICATE), and passes the same server with a valid one', async () => {
+    const day = 24 * 60 * 60 * 1000;
+    const expired = sandbox.ca.issueServer(undefined, {
+      notBefore: new Date(Date.now() - 30 * day),
+      notAfter: new Date(Date.now() - day),
+    });
+    const valid = sandbox.ca.issueServer();
+    const servers = await Promise.all([
+      startTlsServer({ key: expired.keyPem, cert: expired.certPem }),
+      startTlsServer({ key: valid.keyPem, cert: valid.certPem }),
+    ]);
+    try {
+      const bad = await doctor({ MAIL_SMTP_PORT: String(servers[0].port) });
+      expect(bad.byName['smtp-starttls']?.status).toBe('fail');
+      expect(bad.byName['smtp-starttls']?.detail).toContain('CERT_HAS_EXPIRED');
+      expect(bad.byName['smtp-starttls']?.detail).toContain('TLS_CERTIFICATE');
+      const good = await doctor({ MAIL_SMTP_PORT: String(servers[1].port) });
+      expect(good.byName['smtp-starttls']?.status).toBe('pass');
+    } finally {
+      await Promise.all(servers.map((server) => server.close()));
+    }
+  });
   it('fails when the certificate has expired by this machine’s clock', async () => {
     const run = await doctor({}, { now: minutes(60 * 24 * 400) });
     expect(run.byName['smtp-starttls']?.status).toBe('fail');
@@ -231,6 +308,13 @@ describe('key-vault', () => {
     expect(run.byName['key-vault']?.status).toBe('fail');
     expect(run.byName['key-vault']?.detail).toContain("404: no secret 'no-such-secret' (MAIL_CLIENT_SECRET_NAME)");
     expect(run.byName['key-vault']?.detail).toContain('KEY_VAULT_SECRET_NOT_FOUND');
+  });
+  it('reads the certificate secret in client-certificate mode', async () => {
+    const run = await doctor(sandbox.settings('client-certificate'));
+    expect(run.byName['key-vault']).toMatchObject({ status: 'pass' });
+    expect(run.byName['key-vault']?.detail).toContain("'mail-client-cert' (MAIL_CLIENT_CERT_NAME)");
+    expect(run.byName.token?.status).toBe('pass');
+    expect(run.byName['smtp-auth']?.status).toBe('pass');
   });
   it('is skipped for federated-identity, which reads no secret; the token still passes', async () => {
     const run = await doctor(sandbox.settings('federated-identity'));
