@@ -15,11 +15,24 @@ const LABELS: Record<CheckStatus, string> = { pass: 'PASS', warn: 'WARN', fail: 
 /** Width of the name column: the longest check name ('smtp-starttls'). */
 export const NAME_WIDTH = 13;
 
+/**
+ * `text` with every control character (C0, DEL, C1) shown as `\xNN`: details quote what servers sent (DNS TXT
+ * records, SMTP replies), which must not move the cursor or recolour the terminal.
+ */
+export function printable(text: string): string {
+  let out = '';
+  for (const char of text) {
+    const code = char.codePointAt(0) ?? 0;
+    out += code < 0x20 || (code >= 0x7f && code <= 0x9f) ? `\\x${code.toString(16).padStart(2, '0')}` : char;
+  }
+  return out;
+}
+
 /** One check as text: `FAIL  name           detail`, then each line of the fix as `Fix: …` (not for a pass). */
 export function formatCheck(result: CheckResult): string {
-  const lines = [`${LABELS[result.status]}  ${result.name.padEnd(NAME_WIDTH)}  ${result.detail}`];
+  const lines = [`${LABELS[result.status]}  ${result.name.padEnd(NAME_WIDTH)}  ${printable(result.detail)}`];
   if (result.fix && result.status !== 'pass') {
-    for (const line of result.fix.split('\n')) lines.push(`${' '.repeat(NAME_WIDTH + 8)}Fix: ${line}`);
+    for (const line of result.fix.split('\n')) lines.push(`${' '.repeat(NAME_WIDTH + 8)}Fix: ${printable(line)}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -184,6 +184,14 @@ describe('report', () => {
       ].join('\n'),
     );
   });
+  it('shows control characters from servers escaped, never raw', () => {
+    const text = formatText([
+      { name: 'spf', status: 'fail', detail: 'v=spf1 \u001b[31mred\r\nx\u009b', fix: 'a\u0007' },
+    ]);
+    expect(text).toContain('v=spf1 \\x1b[31mred\\x0d\\x0ax\\x9b');
+    expect(text).toContain('Fix: a\\x07');
+    expect(text.replaceAll('\n', '')).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
+  });
   it('gives one JSON object per check', () => {
     const lines = formatJson(results).trimEnd().split('\n');
     expect(lines.map((l) => JSON.parse(l) as unknown)).toEqual(results);
