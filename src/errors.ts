@@ -33,7 +33,7 @@ export const ERROR_CODES = {
   },
   AUTH_FAILED: {
     transient: false,
-    hint: 'Exchange refused the token (535 5.7.3). Register the Enterprise Application (not the App Registration) object id and grant the mailbox: New-ServicePrincipal -AppId <appid> -ObjectId <oid>; Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess. Also check SMTP.SendAsApp has admin consent.',
+    hint: 'Exchange refused the token (535 5.7.3). Register the Enterprise Application (not the App Registration) object id and grant the mailbox: New-ServicePrincipal -AppId <appid> -ObjectId <oid>; Add-MailboxPermission -Identity <MAIL_SENDER> -User <oid> -AccessRights FullAccess. Also check SMTP.SendAsApp has admin consent. `m365-mailer doctor` prints both lines filled in from the token.',
   },
   NOT_AUTHENTICATED: {
     transient: false,
