@@ -11,6 +11,7 @@ import './notificationsPost';
 import './notificationsGet';
 import './notificationsFanout';
 import './notificationsPoison';
+import './health';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
 app.hook.appTerminate(() => closeAppServices());

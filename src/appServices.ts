@@ -35,6 +35,8 @@ export interface AppServices {
   notifications: Notifications;
   /** The mailbox's shared pacing state (absent with MAIL_PACING=off). */
   pacer?: Pacer;
+  /** The mailbox's cross-instance SMTP connection cap (absent with MAIL_PACING=off); GET /api/health takes one too. */
+  slots?: ConnectionSlots;
   /** Deletes records, keys, payloads and batches past MAIL_RETENTION_DAYS (the retention timer). */
   retention: Retention;
   logger: Logger;
@@ -141,6 +143,7 @@ export function createAppServices(
     delivery,
     notifications,
     ...(pacer ? { pacer } : {}),
+    ...(slots ? { slots } : {}),
     retention,
     logger,
     redactor,

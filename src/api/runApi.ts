@@ -3,8 +3,14 @@ import { getAppServices, type AppServices } from '../appServices';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { errorResponse } from './errorResponse';
 
-/** An API handler; one with nothing to wait for answers at once (runApi awaits either way, inside its try). */
-export type ApiHandler = (request: ApiRequest, services: AppServices) => ApiResponse | Promise<ApiResponse>;
+/**
+ * An API handler; one with nothing to wait for answers at once (runApi awaits either way, inside its try).
+ * `withoutServices`, when present, answers when the AppServices cannot be built (bad settings) instead of the
+ * default 500 configuration_error: GET /api/health answers 503 with its settings check failed.
+ */
+export type ApiHandler = ((request: ApiRequest, services: AppServices) => ApiResponse | Promise<ApiResponse>) & {
+  withoutServices?: (error: unknown, request: ApiRequest) => ApiResponse;
+};
 
 /** Never rejects: a failure becomes a 4xx/5xx answer (see errorResponse). */
 export async function runApi(
@@ -16,7 +22,7 @@ export async function runApi(
   try {
     services = getServices();
   } catch (error) {
-    return errorResponse(error);
+    return handler.withoutServices?.(error, request) ?? errorResponse(error);
   }
   let response: ApiResponse;
   try {

@@ -1,4 +1,5 @@
 /** The doctor's report: one result per check (pass/warn/fail/skip), printed as lines or as JSON, and its exit status. */
+import type { MailErrorCode } from '../errors';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
 
@@ -8,6 +9,12 @@ export interface CheckResult {
   status: CheckStatus;
   detail: string;
   fix: string;
+  /**
+   * On a failure of the settings, key-vault, token or smtp-auth check: the app's error code (src/errors.ts), so that
+   * GET /api/health (src/health/) can report it without the detail, which names hosts, secrets' names and addresses.
+   * Not printed by the doctor (its detail already ends with it).
+   */
+  code?: MailErrorCode;
 }
 
 const LABELS: Record<CheckStatus, string> = { pass: 'PASS', warn: 'WARN', fail: 'FAIL', skip: 'SKIP' };

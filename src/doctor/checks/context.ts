@@ -1,5 +1,6 @@
 /** What the checks share: the inputs of the run, and what earlier checks found for the later ones. */
 import type { Config } from '../../config';
+import type { MailErrorCode } from '../../errors';
 import type { Redactor } from '../../redact';
 import type { SecretSource } from '../../sender/keyVaultSecrets';
 import type { SmtpAuthSource } from '../../sender/smtpAuth';
@@ -39,6 +40,12 @@ export const result = (name: string, status: CheckStatus, detail: string, fix = 
   status,
   detail,
   fix,
+});
+
+/** A failed check with the app's error code (see CheckResult.code). */
+export const failed = (name: string, code: MailErrorCode, detail: string, fix = ''): CheckResult => ({
+  ...result(name, 'fail', detail, fix),
+  code,
 });
 
 /** A check that did not run because one it depends on did not pass. */

@@ -7,7 +7,7 @@ import type { Config } from '../../config';
 import { MailError, ensureError } from '../../errors';
 import { createAzureCredential, KeyVaultSecrets } from '../../sender/keyVaultSecrets';
 import type { CheckResult } from '../report';
-import { result, type DoctorInputs, type DoctorState } from './context';
+import { failed, result, type DoctorInputs, type DoctorState } from './context';
 
 /** The Key Vault secret the mode reads, or undefined for federated-identity (which reads none). */
 export function secretNameOf(config: Config): { vault: string; name: string; setting: string } | undefined {
@@ -41,7 +41,7 @@ export async function checkKeyVault(inputs: DoctorInputs, config: Config, state:
         : error.code === 'KEY_VAULT_SECRET_NOT_FOUND'
           ? `404: no secret '${target.name}' (${target.setting}) in ${new URL(target.vault).host}`
           : `secret '${target.name}' could not be read`;
-    return result('key-vault', 'fail', `${what}: ${error.code}`, error.hint);
+    return failed('key-vault', error.code, `${what}: ${error.code}`, error.hint);
   }
   state.secrets = secrets;
   state.keyVaultOk = true;

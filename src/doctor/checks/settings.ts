@@ -2,16 +2,16 @@
 import { ConfigError, loadConfig } from '../../config';
 import { ensureError } from '../../errors';
 import type { CheckResult } from '../report';
-import { result, type DoctorInputs, type DoctorState } from './context';
+import { failed, result, type DoctorInputs, type DoctorState } from './context';
 
 export function checkSettings(inputs: DoctorInputs, state: DoctorState): CheckResult {
   try {
     state.config = loadConfig(inputs.settings());
   } catch (error) {
     const problems = error instanceof ConfigError ? error.problems : [ensureError(error).message];
-    return result(
+    return failed(
       'settings',
-      'fail',
+      'CONFIG_INVALID',
       `${problems.length} setting problem(s): ${problems.join('; ')}`,
       'Fix the app settings named above (local.settings.json "Values" locally, the Function App settings in Azure).',
     );

@@ -10,7 +10,7 @@ import type { SmtpAuthSource } from '../../sender/smtpAuth';
 import { createSmtpTransport, type AuthFailureMarker } from '../../sender/smtpTransport';
 import type { TokenClaims } from '../jwtClaims';
 import type { CheckResult } from '../report';
-import { result } from './context';
+import { failed, result } from './context';
 
 /** The commands that register the app in Exchange and give it the mailbox (after 535 5.7.3). Pure. */
 export function servicePrincipalFix(sender: string, claims: TokenClaims | undefined): string {
@@ -42,7 +42,7 @@ export async function checkSmtpAuth(
     const reply = error.smtp ? ` (${error.smtp.response.slice(0, 300)})` : '';
     const fix =
       error.code === 'AUTH_FAILED' && auth.mode !== 'basic' ? servicePrincipalFix(config.sender, claims) : error.hint;
-    return result('smtp-auth', 'fail', `${error.code}${reply}`, fix);
+    return failed('smtp-auth', error.code, `${error.code}${reply}`, fix);
   } finally {
     transport.close();
   }

@@ -9,7 +9,7 @@ import { trimTrailingSlashes } from '../../inputBounds';
 import { createSmtpAuthSource } from '../../sender/smtpAuth';
 import { readTokenClaims, type TokenClaims } from '../jwtClaims';
 import type { CheckResult } from '../report';
-import { result, type DoctorInputs, type DoctorState } from './context';
+import { failed, result, type DoctorInputs, type DoctorState } from './context';
 
 export const SEND_AS_APP_ROLE = 'SMTP.SendAsApp';
 
@@ -58,19 +58,25 @@ export async function checkToken(inputs: DoctorInputs, config: Config, state: Do
     accessToken = login.accessToken;
   } catch (thrown) {
     const error = thrown instanceof MailError ? thrown : new MailError('TOKEN_FAILED', ensureError(thrown).message);
-    return result('token', 'fail', `${error.code}: ${error.message.slice(0, 400)}`, error.hint);
+    return failed('token', error.code, `${error.code}: ${error.message.slice(0, 400)}`, error.hint);
   }
   state.auth = source;
   const claims = readTokenClaims(accessToken);
   if (!claims)
-    return result('token', 'fail', 'the access token is not a readable JWT', 'Read the AADSTS code in the message.');
+    return failed(
+      'token',
+      'TOKEN_FAILED',
+      'the access token is not a readable JWT',
+      'Read the AADSTS code in the message.',
+    );
   state.claims = claims;
   state.tokenOk = true;
   const problems = claimProblems(claims, { audience: auth.scope.replace(/\/\.default$/, ''), tenantId: auth.tenantId });
+  // Exchange would refuse such a token at AUTH (535 5.7.3): the code the send would fail with.
   if (problems.length)
-    return result(
+    return failed(
       'token',
-      'fail',
+      'AUTH_FAILED',
       `${problems.map((p) => p.problem).join('; ')} (${describeClaims(claims)})`,
       problems.map((p) => p.fix).join('\n'),
     );
