@@ -36,25 +36,38 @@ function answer(result: HealthResult): ApiResponse {
   return { status: healthy ? 200 : 503, headers: { 'Cache-Control': 'no-store' }, jsonBody: body };
 }
 
+/** Runs the checks (never rejects) and logs an unhealthy result once per run, with the codes only. */
+async function checkAndLog(services: AppServices, options: HealthHandlerOptions): Promise<HealthCheck[]> {
+  let checks: HealthCheck[];
+  try {
+    checks = await runHealthChecks({
+      config: services.config,
+      redactor: services.redactor,
+      slots: services.slots,
+      ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    });
+  } catch (error) {
+    const e = ensureError(error);
+    services.logger.error('health check failed unexpectedly', { name: e.name, error: e.message });
+    checks = HEALTH_CHECK_NAMES.map((name) =>
+      name === 'settings' ? { name, status: 'pass', detail: 'ok' } : { name, status: 'fail', detail: 'UNKNOWN' },
+    );
+  }
+  // Not per request: per check run, so the cache bounds these lines too. `m365-mailer doctor` prints the details.
+  const failed = checks.filter((c) => c.status === 'fail');
+  if (failed.length) {
+    services.logger.warn('health check unhealthy', { failed: failed.map((c) => `${c.name}: ${c.detail}`).join('; ') });
+  }
+  return checks;
+}
+
 /** A health handler with its own caches (one per AppServices: one per process in the app). */
 export function createHealthHandler(options: HealthHandlerOptions = {}): ApiHandler {
   const caches = new WeakMap<AppServices, HealthCache>();
   const cacheOf = (services: AppServices): HealthCache => {
     let cache = caches.get(services);
     if (!cache) {
-      const run = () =>
-        runHealthChecks({
-          config: services.config,
-          redactor: services.redactor,
-          slots: services.slots,
-          ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
-        }).catch((error: unknown): HealthCheck[] => {
-          const e = ensureError(error);
-          services.logger.error('health check failed unexpectedly', { name: e.name, error: e.message });
-          return HEALTH_CHECK_NAMES.map((name) =>
-            name === 'settings' ? { name, status: 'pass', detail: 'ok' } : { name, status: 'fail', detail: 'UNKNOWN' },
-          );
-        });
+      const run = () => checkAndLog(services, options);
       cache = new HealthCache(run, options);
       caches.set(services, cache);
     }

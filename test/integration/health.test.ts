@@ -104,6 +104,21 @@ describe('a healthy app', () => {
   });
 });
 
+describe('basic mode', () => {
+  it('passes with the token skipped and AUTH LOGIN', async () => {
+    const before = stack.sandbox.smtp.sessions.length;
+    const answer = await call(handler(), () => servicesWith(stack.sandbox.settings('basic')));
+    expect(answer.status).toBe(200);
+    expect(answer.byName.token).toEqual({
+      name: 'token',
+      status: 'skip',
+      detail: 'skipped: this auth mode uses no token',
+    });
+    expect(answer.byName.smtp?.status).toBe('pass');
+    expect(stack.sandbox.smtp.sessions.slice(before).map((s) => s.authMethod)).toEqual(['LOGIN']);
+  });
+});
+
 describe('a failing dependency answers 503 with that check failed and its code', () => {
   it('Key Vault 403: KEY_VAULT_FORBIDDEN, token and SMTP skipped', async () => {
     stack.sandbox.keyVault.faults.push({ kind: 'status', status: 403 });
@@ -227,6 +242,25 @@ describe('the connection cap', () => {
   });
 });
 
+describe('the connection slot during the session', () => {
+  it('is held while the SMTP session runs and only then', async () => {
+    const services = servicesWith({ MAIL_MAX_CONNECTIONS: '1' });
+    const slots = services.slots as NonNullable<AppServices['slots']>;
+    stack.sandbox.smtp.faults.delayMs = 300;
+    try {
+      const sessionsBefore = stack.sandbox.smtp.sessions.length;
+      const pending = call(handler(), () => services);
+      // Wait until the session has started, then look at the slot.
+      while (stack.sandbox.smtp.sessions.length === sessionsBefore) await new Promise((r) => setTimeout(r, 20));
+      expect(await slots.leasedCount()).toBe(1);
+      expect((await pending).byName.smtp?.status).toBe('pass');
+      expect(await slots.leasedCount()).toBe(0);
+    } finally {
+      stack.sandbox.smtp.faults.delayMs = 0;
+    }
+  });
+});
+
 describe('no secret and no setting value', () => {
   it('appears in any answer given above (healthy and every failing case)', () => {
     expect(answers.length).toBeGreaterThanOrEqual(15);
@@ -244,6 +278,9 @@ describe('no secret and no setting value', () => {
       { kind: 'claim', label: 'service principal oid', value: sandbox.tenant.app.servicePrincipalObjectId },
     ]);
     expect(scanner.findAll({ answers })).toEqual([]);
+    // The unhealthy results were logged (codes only): no secret there either.
+    expect(stack.logs.some((line) => line.includes('health check unhealthy'))).toBe(true);
+    expect(secretScanner(sandbox.secrets()).findAll({ logs: stack.logs })).toEqual([]);
     for (const text of answers) {
       expect(text).not.toContain(String(settings.MAIL_SMTP_PORT));
       expect(text).not.toMatch(/SMTP\.SendAsApp|roles=|aud=|tid=/);
