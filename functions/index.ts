@@ -11,6 +11,10 @@ import './notificationsPost';
 import './notificationsGet';
 import './notificationsFanout';
 import './notificationsPoison';
+import './unsubscribe';
+import './suppressionsGet';
+import './suppressionsPost';
+import './suppressionsDelete';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
 app.hook.appTerminate(() => closeAppServices());

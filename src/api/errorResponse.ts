@@ -14,6 +14,8 @@ const STATUS: Partial<Record<MailErrorCode, { status: number; code: string }>> =
   SENDER_NOT_ALLOWED: { status: 400, code: 'invalid_request' },
   TOO_MANY_RECIPIENTS: { status: 400, code: 'invalid_request' },
   MESSAGE_TOO_LARGE: { status: 400, code: 'invalid_request' },
+  UNSUBSCRIBE_NOT_CONFIGURED: { status: 400, code: 'unsubscribe_not_configured' },
+  UNSUBSCRIBE_TOKEN_INVALID: { status: 400, code: 'invalid_token' },
   NOT_FOUND: { status: 404, code: 'not_found' },
   IDEMPOTENCY_CONFLICT: { status: 409, code: 'idempotency_conflict' },
   PAYLOAD_TOO_LARGE: { status: 413, code: 'payload_too_large' },

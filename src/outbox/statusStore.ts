@@ -38,6 +38,8 @@ export interface StatusRecord {
   source: OutboxSource;
   batchId?: string;
   template?: string;
+  /** Bulk mail: the list it belongs to. Delivery checks the suppressions of this list before it sends. */
+  list?: string;
   attempts: number;
   createdAt: string;
   scheduledFor?: string;
@@ -148,6 +150,7 @@ type Entity = {
   payloadHash: string;
   batchId?: string;
   template?: string;
+  list?: string;
   scheduledFor?: string;
   sentAt?: string;
   messageId?: string;
@@ -176,6 +179,7 @@ const clip = (value: string) =>
 const OPTIONAL_FIELDS = [
   'batchId',
   'template',
+  'list',
   'scheduledFor',
   'sentAt',
   'messageId',
