@@ -34,6 +34,9 @@ export function buildUnsubscribeHeaders(options: {
   token: string;
 }): UnsubscribeHeaders {
   const mailto = encodeURIComponent(options.mailbox).replace(/%40/g, '@');
+  // Every part is validated already (the base URL, the mailbox, a base64url token); a line break would still start a
+  // header of its own, so it is refused here too rather than trusted.
+  if (/[\r\n]/.test(options.baseUrl + options.token)) throw new Error('A header value must not contain CR or LF');
   return {
     'List-Unsubscribe': `<${unsubscribeUrl(options.baseUrl, options.token)}>, <mailto:${mailto}?subject=unsubscribe%20${options.token}>`,
     'List-Unsubscribe-Post': 'List-Unsubscribe=One-Click',
