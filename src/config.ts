@@ -30,8 +30,11 @@ export const DEFAULT_RETENTION_DAYS = 30;
 
 /** The Key Vault secret holding the key that signs unsubscribe links, unless MAIL_UNSUBSCRIBE_KEY_NAME says otherwise. */
 export const DEFAULT_UNSUBSCRIBE_KEY_NAME = 'mail-unsubscribe-key';
-/** Key Vault secret names: 1 to 127 letters, digits and dashes. */
-const SECRET_NAME = /^[A-Za-z0-9-]{1,127}$/;
+/**
+ * The unsubscribe key's secret name: a Key Vault secret name (1 to 127 letters, digits and dashes) with room for the
+ * `-previous` of the key it replaced during a rotation.
+ */
+const UNSUBSCRIBE_KEY_NAME = /^[A-Za-z0-9-]{1,118}$/;
 
 /** Authority hosts of Microsoft's clouds; any other host is added to MSAL's knownAuthorities. */
 export const MICROSOFT_AUTHORITY_HOSTS = new Set([
@@ -81,7 +84,8 @@ const FIXES: Record<string, string> = {
   MAIL_TLS_CA_FILE: 'the path of a PEM file holding the extra CA certificate to trust',
   MAIL_UNSUBSCRIBE_BASE_URL:
     'the public https base URL of this app, without query or fragment, e.g. https://<app>.azurewebsites.net (http only for 127.0.0.1 or localhost)',
-  MAIL_UNSUBSCRIBE_KEY_NAME: 'the name of a Key Vault secret: 1 to 127 letters, digits and dashes',
+  MAIL_UNSUBSCRIBE_KEY_NAME:
+    'the name of a Key Vault secret: 1 to 118 letters, digits and dashes (the name + "-previous" must fit 127)',
 };
 
 /** A positive number setting: whole (a count) or not (seconds, days), with its default when unset. */
@@ -316,7 +320,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     }
   }
   const unsubscribeKeyName = s.MAIL_UNSUBSCRIBE_KEY_NAME ?? DEFAULT_UNSUBSCRIBE_KEY_NAME;
-  if (!matches(SECRET_NAME, unsubscribeKeyName)) invalid('MAIL_UNSUBSCRIBE_KEY_NAME');
+  if (!matches(UNSUBSCRIBE_KEY_NAME, unsubscribeKeyName)) invalid('MAIL_UNSUBSCRIBE_KEY_NAME');
 
   const smtpHost = s.MAIL_SMTP_HOST ?? DEFAULT_SMTP_HOST;
   if (!matches(DOMAIN_CHARS, smtpHost)) invalid('MAIL_SMTP_HOST');

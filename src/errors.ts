@@ -167,7 +167,7 @@ export const ERROR_CODES = {
   },
   UNSUBSCRIBE_TOKEN_INVALID: {
     transient: false,
-    hint: 'The unsubscribe link is malformed, was altered, has expired, or was signed with an unsubscribe key that has since been rotated. Use the link of a more recent message.',
+    hint: 'The unsubscribe link is malformed, was altered, has expired, or was signed with a key that is neither the current unsubscribe key nor the previous one (MAIL_UNSUBSCRIBE_KEY_NAME, <name>-previous). Use the link of a more recent message.',
   },
   UNKNOWN: { transient: true, hint: 'Unexpected error; the message is retried. Report it with the error id.' },
 } as const satisfies Record<string, { transient: boolean; hint: string }>;

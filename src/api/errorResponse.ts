@@ -21,6 +21,8 @@ const STATUS: Partial<Record<MailErrorCode, { status: number; code: string }>> =
   PAYLOAD_TOO_LARGE: { status: 413, code: 'payload_too_large' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, code: 'unsupported_media_type' },
   STORAGE_UNAVAILABLE: { status: 503, code: 'storage_unavailable' },
+  // The unsubscribe endpoints read their key from Key Vault: an outage there is retried like one of storage.
+  KEY_VAULT_UNAVAILABLE: { status: 503, code: 'key_vault_unavailable' },
 };
 
 /** A JSON error answer. */
@@ -53,7 +55,10 @@ export function errorResponse(thrown: unknown, logger: Logger = silentLogger): A
     }
     const mapped = STATUS[error.code];
     if (mapped) {
-      if (mapped.status === 503) logger.warn('storage unavailable', { error: ensureError(error.cause).message });
+      if (mapped.status === 503) {
+        const what = error.code === 'STORAGE_UNAVAILABLE' ? 'storage unavailable' : 'Key Vault unavailable';
+        logger.warn(what, { error: ensureError(error.cause).message });
+      }
       const response = errorBody(mapped.status, mapped.code, error.message, error.details ?? [], error.hint);
       if (mapped.status === 503) response.headers = { 'Retry-After': String(RETRY_AFTER_SECONDS) };
       return response;

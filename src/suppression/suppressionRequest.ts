@@ -22,9 +22,26 @@ function invalid(problems: FieldProblem[]): MailError {
   );
 }
 
+/** Control characters (CR and LF above all): an address holding one is no address, and storage refuses some. */
+const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+
+/** False for text with an unpaired surrogate (encodeURIComponent refuses exactly those). */
+function isWellFormed(text: string): boolean {
+  try {
+    encodeURIComponent(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const addressSchema = z
   .string({ error: 'address must be an email address string' })
   .max(MAX_ADDRESS_CHARS, { error: `address must be at most ${MAX_ADDRESS_CHARS} characters`, abort: true })
+  .refine((v) => !CONTROL_CHARS.test(v) && isWellFormed(v), {
+    error: 'address must not contain control characters or unpaired surrogates',
+    abort: true,
+  })
   .refine((v) => isEmailAddress(v.trim()), { error: 'address is not a valid email address' });
 
 const listSchema = z

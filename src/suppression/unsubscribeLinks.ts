@@ -5,6 +5,7 @@
  * batches today) calls the outbox with a list, and the outbox sets these headers; callers cannot give them.
  */
 import { MailError } from '../errors';
+import { SECRET_CACHE_TTL_MS } from '../sender/keyVaultSecrets';
 import type { Config } from '../config';
 import type { SecretSource } from '../sender/keyVaultSecrets';
 import {
@@ -20,6 +21,8 @@ import {
 export const UNSUBSCRIBE_PATH = '/api/unsubscribe';
 /** A shorter key is refused: HMAC-SHA256 wants at least 256 bits. */
 export const MIN_KEY_CHARS = 32;
+/** The secret holding the key a rotation replaced (`<MAIL_UNSUBSCRIBE_KEY_NAME>-previous`): its links stay valid. */
+export const PREVIOUS_KEY_SUFFIX = '-previous';
 
 /** The two headers of a bulk message. */
 export interface UnsubscribeHeaders {
@@ -58,6 +61,8 @@ export interface UnsubscribeLinksDeps {
 /** Signs and verifies unsubscribe tokens with the key in Key Vault. */
 export class UnsubscribeLinks {
   private readonly now: () => number;
+  /** The previous key, or its absence, for SECRET_CACHE_TTL_MS: a missing secret is not asked for on every request. */
+  private previous: { key: Promise<Buffer | undefined>; expiresAt: number } | undefined;
 
   constructor(private readonly deps: UnsubscribeLinksDeps) {
     this.now = deps.now ?? Date.now;
@@ -102,21 +107,40 @@ export class UnsubscribeLinks {
     // The cheap checks first, so that a hostile token costs no Key Vault read.
     const problem = tokenShapeProblem(token);
     if (problem !== undefined) throw invalidToken(problem);
-    return verifyUnsubscribeToken(token, await this.key(), this.now());
+    const [current, previous] = await Promise.all([this.key(), this.previousKey()]);
+    return verifyUnsubscribeToken(token, previous ? [current, previous] : [current], this.now());
   }
 
-  private async key(): Promise<Buffer> {
+  private async key(name = this.deps.config.unsubscribe.keyName): Promise<Buffer> {
     const secrets = this.deps.secrets;
-    if (!secrets)
+    if (!secrets) {
       throw new MailError('UNSUBSCRIBE_NOT_CONFIGURED', 'No MAIL_KEY_VAULT_URL to read the unsubscribe key from');
-    const { value } = await secrets.get(this.deps.config.unsubscribe.keyName);
+    }
+    const { value } = await secrets.get(name);
     if (value.length < MIN_KEY_CHARS) {
       throw new MailError(
         'UNSUBSCRIBE_NOT_CONFIGURED',
-        `The unsubscribe key (Key Vault secret ${this.deps.config.unsubscribe.keyName}) is shorter than ${MIN_KEY_CHARS} characters`,
+        `The unsubscribe key (Key Vault secret ${name}) is shorter than ${MIN_KEY_CHARS} characters`,
         { hint: 'Set the secret to at least 32 random bytes, base64-encoded: openssl rand -base64 48' },
       );
     }
     return Buffer.from(value, 'utf8');
+  }
+
+  /** The key the last rotation replaced, if its secret exists; the answer is kept SECRET_CACHE_TTL_MS either way. */
+  private previousKey(): Promise<Buffer | undefined> {
+    const at = this.now();
+    if (this.previous && this.previous.expiresAt > at) return this.previous.key;
+    const key = this.key(`${this.deps.config.unsubscribe.keyName}${PREVIOUS_KEY_SUFFIX}`).catch((error: unknown) => {
+      if (error instanceof MailError && error.code === 'KEY_VAULT_SECRET_NOT_FOUND') return undefined;
+      throw error;
+    });
+    const entry = { key, expiresAt: at + SECRET_CACHE_TTL_MS };
+    this.previous = entry;
+    // A failed read (the vault down) is not kept: the next request asks again.
+    key.catch(() => {
+      if (this.previous === entry) this.previous = undefined;
+    });
+    return key;
   }
 }

@@ -65,22 +65,29 @@ export function tokenShapeProblem(token: unknown): string | undefined {
 }
 
 /**
- * The claim of `token` if `key` signed it and it has not expired at `now`. Throws MailError UNSUBSCRIBE_TOKEN_INVALID
- * naming `t` otherwise; the message never quotes the token.
+ * The claim of `token` if one of `keys` signed it (the current key, then the previous one during a rotation) and it
+ * has not expired at `now`. Throws MailError UNSUBSCRIBE_TOKEN_INVALID naming `t` otherwise; the message never quotes
+ * the token.
  */
-export function verifyUnsubscribeToken(token: unknown, key: Buffer, now: number): UnsubscribeClaim {
+export function verifyUnsubscribeToken(
+  token: unknown,
+  keys: Buffer | readonly Buffer[],
+  now: number,
+): UnsubscribeClaim {
   const shape = tokenShapeProblem(token);
   if (shape !== undefined || typeof token !== 'string') return fail(shape ?? 'is not an unsubscribe token');
   const dot = token.indexOf('.');
   const payload = token.slice(0, dot);
-  const given = token.slice(dot + 1);
+  const presented = Buffer.from(token.slice(dot + 1), 'ascii');
   // The MAC's text, not its decoded bytes: base64url's last character has bits a decoder ignores, so comparing bytes
-  // would accept altered tokens. Both are MAC_CHARS ASCII characters (checked above).
-  const expected = Buffer.from(mac(key, payload).toString('base64url'), 'ascii');
-  const presented = Buffer.from(given, 'ascii');
-  if (presented.length !== expected.length || !timingSafeEqual(presented, expected)) {
-    return fail('was not issued by this app, or was altered');
+  // would accept altered tokens. Both are MAC_CHARS ASCII characters (checked above). Every key is tried, so the time
+  // taken does not tell which one matched.
+  let signed = false;
+  for (const key of Buffer.isBuffer(keys) ? [keys] : keys) {
+    const expected = Buffer.from(mac(key, payload).toString('base64url'), 'ascii');
+    if (presented.length === expected.length && timingSafeEqual(presented, expected)) signed = true;
   }
+  if (!signed) return fail('was not issued by this app, or was altered');
   // Signed by us: what follows only guards against our own older formats.
   const parts = Buffer.from(payload, 'base64url').toString('utf8').split('\n');
   const [version, expiry, list, address] = parts;

@@ -3,6 +3,7 @@
  * sandbox's Exchange received them, suppressed recipients at accept and at delivery, /api/suppressions, and
  * /api/unsubscribe with valid, altered, malformed and expired tokens.
  */
+import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ApiRequest, ApiResponse } from '../../src/api/apiTypes';
 import { getNotifications } from '../../src/api/notificationsGet';
@@ -310,6 +311,9 @@ describe('/api/suppressions', () => {
       [{ path: 'suppressions?continuation=%3Cscript%3E' }, listSuppressions, ['continuation']],
       [{ path: 'suppressions?continuation=bm90LWEtdG9rZW4' }, listSuppressions, ['continuation']],
       [{ method: 'DELETE', path: 'suppressions/x', params: { address: 'x\r\ny' } }, deleteSuppression, ['address']],
+      // Accepted by the address rule alone: a control character or an unpaired surrogate in the local part.
+      [json({ path: 'suppressions', json: { address: 'a\u0000b@example.com' } }), addSuppression, ['address']],
+      [json({ path: 'suppressions', json: { address: 'a\ud800b@example.com' } }), addSuppression, ['address']],
     ];
     for (const [spec, handler, expected] of cases) {
       const r = await call(handler, spec);
@@ -415,4 +419,68 @@ describe('/api/unsubscribe', () => {
     expect(needles.some((s) => s.value === key && s.label.includes(rt.config.unsubscribe.keyName))).toBe(true);
     expect(secretScanner(needles).findAll({ logs: stack.logs })).toEqual([]);
   });
+});
+
+describe('rotating the unsubscribe key', () => {
+  it('links signed with the key a rotation replaced stay valid while <name>-previous holds it, and only then', async () => {
+    const name = rt.config.unsubscribe.keyName;
+    const vault = stack.sandbox.keyVault;
+    const old = (await rt.mailer.secrets!.get(name)).value;
+    const address = fresh('rotated');
+    const list = freshList();
+    const oldToken = signUnsubscribeToken(
+      { address, list, expiresAt: Date.now() + 86_400_000 },
+      Buffer.from(old, 'utf8'),
+    );
+    const fresher = randomBytes(48).toString('base64');
+    vault.setSecret(`${name}-previous`, old);
+    vault.setSecret(name, fresher);
+    // Fresh apps: their Key Vault caches start empty.
+    const apps: StackApp[] = [];
+    try {
+      const rotated = await startApp(stack, { MAIL_PACING: 'off' });
+      apps.push(rotated);
+      const post = (t: string, app: AppServices) =>
+        call(unsubscribe, { method: 'POST', path: `unsubscribe?t=${t}` }, app);
+      const first = await post(oldToken, rotated.app);
+      expect(first.status, JSON.stringify(first.jsonBody)).toBe(200);
+      expect(await rt.suppressions.get(address, list)).toMatchObject({ address, list });
+      const newToken = signUnsubscribeToken(
+        { address: fresh('new'), list, expiresAt: Date.now() + 86_400_000 },
+        Buffer.from(fresher, 'utf8'),
+      );
+      expect((await post(newToken, rotated.app)).status).toBe(200);
+
+      // The previous key removed: its links are refused.
+      vault.deleteSecret(`${name}-previous`);
+      const later = await startApp(stack, { MAIL_PACING: 'off' });
+      apps.push(later);
+      const refused = await post(oldToken, later.app);
+      expect(refused.status).toBe(400);
+      expect(fields(refused)).toEqual(['t']);
+      expect((await post(newToken, later.app)).status).toBe(200);
+    } finally {
+      vault.setSecret(name, old);
+      for (const app of apps) await app.close();
+    }
+  });
+});
+
+describe('Key Vault down', () => {
+  it('an unsubscribe answers 503 with Retry-After (not a 500), and records nothing', async () => {
+    const closed = await startApp(stack, { MAIL_PACING: 'off', MAIL_KEY_VAULT_URL: 'https://127.0.0.1:1' });
+    try {
+      const key = await unsubscribeKey();
+      const address = fresh('vault-down');
+      const list = freshList();
+      const t = signUnsubscribeToken({ address, list, expiresAt: Date.now() + 86_400_000 }, key);
+      const r = await call(unsubscribe, { method: 'POST', path: `unsubscribe?t=${t}` }, closed.app);
+      expect(r.status).toBe(503);
+      expect(r.headers?.['Retry-After']).toBeDefined();
+      expect((r.jsonBody as ErrorJson).error.code).toBe('key_vault_unavailable');
+      expect(await rt.suppressions.get(address, list)).toBeUndefined();
+    } finally {
+      await closed.close();
+    }
+  }, 60_000);
 });

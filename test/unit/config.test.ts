@@ -334,6 +334,9 @@ describe('unsubscribe settings', () => {
       }).keyVaultUrl,
     ).toBe('https://v.vault.azure.net');
     expect(loadConfig({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'news-key-2' }).unsubscribe.keyName).toBe('news-key-2');
+    // Room for the rotation's "<name>-previous" within Key Vault's 127 characters.
+    expect(loadConfig({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'k'.repeat(118) }).unsubscribe.keyName).toHaveLength(118);
+    expect(problems({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'k'.repeat(119) })).toHaveLength(1);
     expect(problems({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'bad name/x' })).toEqual([
       expect.stringMatching(/^MAIL_UNSUBSCRIBE_KEY_NAME is invalid: the name of a Key Vault secret/),
     ]);

@@ -22,7 +22,7 @@ const valid = (address = 'someone@example.com', list = 'news', expiresAt = NOW +
   signUnsubscribeToken({ address, list, expiresAt }, KEY);
 
 /** Runs verify; returns the claim, or asserts the refusal is UNSUBSCRIBE_TOKEN_INVALID naming `t`. */
-function verifyOrRefuse(token: unknown, key = KEY, now = NOW) {
+function verifyOrRefuse(token: unknown, key: Buffer | readonly Buffer[] = KEY, now = NOW) {
   try {
     return verifyUnsubscribeToken(token, key, now);
   } catch (error) {
@@ -88,6 +88,19 @@ describe('signUnsubscribeToken / verifyUnsubscribeToken', () => {
       ),
       { numRuns: 500 },
     );
+  });
+
+  it('several keys (current and previous): a token signed with either is valid, with neither refused', () => {
+    const previous = Buffer.from('p'.repeat(48));
+    const other = Buffer.from('o'.repeat(48));
+    const byPrevious = signUnsubscribeToken(
+      { address: 'a@example.com', list: 'news', expiresAt: NOW + 1000 },
+      previous,
+    );
+    expect(verifyOrRefuse(byPrevious, [KEY, previous])?.address).toBe('a@example.com');
+    expect(verifyOrRefuse(valid(), [KEY, previous])?.address).toBe('someone@example.com');
+    expect(verifyOrRefuse(byPrevious, [KEY, other])).toBeUndefined();
+    expect(verifyOrRefuse(byPrevious, [])).toBeUndefined();
   });
 
   it('a payload re-signed by nobody (swapped between two tokens) is refused', () => {
