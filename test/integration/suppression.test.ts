@@ -413,11 +413,26 @@ describe('/api/unsubscribe', () => {
     expect(await rt.suppressions.get(address, list)).toBeUndefined();
   });
 
-  it('the unsubscribe key is read from Key Vault and never appears in the logs', async () => {
+  it('the unsubscribe key is read from Key Vault and never appears in the logs or telemetry', async () => {
     const key = (await unsubscribeKey()).toString('utf8');
+    const to = fresh('scanned');
+    expect((await submit(batch([to], { category: 'bulk' }))).status).toBe(202);
+    await pump();
+    await rt.mailer.telemetry.flush();
+    const telemetry = stack.sandbox.ingestion.items.map((item) => JSON.stringify(item));
+    expect(telemetry.length).toBeGreaterThan(0);
     const needles = stack.sandbox.secrets();
     expect(needles.some((s) => s.value === key && s.label.includes(rt.config.unsubscribe.keyName))).toBe(true);
-    expect(secretScanner(needles).findAll({ logs: stack.logs })).toEqual([]);
+    expect(secretScanner(needles).findAll({ logs: stack.logs, telemetry })).toEqual([]);
+    // Nor do the tokens of the links sent, or the addresses of bulk recipients, reach the telemetry.
+    const tokens = stack.sandbox.smtp.messages.flatMap((m) =>
+      [
+        ...(m.parsed.headers.find((h) => h.key === 'list-unsubscribe')?.value ?? '').matchAll(/t=([A-Za-z0-9_.-]+)>/g),
+      ].map((match) => match[1] as string),
+    );
+    expect(tokens).toHaveLength(1);
+    for (const token of tokens) expect(telemetry.join('\n')).not.toContain(token);
+    expect(telemetry.join('\n')).not.toContain(to);
   });
 });
 
