@@ -14,6 +14,10 @@
  *    poison queue, where it is dropped. The request was never answered 202, so nothing accepted is lost.
  * 4. status record (`queued` or `scheduled`, `dueAt`) — written last, so that every record has its queue message:
  *    no timer has to look for records whose queue message went missing.
+ *
+ * Bulk mail (accepted with a `list`) to a suppressed recipient skips 2 and 3: its record is written `suppressed`, a
+ * final state that needs neither payload nor queue message. Other bulk mail gets its List-Unsubscribe headers (a Key
+ * Vault read, cached) before 2.
  */
 import { canonicalJson } from '../canonicalJson';
 import { createHash } from 'node:crypto';
