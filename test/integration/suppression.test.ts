@@ -186,6 +186,26 @@ describe('List-Unsubscribe headers', () => {
   });
 });
 
+describe('the unsubscribe key missing from Key Vault', () => {
+  it('every recipient of a bulk batch is rejected naming the secret, the batch fails, nothing is sent', async () => {
+    const other = await startApp(stack, { MAIL_PACING: 'off', MAIL_UNSUBSCRIBE_KEY_NAME: 'no-such-unsubscribe-key' });
+    try {
+      const to = fresh('nokey');
+      const accepted = await submit(batch([to], { category: 'bulk' }), other.app);
+      expect(accepted.status).toBe(202);
+      await pump(other.app);
+      const { batchId } = accepted.jsonBody as { batchId: string };
+      const v = (await other.app.notifications.view(batchId))!;
+      expect(v).toMatchObject({ status: 'failed', accepted: 0, rejected: 1 });
+      expect(v.rejections[0]).toMatchObject({ index: 0, field: 'recipients[0]' });
+      expect(v.rejections[0]?.reason).toContain('no-such-unsubscribe-key');
+      expect(received(to)).toBeUndefined();
+    } finally {
+      await other.close();
+    }
+  });
+});
+
 describe('suppressed recipients', () => {
   it('at accept: a suppressed bulk recipient ends suppressed, is never sent, and the batch counts it', async () => {
     const kept = fresh('kept');
