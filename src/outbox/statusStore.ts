@@ -106,6 +106,8 @@ export interface StatusView {
   status: MailStatus;
   source: OutboxSource;
   batchId?: string;
+  /** Bulk mail: the list its recipient can unsubscribe from (and, when `suppressed`, was suppressed from). */
+  list?: string;
   attempts: number;
   createdAt: string;
   scheduledFor?: string;
@@ -126,6 +128,7 @@ export function statusView(record: StatusRecord): StatusView {
     status: record.status,
     source: record.source,
     ...(record.batchId !== undefined ? { batchId: record.batchId } : {}),
+    ...(record.list !== undefined ? { list: record.list } : {}),
     attempts: record.attempts,
     createdAt: record.createdAt,
     ...(record.scheduledFor !== undefined ? { scheduledFor: record.scheduledFor } : {}),

@@ -6,13 +6,16 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ApiRequest, ApiResponse } from '../../src/api/apiTypes';
+import { getMessage } from '../../src/api/messagesGet';
 import { getNotifications } from '../../src/api/notificationsGet';
 import { postNotifications } from '../../src/api/notificationsPost';
 import { runApi, type ApiHandler } from '../../src/api/runApi';
 import { addSuppression, deleteSuppression, listSuppressions } from '../../src/api/suppressions';
 import { unsubscribe } from '../../src/api/unsubscribe';
 import type { AppServices } from '../../src/appServices';
+import { recipientIdempotencyKey } from '../../src/notifications/batchRequest';
 import type { BatchView } from '../../src/notifications/notifications';
+import { batchMessageId } from '../../src/outbox/messageIds';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { UNSUBSCRIBE_CSP } from '../../src/suppression/unsubscribePage';
 import { signUnsubscribeToken, verifyUnsubscribeToken } from '../../src/suppression/unsubscribeToken';
@@ -225,6 +228,11 @@ describe('suppressed recipients', () => {
     expect(received(kept)).toBeDefined();
     expect(received(gone)).toBeUndefined();
     expect(received(globally)).toBeUndefined();
+    const status = await call(getMessage, {
+      path: `messages/${batchId}`,
+      params: { id: batchMessageId(batchId, recipientIdempotencyKey(batchId, gone)) },
+    });
+    expect(status.jsonBody).toMatchObject({ status: 'suppressed', list, source: 'notification' });
     await rt.mailer.telemetry.flush();
     const events = stack.sandbox.ingestion.events('MailSuppressed').filter((e) => e.properties.batchId === batchId);
     expect(events).toHaveLength(2);
