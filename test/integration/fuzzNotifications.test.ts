@@ -49,6 +49,7 @@ const batch: fc.Arbitrary<Record<string, unknown>> = fc.record(
     subject: validOr(fc.constantFrom('Maintenance tonight', 'Hello')),
     data: validOr(templateData, 3),
     category: validOr(fc.constantFrom('transactional', 'bulk')),
+    list: validOr(fc.constantFrom('news', 'weekly-digest', 'a')),
     recipients: fc.oneof(
       { weight: 6, arbitrary: fc.array(recipient, { minLength: 1, maxLength: 4 }) },
       { weight: 1, arbitrary: fc.constant(Array.from({ length: 50_001 }, () => ({ to: 'a@b.co' }))) },
