@@ -2,7 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { startSandbox, type Sandbox } from '../sandbox';
+import { DEV_HOST_BASE_URL, startSandbox, type Sandbox } from '../sandbox';
 import { startAzurite, type AzuriteInstance } from './azurite';
 import { DEFAULT_PORT, startDevHost, type DevHost } from './host';
 
@@ -100,6 +100,9 @@ async function main(): Promise<void> {
     };
     const host = await startHost(entry, env);
     started.push(() => host.stop());
+    // The sandbox points unsubscribe links at :7071; on another port they follow the host (the app reads its
+    // settings on the first request, after this).
+    if (host.url !== DEV_HOST_BASE_URL) process.env.MAIL_UNSUBSCRIBE_BASE_URL = host.url;
 
     out();
     out(`m365-mailer dev host is running on ${host.url} (Ctrl-C to stop)`);

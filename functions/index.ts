@@ -12,6 +12,10 @@ import './notificationsGet';
 import './notificationsFanout';
 import './notificationsPoison';
 import './health';
+import './unsubscribe';
+import './suppressionsGet';
+import './suppressionsPost';
+import './suppressionsDelete';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
 app.hook.appTerminate(() => closeAppServices());

@@ -100,6 +100,12 @@ param mailRetryBackoffSeconds int = 30
 @minValue(1)
 param mailRetentionDays int = 30
 
+@description('MAIL_UNSUBSCRIBE_BASE_URL: the public https base of the Function App for List-Unsubscribe links (e.g. https://<app>.azurewebsites.net). Empty: bulk mail is refused until it is set.')
+param mailUnsubscribeBaseUrl string = ''
+
+@description('MAIL_UNSUBSCRIBE_KEY_NAME: the Key Vault secret holding the key that signs unsubscribe links (create it before sending bulk mail: docs/unsubscribe.md).')
+param mailUnsubscribeKeyName string = 'mail-unsubscribe-key'
+
 // ---------------------------------------------------------------------------------------------------------------
 
 var abbrs = loadJsonContent('abbreviations.json')
@@ -195,6 +201,8 @@ var mailSettings = {
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
   MAIL_RETRY_BACKOFF_SECONDS: string(mailRetryBackoffSeconds)
   MAIL_RETENTION_DAYS: string(mailRetentionDays)
+  MAIL_UNSUBSCRIBE_BASE_URL: mailUnsubscribeBaseUrl
+  MAIL_UNSUBSCRIBE_KEY_NAME: mailUnsubscribeKeyName
 }
 
 module api 'app/api.bicep' = {

@@ -1,4 +1,5 @@
 /** The local Microsoft 365 sandbox: Entra ID, Key Vault, managed identity, App Insights ingestion and Exchange SMTP, on loopback with one local CA. */
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -17,7 +18,11 @@ export const SECRET_NAMES = {
   clientSecret: 'mail-client-secret',
   clientCert: 'mail-client-cert',
   password: 'mail-password',
+  unsubscribeKey: 'mail-unsubscribe-key',
 } as const;
+
+/** The dev host's default address (`npm run dev`): where the unsubscribe links of bulk mail point by default. */
+export const DEV_HOST_BASE_URL = 'http://127.0.0.1:7071';
 
 export type SandboxAuthMode = 'client-secret' | 'client-certificate' | 'federated-identity' | 'basic';
 
@@ -134,6 +139,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     keyVault.setSecret(SECRET_NAMES.clientSecret, tenant.app.secrets[0] as string);
     keyVault.setSecret(SECRET_NAMES.clientCert, `${client.keyPem}\n${client.certPem}`, 'application/x-pem-file');
     if (mailbox?.appPassword) keyVault.setSecret(SECRET_NAMES.password, mailbox.appPassword);
+    // The key that signs unsubscribe links: random per sandbox, like every other secret here.
+    keyVault.setSecret(SECRET_NAMES.unsubscribeKey, randomBytes(48).toString('base64'));
 
     const sandbox: Sandbox = {
       tenant,
@@ -158,6 +165,9 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
           MAIL_SMTP_HOST: smtp.host,
           MAIL_SMTP_PORT: String(smtp.port),
           MAIL_TLS_CA_FILE: caFile,
+          // Bulk mail needs a base for its unsubscribe links (and a vault for their key, which every mode but
+          // federated-identity has): the dev host's default address.
+          ...(mode === 'federated-identity' ? {} : { MAIL_UNSUBSCRIBE_BASE_URL: DEV_HOST_BASE_URL }),
           APPLICATIONINSIGHTS_CONNECTION_STRING: ingestion.connectionString,
           // The Function App's user-assigned managed identity, as App Service exposes it.
           AZURE_CLIENT_ID: tenant.identity.clientId,

@@ -7,6 +7,9 @@ import { BatchStore } from './notifications/batchStore';
 import { IdempotencyStore } from './outbox/idempotencyStore';
 import { createLogger, type Logger } from './logger';
 import { createMailer, type Mailer } from './sender/senderServices';
+import { KeyVaultSecrets, createAzureCredential } from './sender/keyVaultSecrets';
+import { SuppressionStore } from './suppression/suppressionStore';
+import { UnsubscribeLinks } from './suppression/unsubscribeLinks';
 import { defaultRedactor, registerSecretSettings, type Redactor } from './redact';
 import { Notifications } from './notifications/notifications';
 import { Outbox } from './outbox/outbox';
@@ -39,6 +42,10 @@ export interface AppServices {
   slots?: ConnectionSlots;
   /** Deletes records, keys, payloads and batches past MAIL_RETENTION_DAYS (the retention timer). */
   retention: Retention;
+  /** Suppressed recipients (MailSuppressions): /api/suppressions, /api/unsubscribe, and the checks before bulk mail. */
+  suppressions: SuppressionStore;
+  /** List-Unsubscribe headers of bulk mail and the tokens of /api/unsubscribe. */
+  unsubscribe: UnsubscribeLinks;
   logger: Logger;
   /** Scrubs logs and error answers; knows the storage account key, IDENTITY_HEADER and every Key Vault secret read. */
   redactor: Redactor;
@@ -95,13 +102,39 @@ export function createAppServices(
   const status = new StatusStore(storage.statusTable);
   const payloads = new MessageStore(storage.payloads);
   const idempotency = new IdempotencyStore(storage.idempotencyTable);
-  const outbox = new Outbox({ config, renderer, storage, status, payloads, idempotency, logger, now });
+  const suppressions = new SuppressionStore(storage.suppressionTable);
+  // The sender's Key Vault reader when it has one (its cache, its redactor); federated-identity reads none, so the
+  // unsubscribe key gets a reader of its own when a vault is set.
+  const secrets =
+    mailer.secrets ??
+    (config.keyVaultUrl
+      ? new KeyVaultSecrets(config.keyVaultUrl, createAzureCredential(config), {
+          extraCaPem: config.extraCaPem,
+          redactor,
+        })
+      : undefined);
+  const unsubscribe = new UnsubscribeLinks({ config, secrets, now });
+  const telemetry = options.telemetry ?? mailer.telemetry;
+  const outbox = new Outbox({
+    config,
+    renderer,
+    storage,
+    status,
+    payloads,
+    idempotency,
+    suppressions,
+    unsubscribe,
+    telemetry,
+    logger,
+    now,
+  });
   const delivery = new Delivery({
     sender: mailer.sender,
     status,
     payloads,
     storage,
-    telemetry: options.telemetry ?? mailer.telemetry,
+    suppressions,
+    telemetry,
     logger,
     now,
     leaseMs: config.sendLeaseMs,
@@ -115,6 +148,7 @@ export function createAppServices(
     outbox,
     status,
     storage,
+    unsubscribe,
     ...(delivery.deps.telemetry ? { telemetry: delivery.deps.telemetry } : {}),
     // A batch's recipients are spread over the schedule the mailbox can keep, in one write per chunk.
     ...(pacer ? { schedule: (count: number) => pacer.reserveSchedule(count) } : {}),
@@ -145,6 +179,8 @@ export function createAppServices(
     ...(pacer ? { pacer } : {}),
     ...(slots ? { slots } : {}),
     retention,
+    suppressions,
+    unsubscribe,
     logger,
     redactor,
     now,

@@ -28,6 +28,14 @@ export const DEFAULT_RETRY_BACKOFF_SECONDS = 30;
 /** Status records, idempotency keys, payloads and batches are deleted this long after their final state. */
 export const DEFAULT_RETENTION_DAYS = 30;
 
+/** The Key Vault secret holding the key that signs unsubscribe links, unless MAIL_UNSUBSCRIBE_KEY_NAME says otherwise. */
+export const DEFAULT_UNSUBSCRIBE_KEY_NAME = 'mail-unsubscribe-key';
+/**
+ * The unsubscribe key's secret name: a Key Vault secret name (1 to 127 letters, digits and dashes) with room for the
+ * `-previous` of the key it replaced during a rotation.
+ */
+const UNSUBSCRIBE_KEY_NAME = /^[A-Za-z0-9-]{1,118}$/;
+
 /** Authority hosts of Microsoft's clouds; any other host is added to MSAL's knownAuthorities. */
 export const MICROSOFT_AUTHORITY_HOSTS = new Set([
   'login.microsoftonline.com',
@@ -74,6 +82,10 @@ const FIXES: Record<string, string> = {
   MAIL_SMTP_PORT: 'a TCP port, 587 for Exchange Online',
   MAIL_SMTP_SCOPE: 'https://outlook.office365.com/.default (or the sovereign cloud equivalent)',
   MAIL_TLS_CA_FILE: 'the path of a PEM file holding the extra CA certificate to trust',
+  MAIL_UNSUBSCRIBE_BASE_URL:
+    'the public https base URL of this app, without query or fragment, e.g. https://<app>.azurewebsites.net (http only for 127.0.0.1 or localhost)',
+  MAIL_UNSUBSCRIBE_KEY_NAME:
+    'the name of a Key Vault secret: 1 to 118 letters, digits and dashes (the name + "-previous" must fit 127)',
 };
 
 /** A positive number setting: whole (a count) or not (seconds, days), with its default when unset. */
@@ -140,6 +152,8 @@ const rawSchema = z.object({
   MAIL_RATE_WINDOW_SECONDS: positiveNumber('MAIL_RATE_WINDOW_SECONDS', DEFAULT_RATE_WINDOW_SECONDS),
   MAIL_DAILY_WINDOW_SECONDS: positiveNumber('MAIL_DAILY_WINDOW_SECONDS', DEFAULT_DAILY_WINDOW_SECONDS),
   MAIL_RETENTION_DAYS: positive('MAIL_RETENTION_DAYS', DEFAULT_RETENTION_DAYS, 'days'),
+  MAIL_UNSUBSCRIBE_BASE_URL: optionalString,
+  MAIL_UNSUBSCRIBE_KEY_NAME: optionalString,
   AzureWebJobsStorage: optionalString,
   APPLICATIONINSIGHTS_CONNECTION_STRING: optionalString,
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: optionalString,
@@ -199,6 +213,13 @@ export interface Config {
   /** APPLICATIONINSIGHTS_AUTHENTICATION_STRING: send telemetry with a managed identity token (local auth off). */
   appInsightsAuthenticationString?: string | undefined;
   managedIdentityClientId?: string | undefined;
+  /** MAIL_KEY_VAULT_URL (without a trailing slash), whatever the auth mode; undefined when unset. */
+  keyVaultUrl?: string | undefined;
+  /**
+   * List-Unsubscribe links of bulk mail: `baseUrl` (MAIL_UNSUBSCRIBE_BASE_URL, no trailing slash) is undefined when
+   * unset, and then bulk mail is refused (UNSUBSCRIBE_NOT_CONFIGURED); `keyName` names the signing key in Key Vault.
+   */
+  unsubscribe: { baseUrl?: string | undefined; keyName: string };
 }
 
 export const BASIC_AUTH_DEPRECATION =
@@ -289,6 +310,18 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     invalid('MAIL_KEY_VAULT_URL');
   }
 
+  const unsubscribeBase = s.MAIL_UNSUBSCRIBE_BASE_URL ? trimTrailingSlashes(s.MAIL_UNSUBSCRIBE_BASE_URL) : undefined;
+  if (unsubscribeBase !== undefined) {
+    if (!isPublicBaseUrl(unsubscribeBase)) invalid('MAIL_UNSUBSCRIBE_BASE_URL');
+    if (!s.MAIL_KEY_VAULT_URL) {
+      problems.push(
+        'MAIL_KEY_VAULT_URL is required when MAIL_UNSUBSCRIBE_BASE_URL is set: the key that signs unsubscribe links is read from Key Vault',
+      );
+    }
+  }
+  const unsubscribeKeyName = s.MAIL_UNSUBSCRIBE_KEY_NAME ?? DEFAULT_UNSUBSCRIBE_KEY_NAME;
+  if (!matches(UNSUBSCRIBE_KEY_NAME, unsubscribeKeyName)) invalid('MAIL_UNSUBSCRIBE_KEY_NAME');
+
   const smtpHost = s.MAIL_SMTP_HOST ?? DEFAULT_SMTP_HOST;
   if (!matches(DOMAIN_CHARS, smtpHost)) invalid('MAIL_SMTP_HOST');
   if (s.MAIL_SMTP_PORT > 65_535) invalid('MAIL_SMTP_PORT');
@@ -362,7 +395,26 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     appInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING,
     appInsightsAuthenticationString: s.APPLICATIONINSIGHTS_AUTHENTICATION_STRING,
     managedIdentityClientId: s.AZURE_CLIENT_ID,
+    keyVaultUrl: vault || undefined,
+    unsubscribe: { baseUrl: unsubscribeBase, keyName: unsubscribeKeyName },
   };
+}
+
+/**
+ * True for an absolute https URL without credentials, query or fragment (http only for a loopback host: the dev
+ * host), at most MAX_SETTING_CHARS long: the base the unsubscribe links start with.
+ */
+export function isPublicBaseUrl(value: string): boolean {
+  if (value.length > MAX_SETTING_CHARS || /[\s"<>]/.test(value)) return false;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return false;
+  }
+  const loopback = url.hostname === '127.0.0.1' || url.hostname === 'localhost' || url.hostname === '[::1]';
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) return false;
+  return !url.username && !url.password && !url.search && !url.hash && !value.includes('?') && !value.includes('#');
 }
 
 /** Set by App Service on every instance in Azure: the app runs on the platform, not on a developer's machine. */

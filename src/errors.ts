@@ -161,6 +161,14 @@ export const ERROR_CODES = {
     transient: false,
     hint: 'The outbox worker failed on this message maxDequeueCount times (host.json extensions.queues) without recording an SMTP outcome, usually because storage was unreachable. See the function logs for the invocations of outboxDeliver, then send the message again.',
   },
+  UNSUBSCRIBE_NOT_CONFIGURED: {
+    transient: false,
+    hint: 'Bulk mail carries List-Unsubscribe links, which need MAIL_UNSUBSCRIBE_BASE_URL (the public https base of this app, e.g. https://<app>.azurewebsites.net) and a Key Vault (MAIL_KEY_VAULT_URL) holding the signing key named by MAIL_UNSUBSCRIBE_KEY_NAME. Set them and restart, or send the batch as transactional.',
+  },
+  UNSUBSCRIBE_TOKEN_INVALID: {
+    transient: false,
+    hint: 'The unsubscribe link is malformed, was altered, has expired, or was signed with a key that is neither the current unsubscribe key nor the previous one (MAIL_UNSUBSCRIBE_KEY_NAME, <name>-previous). Use the link of a more recent message.',
+  },
   UNKNOWN: { transient: true, hint: 'Unexpected error; the message is retried. Report it with the error id.' },
 } as const satisfies Record<string, { transient: boolean; hint: string }>;
 

@@ -49,6 +49,8 @@ export const MAIL_EVENT_NAMES = [
   /** A batch refused as a whole on the queue (a batchId reused for other content): it went to the poison queue. */
   'BatchRejected',
   'NotificationRecipientRejected',
+  /** A bulk message not sent to a suppressed recipient; `stage` says whether at accept or at delivery. Counts only. */
+  'MailSuppressed',
 ] as const;
 export type MailEventName = (typeof MAIL_EVENT_NAMES)[number];
 
@@ -70,6 +72,10 @@ export interface MailEventProperties {
   reason?: WaitReason;
   /** MailPaced: how long until the message is back. */
   retryInSeconds?: number;
+  /** MailSuppressed: where the suppression was found. */
+  stage?: 'accept' | 'delivery';
+  /** MailSuppressed: the bulk list (a template name or list id, never an address). */
+  list?: string;
   /** A recipient's position in its batch (NotificationRecipientRejected). */
   index?: number;
   /** The Functions invocation id (InvocationContext.invocationId). */
@@ -266,7 +272,7 @@ export function eventFields(props: MailEventProperties): {
   const p: Partial<Record<keyof MailEventProperties, unknown>> = props && typeof props === 'object' ? props : {};
   const properties: Record<string, string> = {};
   const measurements: Record<string, number> = {};
-  const str = (key: 'id' | 'template' | 'batchId' | 'errorCode' | 'invocationId' | 'operationId') => {
+  const str = (key: 'id' | 'template' | 'batchId' | 'errorCode' | 'invocationId' | 'operationId' | 'list') => {
     const v = safeString(p[key]);
     if (v !== undefined) properties[key] = v;
   };
@@ -295,6 +301,8 @@ export function eventFields(props: MailEventProperties): {
     properties.reason = p.reason;
   num('retryInSeconds', true);
   num('index', false);
+  if (p.stage === 'accept' || p.stage === 'delivery') properties.stage = p.stage;
+  str('list');
   str('invocationId');
   str('operationId');
   return { properties, measurements };

@@ -22,6 +22,7 @@ var tableNames = [
   'MailIdempotency'
   'MailBatches'
   'MailPacing'
+  'MailSuppressions'
 ]
 var containerNames = [
   'mail-payloads'

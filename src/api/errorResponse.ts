@@ -14,11 +14,15 @@ const STATUS: Partial<Record<MailErrorCode, { status: number; code: string }>> =
   SENDER_NOT_ALLOWED: { status: 400, code: 'invalid_request' },
   TOO_MANY_RECIPIENTS: { status: 400, code: 'invalid_request' },
   MESSAGE_TOO_LARGE: { status: 400, code: 'invalid_request' },
+  UNSUBSCRIBE_NOT_CONFIGURED: { status: 400, code: 'unsubscribe_not_configured' },
+  UNSUBSCRIBE_TOKEN_INVALID: { status: 400, code: 'invalid_token' },
   NOT_FOUND: { status: 404, code: 'not_found' },
   IDEMPOTENCY_CONFLICT: { status: 409, code: 'idempotency_conflict' },
   PAYLOAD_TOO_LARGE: { status: 413, code: 'payload_too_large' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, code: 'unsupported_media_type' },
   STORAGE_UNAVAILABLE: { status: 503, code: 'storage_unavailable' },
+  // The unsubscribe endpoints read their key from Key Vault: an outage there is retried like one of storage.
+  KEY_VAULT_UNAVAILABLE: { status: 503, code: 'key_vault_unavailable' },
 };
 
 /** A JSON error answer. */
@@ -51,7 +55,10 @@ export function errorResponse(thrown: unknown, logger: Logger = silentLogger): A
     }
     const mapped = STATUS[error.code];
     if (mapped) {
-      if (mapped.status === 503) logger.warn('storage unavailable', { error: ensureError(error.cause).message });
+      if (mapped.status === 503) {
+        const what = error.code === 'STORAGE_UNAVAILABLE' ? 'storage unavailable' : 'Key Vault unavailable';
+        logger.warn(what, { error: ensureError(error.cause).message });
+      }
       const response = errorBody(mapped.status, mapped.code, error.message, error.details ?? [], error.hint);
       if (mapped.status === 503) response.headers = { 'Retry-After': String(RETRY_AFTER_SECONDS) };
       return response;

@@ -33,7 +33,8 @@ export function isJsonContentType(value: string | null): boolean {
   return params.every((p) => !p.startsWith('charset=') || /^charset="?utf-8"?$/.test(p));
 }
 
-async function readCapped(body: ReadableStream<Uint8Array> | null, limit: number): Promise<Buffer> {
+/** The body, at most `limit` bytes (PAYLOAD_TOO_LARGE past it); an absent body is empty. */
+export async function readCapped(body: ReadableStream<Uint8Array> | null, limit: number): Promise<Buffer> {
   if (!body) return Buffer.alloc(0);
   const reader = body.getReader();
   const chunks: Uint8Array[] = [];

@@ -20,6 +20,7 @@ import type { Outbox } from '../outbox/outbox';
 import type { StatusStore } from '../outbox/statusStore';
 import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 import { NOTIFICATIONS_POISON_QUEUE, type StorageClients } from '../storage/storageClients';
+import type { UnsubscribeLinks } from '../suppression/unsubscribeLinks';
 import type { Telemetry } from '../telemetry';
 import type { TemplateRenderer } from '../templates/templateRenderer';
 
@@ -44,6 +45,8 @@ export interface NotificationsDeps {
     StorageClients,
     'notificationsQueue' | 'notificationsPoisonQueue' | 'batches' | 'batchTable' | 'ensureResources'
   >;
+  /** Whether bulk mail can carry unsubscribe links; without it, bulk batches are refused. */
+  unsubscribe?: Pick<UnsubscribeLinks, 'configured'>;
   telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
@@ -108,6 +111,7 @@ export class BatchLedger {
       hasTemplate: (name) => this.deps.renderer.has(name),
       allowedFrom: this.deps.config.allowedFrom,
       allowPastSendAt,
+      bulkAllowed: this.deps.unsubscribe?.configured ?? false,
     };
   }
 

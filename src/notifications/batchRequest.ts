@@ -8,6 +8,7 @@ import { addressSchema, MAX_SUBJECT_CHARS, type Address } from '../message';
 import { isAllowedFrom } from '../config';
 import { checkSendAt, IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY_CHARS, problemsOf } from '../outbox/sendRequest';
 import { TEMPLATE_NAME, templateDataProblems } from '../templates/templateRenderer';
+import { LIST_ID, MAX_LIST_ID_CHARS } from '../suppression/suppressionStore';
 
 /** Batch ids: letters, digits and . _ - (safe as a Table PartitionKey and a blob name). */
 export const BATCH_ID = /^[A-Za-z0-9._-]{1,100}$/;
@@ -63,6 +64,11 @@ const batchSchema = z
     data: z.record(z.string(), z.unknown(), { error: 'data must be an object' }).optional(),
     sendAt: z.string({ error: 'sendAt must be an RFC 3339 date-time string such as 2026-11-23T08:00:00Z' }).optional(),
     category: z.enum(NOTIFICATION_CATEGORIES, { error: 'category must be "transactional" or "bulk"' }).optional(),
+    list: z
+      .string({ error: 'list must be a string' })
+      .max(MAX_LIST_ID_CHARS, { error: `list must be at most ${MAX_LIST_ID_CHARS} characters`, abort: true })
+      .regex(LIST_ID, { error: 'list must be lower-case letters, digits and dashes, starting with a letter or digit' })
+      .optional(),
     // Counted before any recipient is parsed (zod's .max() would parse every one of them first).
     recipients: z
       .unknown()
@@ -94,6 +100,8 @@ export interface NotificationBatch {
   /** ISO 8601; absent = now. */
   sendAt?: string;
   category: NotificationCategory;
+  /** Bulk only: the list recipients unsubscribe from; absent: the template's name. */
+  list?: string;
   recipients: RecipientInput[];
 }
 
@@ -111,6 +119,8 @@ export interface BatchRules {
   allowedFrom: readonly string[];
   /** A sendAt in the past means "now" (queue messages can wait in a backlog); POST refuses it as /api/messages does. */
   allowPastSendAt?: boolean;
+  /** False when bulk mail cannot carry unsubscribe links (no MAIL_UNSUBSCRIBE_BASE_URL): bulk batches are refused. */
+  bulkAllowed?: boolean;
 }
 
 function invalid(problems: FieldProblem[]): MailError {
@@ -150,6 +160,16 @@ export function parseNotificationBatch(body: unknown, rules: BatchRules): Parsed
       ? checkSendAt(b.sendAt, rules.now, problems, { allowPast: rules.allowPastSendAt ?? false })
       : undefined;
   if (problems.length) throw invalid(problems);
+  if (b.list !== undefined && b.category !== 'bulk') {
+    throw invalid([{ path: 'list', message: 'list is only used with category "bulk"' }]);
+  }
+  if (b.category === 'bulk' && rules.bulkAllowed === false) {
+    throw new MailError(
+      'UNSUBSCRIBE_NOT_CONFIGURED',
+      'Bulk mail needs MAIL_UNSUBSCRIBE_BASE_URL and MAIL_KEY_VAULT_URL for its List-Unsubscribe links',
+      { details: [{ path: 'category', message: 'bulk mail is refused until MAIL_UNSUBSCRIBE_BASE_URL is set' }] },
+    );
+  }
   if (!rules.hasTemplate(b.template)) {
     throw new MailError('TEMPLATE_NOT_FOUND', `Unknown template "${b.template}"`, {
       details: [{ path: 'template', message: `unknown template "${b.template}"` }],
@@ -169,6 +189,7 @@ export function parseNotificationBatch(body: unknown, rules: BatchRules): Parsed
       data: b.data ?? {},
       ...(sendAt ? { sendAt: sendAt.toISOString() } : {}),
       category: b.category ?? 'transactional',
+      ...(b.list !== undefined ? { list: b.list } : {}),
       recipients: b.recipients.map((r) => ({
         to: r.to,
         ...(r.data !== undefined ? { data: r.data } : {}),

@@ -346,6 +346,8 @@ export class Fanout extends BatchLedger {
           source: 'notification',
           batchId,
           ...(holdSeconds > 0 ? { holdSeconds } : {}),
+          // Bulk mail: suppressions checked and List-Unsubscribe set by the outbox, per recipient.
+          ...(chunk.fields.category === 'bulk' ? { list: chunk.fields.list ?? chunk.fields.template } : {}),
         });
         accepted += 1;
       } catch (error) {

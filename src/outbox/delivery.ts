@@ -17,6 +17,8 @@
  * - No record yet: the accept writes the queue message before the record, so the record may be a moment behind.
  *   Delivery waits for it briefly, then leaves the message to the host's retries; a queue message whose accept died
  *   before writing the record ends in the poison queue and is dropped (that accept was never answered).
+ * - Bulk mail (a record with a `list`) whose recipient was suppressed while the message waited (a sendAt, pacing, a
+ *   retry) ends `suppressed` before any pacing slot or SMTP: checked on every delivery, after the lease is taken.
  * - Exchange saying the mailbox is over a limit now (554 5.2.0 daily quota, 432 4.3.2 sessions), whoever used the
  *   mailbox up, is waited out like the app's own pacing: back to the queue, no attempt spent, the reason recorded.
  *
@@ -45,6 +47,7 @@ import {
 import { IDLE_CLOSE_MS } from '../sender/connectionPool';
 import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 import { isStorageError, type StorageClients } from '../storage/storageClients';
+import type { SuppressionStore } from '../suppression/suppressionStore';
 import type { Telemetry } from '../telemetry';
 
 /** How long a worker owns a `sending` record unless MAIL_SEND_LEASE_SECONDS says otherwise. */
@@ -78,6 +81,8 @@ export interface DeliverDeps {
   telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
+  /** Suppressed recipients: bulk mail to them is recorded `suppressed` instead of sent. */
+  suppressions?: Pick<SuppressionStore, 'suppressedFrom'>;
   /** The mailbox's shared pacing; without it messages are sent as fast as they come. */
   pacer?: Pick<Pacer, 'reserve' | 'lateToleranceMs' | 'blockForDailyQuota'>;
   /** Without a pacer: how long to wait before probing a mailbox Exchange refused for its daily quota. */
@@ -104,6 +109,8 @@ export type DeliverOutcome =
   | { outcome: 'sent'; record: StoredRecord; result: SendResult }
   /** Already `sent`, `failed` or `suppressed`: nothing to do. */
   | { outcome: 'completed'; record: StoredRecord }
+  /** Bulk mail whose recipient was suppressed while it waited: recorded `suppressed`, not sent. */
+  | { outcome: 'suppressed'; record: StoredRecord }
   /**
    * Another worker holds the lease (`lease`), took it over while this one waited (`lease-lost`: not sent), or the
    * record is not due yet (`not-due`): this copy was re-enqueued or dropped.
@@ -281,6 +288,16 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       return fail(leased, error);
     }
 
+    const { suppressions } = deps;
+    if (leased.list !== undefined && suppressions) {
+      // Suppressed while it waited: no pacing slot, no SMTP.
+      const list = leased.list;
+      const checks = await Promise.all(
+        allRecipients(payload.message).map((r) => suppressions.suppressedFrom(r.address, list)),
+      );
+      if (checks.some((c) => c !== undefined)) return suppress(leased);
+    }
+
     if (deps.pacer) {
       // A connection first: a send slot taken by a message that then cannot connect would be lost to everyone.
       if (deps.sender.connectionReady && !(await deps.sender.connectionReady())) {
@@ -374,6 +391,28 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       current = undefined;
     }
     throw new Error(`Outbox message ${id} was sent but its status record could not be updated`);
+  }
+
+  /** A bulk message whose recipient is suppressed now: final, the attempt given back, nothing sent. */
+  async function suppress(record: StoredRecord): Promise<DeliverOutcome> {
+    const written = await deps.status.transition(record, {
+      status: 'suppressed',
+      completedAt: iso(now()),
+      attempts: Math.max(0, record.attempts - 1),
+      leaseUntil: undefined,
+      waitReason: undefined,
+    });
+    if (!written) return leaseLost();
+    deps.telemetry?.trackEvent('MailSuppressed', {
+      id,
+      source: record.source,
+      stage: 'delivery',
+      ...(record.list !== undefined ? { list: record.list } : {}),
+      ...(record.template ? { template: record.template } : {}),
+      ...(record.batchId ? { batchId: record.batchId } : {}),
+    });
+    logger.info('bulk message to a recipient suppressed while it waited; not sent', { id, list: record.list });
+    return { outcome: 'suppressed', record: written };
   }
 
   /** Back to the queue until `retryAt`, without counting an attempt: being over a limit is not a failure. */

@@ -14,6 +14,10 @@
  *    poison queue, where it is dropped. The request was never answered 202, so nothing accepted is lost.
  * 4. status record (`queued` or `scheduled`, `dueAt`) — written last, so that every record has its queue message:
  *    no timer has to look for records whose queue message went missing.
+ *
+ * Bulk mail (accepted with a `list`) to a suppressed recipient skips 2 and 3: its record is written `suppressed`, a
+ * final state that needs neither payload nor queue message. Other bulk mail gets its List-Unsubscribe headers (a Key
+ * Vault read, cached) before 2.
  */
 import { canonicalJson } from '../canonicalJson';
 import { createHash } from 'node:crypto';
@@ -21,7 +25,7 @@ import { isAllowedFrom, type Config } from '../config';
 import { MailError } from '../errors';
 import type { IdempotencyStore } from './idempotencyStore';
 import { silentLogger, type Logger } from '../logger';
-import { parseMessage, type MailMessage, type OutboxSource } from '../message';
+import { allRecipients, parseMessage, type MailMessage, type OutboxSource } from '../message';
 import { batchMessageId, messageIdLocalPart, uuidv7 } from './messageIds';
 import { enqueueOutbox } from './outboxQueue';
 import type { MessageStore } from './messageStore';
@@ -29,6 +33,9 @@ import type { MessageStore } from './messageStore';
 import { parseSendRequest, type SendRequest } from './sendRequest';
 import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
 import type { StorageClients } from '../storage/storageClients';
+import { LIST_ID, type SuppressionStore } from '../suppression/suppressionStore';
+import type { UnsubscribeLinks } from '../suppression/unsubscribeLinks';
+import type { Telemetry } from '../telemetry';
 import type { TemplateRenderer } from '../templates/templateRenderer';
 
 /** A replayed accept whose record is still waiting this long after it was due re-enqueues its message (a safety net). */
@@ -47,6 +54,11 @@ export interface OutboxDeps {
   status: StatusStore;
   payloads: MessageStore;
   idempotency: IdempotencyStore;
+  /** Suppressed recipients: bulk mail (a message accepted with a `list`) to them is recorded `suppressed`, not sent. */
+  suppressions?: Pick<SuppressionStore, 'suppressedFrom'>;
+  /** Signs the List-Unsubscribe headers of bulk mail. Without it, bulk mail is refused. */
+  unsubscribe?: Pick<UnsubscribeLinks, 'unsubscribeHeaders'>;
+  telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
   /** Ids of single messages; default a UUIDv7 of the accept time (see messageIds.ts). */
@@ -63,6 +75,11 @@ export interface AcceptOptions {
    * the queue message is only the safety net should this process die mid-send.
    */
   holdSeconds?: number;
+  /**
+   * Bulk mail of this list (a template name or list id): one recipient, checked against the suppressions (then
+   * recorded `suppressed` and never sent), and given the List-Unsubscribe headers. Any source of bulk mail sets it.
+   */
+  list?: string;
 }
 
 export interface AcceptResult {
@@ -155,6 +172,7 @@ export class Outbox {
   /** Accepts an already validated request (the HTTP body, a notification recipient). */
   async acceptRequest(request: SendRequest, options: AcceptOptions): Promise<AcceptResult> {
     const { message, template } = this.render(request);
+    const recipient = options.list !== undefined ? this.bulkRecipient(message, options.list) : undefined;
     const { storage, status, payloads } = this.deps;
     await storage.ensureResources();
     const hash = payloadHash(request);
@@ -181,27 +199,56 @@ export class Outbox {
       }
     }
 
-    // A Message-ID fixed per outbox message: a copy sent again (the 250-then-crash duplicate) is the same message
-    // to every mail client and archive, which can then collapse it.
-    await payloads.put(id, { message: { ...message, messageId: outboxMessageId(id, message.from.address) } });
     const sendAt = request.sendAt && request.sendAt.getTime() > now ? request.sendAt.getTime() : undefined;
     const dueAt = Math.max(sendAt ?? now, now + (options.holdSeconds ?? 0) * 1000);
-    // The queue message before the record: a record never exists without the message that will deliver it.
-    await enqueueOutbox(storage.outboxQueue, id, (dueAt - now) / 1000);
+    // Bulk mail to a suppressed recipient: a record that says so, and neither payload nor queue message (a record
+    // in a final state needs none).
+    const suppressed =
+      options.list !== undefined && recipient !== undefined && (await this.isSuppressed(recipient, options.list));
+    if (!suppressed) {
+      if (options.list !== undefined && recipient !== undefined) {
+        // Set by the app after the caller's headers were checked: callers can give X- headers only.
+        message.headers = {
+          ...message.headers,
+          ...(await this.unsubscribe().unsubscribeHeaders({ recipient, list: options.list })),
+        };
+      }
+      // A Message-ID fixed per outbox message: a copy sent again (the 250-then-crash duplicate) is the same message
+      // to every mail client and archive, which can then collapse it.
+      await payloads.put(id, { message: { ...message, messageId: outboxMessageId(id, message.from.address) } });
+      // The queue message before the record: a record never exists without the message that will deliver it.
+      await enqueueOutbox(storage.outboxQueue, id, (dueAt - now) / 1000);
+    }
     const record = {
       id,
-      status: sendAt ? ('scheduled' as const) : ('queued' as const),
+      status: suppressed ? ('suppressed' as const) : sendAt ? ('scheduled' as const) : ('queued' as const),
       source: options.source,
       ...(options.batchId ? { batchId: options.batchId } : {}),
       ...(template ? { template } : {}),
+      ...(options.list !== undefined ? { list: options.list } : {}),
       attempts: 0,
       createdAt: new Date(now).toISOString(),
       ...(sendAt ? { scheduledFor: new Date(sendAt).toISOString() } : {}),
       dueAt: new Date(dueAt).toISOString(),
+      ...(suppressed ? { completedAt: new Date(now).toISOString() } : {}),
       payloadHash: hash,
       ...(request.idempotencyKey !== undefined ? { idempotencyKey: request.idempotencyKey } : {}),
     };
     const created = await status.create(record);
+    if (created && suppressed) {
+      this.deps.telemetry?.trackEvent('MailSuppressed', {
+        id,
+        source: options.source,
+        stage: 'accept',
+        ...(options.list !== undefined ? { list: options.list } : {}),
+        ...(template ? { template } : {}),
+        ...(options.batchId ? { batchId: options.batchId } : {}),
+      });
+      this.logger.info('bulk message to a suppressed recipient recorded as suppressed; not sent', {
+        id,
+        list: options.list,
+      });
+    }
     if (!created) {
       // A concurrent request with the same key created it (its queue message and ours both deliver it, once).
       const existing = await status.get(id);
@@ -214,6 +261,40 @@ export class Outbox {
       return { id, record: existing, replayed: true };
     }
     return { id, record: created, replayed: false };
+  }
+
+  /** The one recipient of a bulk message, lower-cased; its list id must be valid (a caller's bug otherwise). */
+  private bulkRecipient(message: MailMessage, list: string): string {
+    if (list.length > 64 || !LIST_ID.test(list)) {
+      throw new MailError('INVALID_MESSAGE', 'Invalid list id', {
+        details: [{ path: 'list', message: 'must be 1 to 64 lower-case letters, digits and dashes' }],
+      });
+    }
+    const recipients = allRecipients(message);
+    if (recipients.length !== 1) {
+      throw new MailError('INVALID_MESSAGE', 'Bulk mail goes to one recipient per message', {
+        details: [
+          { path: 'to', message: 'bulk mail has exactly one recipient per message (its own unsubscribe link)' },
+        ],
+      });
+    }
+    return (recipients[0] as { address: string }).address.toLowerCase();
+  }
+
+  private async isSuppressed(recipient: string, list: string): Promise<boolean> {
+    const { suppressions } = this.deps;
+    if (!suppressions) return false;
+    return (await suppressions.suppressedFrom(recipient, list)) !== undefined;
+  }
+
+  private unsubscribe(): Pick<UnsubscribeLinks, 'unsubscribeHeaders'> {
+    const links = this.deps.unsubscribe;
+    if (!links) {
+      throw new MailError('UNSUBSCRIBE_NOT_CONFIGURED', 'Bulk mail needs List-Unsubscribe links, and none are set up', {
+        details: [{ path: 'category', message: 'bulk mail is refused until MAIL_UNSUBSCRIBE_BASE_URL is set' }],
+      });
+    }
+    return links;
   }
 
   /**

@@ -38,6 +38,8 @@ export interface StatusRecord {
   source: OutboxSource;
   batchId?: string;
   template?: string;
+  /** Bulk mail: the list it belongs to. Delivery checks the suppressions of this list before it sends. */
+  list?: string;
   attempts: number;
   createdAt: string;
   scheduledFor?: string;
@@ -104,6 +106,8 @@ export interface StatusView {
   status: MailStatus;
   source: OutboxSource;
   batchId?: string;
+  /** Bulk mail: the list its recipient can unsubscribe from (and, when `suppressed`, was suppressed from). */
+  list?: string;
   attempts: number;
   createdAt: string;
   scheduledFor?: string;
@@ -124,6 +128,7 @@ export function statusView(record: StatusRecord): StatusView {
     status: record.status,
     source: record.source,
     ...(record.batchId !== undefined ? { batchId: record.batchId } : {}),
+    ...(record.list !== undefined ? { list: record.list } : {}),
     attempts: record.attempts,
     createdAt: record.createdAt,
     ...(record.scheduledFor !== undefined ? { scheduledFor: record.scheduledFor } : {}),
@@ -148,6 +153,7 @@ type Entity = {
   payloadHash: string;
   batchId?: string;
   template?: string;
+  list?: string;
   scheduledFor?: string;
   sentAt?: string;
   messageId?: string;
@@ -176,6 +182,7 @@ const clip = (value: string) =>
 const OPTIONAL_FIELDS = [
   'batchId',
   'template',
+  'list',
   'scheduledFor',
   'sentAt',
   'messageId',

@@ -28,6 +28,8 @@ export const BATCH_TABLE = 'MailBatches';
 export const PACING_TABLE = 'MailPacing';
 /** Blob leases, one blob per allowed SMTP connection of a sender mailbox (the connection cap). */
 export const PACING_LEASE_CONTAINER = 'mail-pacing';
+/** Suppressed recipients (unsubscribes and suppressions added over the API): one entity per (list, address). */
+export const SUPPRESSION_TABLE = 'MailSuppressions';
 /** The app setting (and prefix of the identity-based settings) the Functions host uses for its own storage. */
 export const STORAGE_SETTING = 'AzureWebJobsStorage';
 
@@ -60,6 +62,7 @@ export interface StorageClients {
   batchTable: TableClient;
   pacingTable: TableClient;
   pacingLeases: ContainerClient;
+  suppressionTable: TableClient;
   /** Creates the queues, tables and container. Once per process; a failed attempt is retried on the next call. */
   ensureResources(): Promise<void>;
 }
@@ -220,6 +223,7 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
     batchTable: table(BATCH_TABLE),
     pacingTable: table(PACING_TABLE),
     pacingLeases: blobs.getContainerClient(PACING_LEASE_CONTAINER),
+    suppressionTable: table(SUPPRESSION_TABLE),
   };
   let ready: Promise<void> | undefined;
   return {
@@ -237,6 +241,7 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
         clients.batchTable.createTable(),
         clients.pacingTable.createTable(),
         clients.pacingLeases.createIfNotExists(),
+        clients.suppressionTable.createTable(),
       ]).then(
         () => undefined,
         (error: unknown) => {

@@ -294,3 +294,51 @@ describe('readSettings', () => {
     expect(() => readSettings({}, file)).toThrow(/local.settings.json is not valid JSON/);
   });
 });
+
+describe('unsubscribe settings', () => {
+  it('MAIL_UNSUBSCRIBE_BASE_URL: unset by default; https without query or fragment; http only on loopback', () => {
+    expect(loadConfig(base).unsubscribe).toEqual({ baseUrl: undefined, keyName: 'mail-unsubscribe-key' });
+    expect(loadConfig({ ...base, MAIL_UNSUBSCRIBE_BASE_URL: 'https://mailer.contoso.com/' }).unsubscribe.baseUrl).toBe(
+      'https://mailer.contoso.com',
+    );
+    expect(loadConfig({ ...base, MAIL_UNSUBSCRIBE_BASE_URL: 'http://127.0.0.1:7071' }).unsubscribe.baseUrl).toBe(
+      'http://127.0.0.1:7071',
+    );
+    for (const bad of [
+      'http://mailer.contoso.com',
+      'https://mailer.contoso.com/?x=1',
+      'https://mailer.contoso.com/#top',
+      'https://user:pw@mailer.contoso.com',
+      'mailer.contoso.com',
+      'https://mailer contoso.com',
+      `https://${'a'.repeat(3000)}.com`,
+      'javascript:alert(1)',
+    ]) {
+      const list = problems({ ...base, MAIL_UNSUBSCRIBE_BASE_URL: bad });
+      expect(list, bad).toHaveLength(1);
+      expect(list[0]).toMatch(/^MAIL_UNSUBSCRIBE_BASE_URL is invalid: the public https base URL/);
+      expect(list[0]).not.toContain(bad.slice(0, 20));
+    }
+  });
+
+  it('a base URL needs a Key Vault for the key, in every auth mode; the key name is a Key Vault secret name', () => {
+    const federated = { ...base, MAIL_AUTH_MODE: 'federated-identity', MAIL_KEY_VAULT_URL: undefined };
+    expect(problems({ ...federated, MAIL_UNSUBSCRIBE_BASE_URL: 'https://mailer.contoso.com' })).toEqual([
+      expect.stringMatching(/^MAIL_KEY_VAULT_URL is required when MAIL_UNSUBSCRIBE_BASE_URL is set/),
+    ]);
+    expect(
+      loadConfig({
+        ...federated,
+        MAIL_KEY_VAULT_URL: 'https://v.vault.azure.net/',
+        MAIL_UNSUBSCRIBE_BASE_URL: 'https://m.contoso.com',
+      }).keyVaultUrl,
+    ).toBe('https://v.vault.azure.net');
+    expect(loadConfig({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'news-key-2' }).unsubscribe.keyName).toBe('news-key-2');
+    // Room for the rotation's "<name>-previous" within Key Vault's 127 characters.
+    expect(loadConfig({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'k'.repeat(118) }).unsubscribe.keyName).toHaveLength(118);
+    expect(problems({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'k'.repeat(119) })).toHaveLength(1);
+    expect(problems({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'bad name/x' })).toEqual([
+      expect.stringMatching(/^MAIL_UNSUBSCRIBE_KEY_NAME is invalid: the name of a Key Vault secret/),
+    ]);
+  });
+});

@@ -257,6 +257,9 @@ describe('the Function App gets every setting the app reads', () => {
       MAIL_PACING: config.limits.pacing ? 'on' : 'off',
       MAIL_SEND_LEASE_SECONDS: String(config.sendLeaseMs / 1000),
       MAIL_RETENTION_DAYS: String(config.retentionMs / 86_400_000),
+      MAIL_UNSUBSCRIBE_KEY_NAME: config.unsubscribe.keyName,
+      // Unset in the app (bulk mail refused until it is set): an empty string in the templates.
+      MAIL_UNSUBSCRIBE_BASE_URL: config.unsubscribe.baseUrl ?? '',
     };
     for (const [setting, expected] of Object.entries(appDefaults)) {
       const expression = settings.get(setting);
