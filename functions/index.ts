@@ -11,6 +11,12 @@ import './notificationsPost';
 import './notificationsGet';
 import './notificationsFanout';
 import './notificationsPoison';
+import './digestItemsPost';
+import './digestRunPost';
+import './digestGet';
+import './digestItemsQueue';
+import './digestItemsPoison';
+import './digestTimer';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
 app.hook.appTerminate(() => closeAppServices());

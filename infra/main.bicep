@@ -100,6 +100,13 @@ param mailRetryBackoffSeconds int = 30
 @minValue(1)
 param mailRetentionDays int = 30
 
+@description('MAIL_DIGEST_SCHEDULE: when scheduled digests run, an NCRONTAB expression of six fields (seconds first), in UTC unless WEBSITE_TIME_ZONE is set.')
+param mailDigestSchedule string = '0 0 7 * * *'
+
+@description('MAIL_DIGEST_MAX_ITEMS: the items listed in one digest; the rest are counted as omitted.')
+@minValue(1)
+param mailDigestMaxItems int = 50
+
 // ---------------------------------------------------------------------------------------------------------------
 
 var abbrs = loadJsonContent('abbreviations.json')
@@ -195,6 +202,8 @@ var mailSettings = {
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
   MAIL_RETRY_BACKOFF_SECONDS: string(mailRetryBackoffSeconds)
   MAIL_RETENTION_DAYS: string(mailRetentionDays)
+  MAIL_DIGEST_SCHEDULE: mailDigestSchedule
+  MAIL_DIGEST_MAX_ITEMS: string(mailDigestMaxItems)
 }
 
 module api 'app/api.bicep' = {

@@ -49,6 +49,8 @@ export const MAIL_EVENT_NAMES = [
   /** A batch refused as a whole on the queue (a batchId reused for other content): it went to the poison queue. */
   'BatchRejected',
   'NotificationRecipientRejected',
+  /** One run of a scheduled digest: its name and counts, never an address. */
+  'DigestRun',
 ] as const;
 export type MailEventName = (typeof MAIL_EVENT_NAMES)[number];
 
@@ -72,6 +74,12 @@ export interface MailEventProperties {
   retryInSeconds?: number;
   /** A recipient's position in its batch (NotificationRecipientRejected). */
   index?: number;
+  /** DigestRun: the digest's name (its template folder without `digest-`). */
+  digest?: string;
+  /** DigestRun: recipients sent a digest, items they held, items counted but not listed. */
+  recipients?: number;
+  items?: number;
+  omitted?: number;
   /** The Functions invocation id (InvocationContext.invocationId). */
   invocationId?: string;
   /** A W3C trace id (32 hex): recorded as a property and as the operation id (`operation_Id`). */
@@ -266,12 +274,22 @@ export function eventFields(props: MailEventProperties): {
   const p: Partial<Record<keyof MailEventProperties, unknown>> = props && typeof props === 'object' ? props : {};
   const properties: Record<string, string> = {};
   const measurements: Record<string, number> = {};
-  const str = (key: 'id' | 'template' | 'batchId' | 'errorCode' | 'invocationId' | 'operationId') => {
+  const str = (key: 'id' | 'template' | 'batchId' | 'digest' | 'errorCode' | 'invocationId' | 'operationId') => {
     const v = safeString(p[key]);
     if (v !== undefined) properties[key] = v;
   };
   const num = (
-    key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount' | 'refusedCount' | 'retryInSeconds' | 'index',
+    key:
+      | 'attempt'
+      | 'durationMs'
+      | 'smtpCode'
+      | 'recipientCount'
+      | 'refusedCount'
+      | 'retryInSeconds'
+      | 'index'
+      | 'recipients'
+      | 'items'
+      | 'omitted',
     measurement: boolean,
   ) => {
     let v = safeNumber(p[key]);
@@ -295,6 +313,10 @@ export function eventFields(props: MailEventProperties): {
     properties.reason = p.reason;
   num('retryInSeconds', true);
   num('index', false);
+  str('digest');
+  num('recipients', true);
+  num('items', true);
+  num('omitted', true);
   str('invocationId');
   str('operationId');
   return { properties, measurements };

@@ -16,12 +16,15 @@ var queueNames = [
   'mail-outbox-poison'
   'mail-notifications'
   'mail-notifications-poison'
+  'mail-digest-items'
+  'mail-digest-items-poison'
 ]
 var tableNames = [
   'MailStatus'
   'MailIdempotency'
   'MailBatches'
   'MailPacing'
+  'MailDigestItems'
 ]
 var containerNames = [
   'mail-payloads'

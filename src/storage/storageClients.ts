@@ -28,6 +28,11 @@ export const BATCH_TABLE = 'MailBatches';
 export const PACING_TABLE = 'MailPacing';
 /** Blob leases, one blob per allowed SMTP connection of a sender mailbox (the connection cap). */
 export const PACING_LEASE_CONTAINER = 'mail-pacing';
+/** Digest items producers write to (`{ digest, recipient, item, idempotencyKey? }`), and its poison queue. */
+export const DIGEST_ITEMS_QUEUE = 'mail-digest-items';
+export const DIGEST_ITEMS_POISON_QUEUE = `${DIGEST_ITEMS_QUEUE}-poison`;
+/** Scheduled digests: pending items, the recipients index and one run record per digest (see src/digests/digestStore.ts). */
+export const DIGEST_TABLE = 'MailDigestItems';
 /** The app setting (and prefix of the identity-based settings) the Functions host uses for its own storage. */
 export const STORAGE_SETTING = 'AzureWebJobsStorage';
 
@@ -60,6 +65,9 @@ export interface StorageClients {
   batchTable: TableClient;
   pacingTable: TableClient;
   pacingLeases: ContainerClient;
+  digestItemsQueue: QueueClient;
+  digestItemsPoisonQueue: QueueClient;
+  digestTable: TableClient;
   /** Creates the queues, tables and container. Once per process; a failed attempt is retried on the next call. */
   ensureResources(): Promise<void>;
 }
@@ -220,6 +228,9 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
     batchTable: table(BATCH_TABLE),
     pacingTable: table(PACING_TABLE),
     pacingLeases: blobs.getContainerClient(PACING_LEASE_CONTAINER),
+    digestItemsQueue: queues.getQueueClient(DIGEST_ITEMS_QUEUE),
+    digestItemsPoisonQueue: queues.getQueueClient(DIGEST_ITEMS_POISON_QUEUE),
+    digestTable: table(DIGEST_TABLE),
   };
   let ready: Promise<void> | undefined;
   return {
@@ -237,6 +248,9 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
         clients.batchTable.createTable(),
         clients.pacingTable.createTable(),
         clients.pacingLeases.createIfNotExists(),
+        clients.digestItemsQueue.createIfNotExists(),
+        clients.digestItemsPoisonQueue.createIfNotExists(),
+        clients.digestTable.createTable(),
       ]).then(
         () => undefined,
         (error: unknown) => {
