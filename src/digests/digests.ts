@@ -186,7 +186,17 @@ export class Digests {
         error: error.message,
         invocationId: context.invocationId,
       });
-      await this.deps.storage.digestItemsPoisonQueue.sendMessage(queueText(message), { messageTimeToLive: -1 });
+      const text = queueText(message);
+      if (text.length <= MAX_QUEUE_MESSAGE_CHARS) {
+        await this.deps.storage.digestItemsPoisonQueue.sendMessage(text, { messageTimeToLive: -1 });
+      } else {
+        // Only a message handed over already decoded can grow past the queue's limit when encoded again.
+        this.logger.error('poison: digest item message refused, too large to move to the poison queue', {
+          code: error.code,
+          error: error.message,
+          invocationId: context.invocationId,
+        });
+      }
       return { outcome: 'rejected', error: classified(error) };
     }
     const [stored] = await this.storeItems(parsed.digest, [parsed.input]);
@@ -308,9 +318,8 @@ export function decodeQueueMessage(message: unknown): unknown {
 /** A message as the queue takes it back (base64 JSON, as host.json's messageEncoding expects). */
 function queueText(message: unknown): string {
   if (Buffer.isBuffer(message)) return message.toString('base64');
-  if (typeof message === 'string') {
-    return message.trim().startsWith('{') ? Buffer.from(message).toString('base64') : message;
-  }
+  // Text goes back as it came: it fitted the queue then.
+  if (typeof message === 'string') return message;
   let json: string | undefined;
   try {
     json = JSON.stringify(message);
