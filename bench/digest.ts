@@ -65,7 +65,7 @@ export async function runDigestBench(
     }
     const intakeMs = Number(stored.wallMs);
     const runMs = Number(ran.wallMs);
-    sizes.push({
+    const figures: DigestSizeFigures = {
       items,
       recipients,
       intakeMs: Math.round(intakeMs),
@@ -73,7 +73,10 @@ export async function runDigestBench(
       perItemMs: round((intakeMs + runMs) / items, 3),
       runBaselineRssMiB: round(Number(ran.baselineRssMiB)),
       runPeakRssMiB: round(Number(ran.peakRssMiB)),
-    });
+    };
+    sizes.push(figures);
+    // Each size as soon as it is measured: the largest can take long against Azurite.
+    process.stderr.write(`digest bench: ${JSON.stringify(figures)}\n`);
   }
   const first = sizes[0] as DigestSizeFigures;
   const last = sizes[sizes.length - 1] as DigestSizeFigures;

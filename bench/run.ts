@@ -175,8 +175,9 @@ async function main(): Promise<void> {
       ]);
     }
     if (want('digest')) {
+      const sizesArg = process.argv.find((a) => a.startsWith('--digest-items='))?.slice('--digest-items='.length);
       const g = await runDigestBench(env, {
-        sizes: quick ? [1_000, 5_000] : [10_000, 100_000],
+        sizes: sizesArg ? sizesArg.split(',').map(Number) : quick ? [1_000, 5_000] : [10_000, 100_000],
         recipients: quick ? 1_000 : 10_000,
       });
       results.digest = g;
