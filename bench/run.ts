@@ -7,6 +7,7 @@ import { startSandbox } from '../sandbox';
 import { applySandboxEnv } from '../test/support/sandboxMailer';
 import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
+import { runDigestBench } from './digest';
 import { runFanoutBench } from './fanout';
 import { runFaultsBench } from './faults';
 import { runHostileBench, TARGET_AFTER_RATIO } from './hostile';
@@ -26,6 +27,10 @@ const TARGETS = {
   coldStartRatio: 1,
   /** One fan-out invocation must finish well inside functionTimeout (600 s): a tenth of it. */
   chunkSeconds: 60,
+  /** The digest run's peak RSS at the largest size. */
+  digestRssMiB: 256,
+  /** Time per item at the largest size over the smallest: flat (a quarter of slack for noise). */
+  digestPerItemRatio: 1.25,
 } as const;
 
 function table(rows: string[][]): void {
@@ -167,6 +172,31 @@ async function main(): Promise<void> {
         ],
         ['peak RSS (MiB), baseline', `${f.peakRssMiB} (${f.baselineRssMiB})`, ''],
         ['GET /api/notifications/{batchId} (ms)', String(f.countQueryMs), ''],
+      ]);
+    }
+    if (want('digest')) {
+      const sizesArg = process.argv.find((a) => a.startsWith('--digest-items='))?.slice('--digest-items='.length);
+      const g = await runDigestBench(env, {
+        sizes: sizesArg ? sizesArg.split(',').map(Number) : quick ? [1_000, 5_000] : [10_000, 100_000],
+        recipients: quick ? 1_000 : 10_000,
+      });
+      results.digest = g;
+      const largest = g.sizes[g.sizes.length - 1];
+      table([
+        ['Digests: intake + one run (delivery not included)', ...g.sizes.map((s) => `${s.items} items`), 'target'],
+        ['recipients', ...g.sizes.map((s) => String(s.recipients)), ''],
+        ['intake wall time (s)', ...g.sizes.map((s) => String(Math.round(s.intakeMs / 100) / 10)), ''],
+        ['run wall time (s)', ...g.sizes.map((s) => String(Math.round(s.runMs / 100) / 10)), ''],
+        [
+          'per item, intake + run (ms)',
+          ...g.sizes.map((s) => String(s.perItemMs)),
+          `largest/smallest = ${g.perItemRatio}, <= ${TARGETS.digestPerItemRatio}: ${verdict(g.perItemRatio <= TARGETS.digestPerItemRatio)}`,
+        ],
+        [
+          'run peak RSS (MiB), baseline',
+          ...g.sizes.map((s) => `${s.runPeakRssMiB} (${s.runBaselineRssMiB})`),
+          `< ${TARGETS.digestRssMiB} at ${largest?.items}: ${verdict((largest?.runPeakRssMiB ?? Infinity) < TARGETS.digestRssMiB)}`,
+        ],
       ]);
     }
     if (want('hostile')) {

@@ -16,6 +16,12 @@ import './unsubscribe';
 import './suppressionsGet';
 import './suppressionsPost';
 import './suppressionsDelete';
+import './digestItemsPost';
+import './digestRunPost';
+import './digestGet';
+import './digestItemsQueue';
+import './digestItemsPoison';
+import './digestTimer';
 
 // Close the SMTP pool and flush telemetry when the host shuts the worker down.
 app.hook.appTerminate(() => closeAppServices());

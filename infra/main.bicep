@@ -106,6 +106,13 @@ param mailUnsubscribeBaseUrl string = ''
 @description('MAIL_UNSUBSCRIBE_KEY_NAME: the Key Vault secret holding the key that signs unsubscribe links (create it before sending bulk mail: docs/unsubscribe.md).')
 param mailUnsubscribeKeyName string = 'mail-unsubscribe-key'
 
+@description('MAIL_DIGEST_SCHEDULE: when scheduled digests run, an NCRONTAB expression of six fields (seconds first), in UTC unless WEBSITE_TIME_ZONE is set.')
+param mailDigestSchedule string = '0 0 7 * * *'
+
+@description('MAIL_DIGEST_MAX_ITEMS: the items listed in one digest; the rest are counted as omitted.')
+@minValue(1)
+param mailDigestMaxItems int = 50
+
 // ---------------------------------------------------------------------------------------------------------------
 
 var abbrs = loadJsonContent('abbreviations.json')
@@ -203,6 +210,8 @@ var mailSettings = {
   MAIL_RETENTION_DAYS: string(mailRetentionDays)
   MAIL_UNSUBSCRIBE_BASE_URL: mailUnsubscribeBaseUrl
   MAIL_UNSUBSCRIBE_KEY_NAME: mailUnsubscribeKeyName
+  MAIL_DIGEST_SCHEDULE: mailDigestSchedule
+  MAIL_DIGEST_MAX_ITEMS: string(mailDigestMaxItems)
 }
 
 module api 'app/api.bicep' = {

@@ -1,6 +1,7 @@
 /**
- * `npm run demo`: starts the whole stack, sends through the HTTP API and the outbox, prints what Exchange and App Insights
- * received, then runs `m365-mailer doctor` against the sandbox with every check passing, and exits 0.
+ * `npm run demo`: starts the whole stack, sends through the HTTP API and the outbox, collects digest items and runs
+ * the digest, prints what Exchange and App Insights received, then runs `m365-mailer doctor` against the sandbox with
+ * every check passing, and exits 0.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -60,6 +61,37 @@ async function main(): Promise<void> {
     // Commands and final replies; EHLO continuation lines and the message body are left out.
     const transcript = (session?.transcript ?? []).filter((l) => !/^S: \d{3}-/.test(l) && !/^C: (?![A-Z]{4})/.test(l));
     for (const line of transcript.slice(0, 16)) out(`    ${line.slice(0, 110)}`);
+
+    out();
+    out('A digest: items collected for a recipient, then one message listing them.');
+    const reader = 'adele.vance@example.com';
+    const items = await fetch(url('digests/activity/items'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        items: [
+          { recipient: reader, item: { title: 'Invoice INV-2041 was paid', detail: 'EUR 1,240.00 by bank transfer.' } },
+          { recipient: reader, item: { title: 'Order A-10492 shipped', detail: '2 parcels, arriving Thursday.' } },
+          { recipient: reader, item: { title: 'New comment on "Q4 roadmap"', actor: 'Megan Bowen' } },
+        ],
+      }),
+    });
+    out(`POST /api/digests/activity/items → ${items.status} ${JSON.stringify(await items.json())}`);
+    const run = await fetch(url('digests/activity/run'), { method: 'POST' });
+    const report = (await run.json()) as { outcome: string; run?: Record<string, unknown> };
+    out(
+      `POST /api/digests/activity/run → ${run.status} ${JSON.stringify({ outcome: report.outcome, recipients: report.run?.recipients, items: report.run?.items, periodEnd: report.run?.periodEnd })}`,
+    );
+    if (report.outcome !== 'completed') throw new Error(`the digest run ended ${report.outcome}`);
+    let digest = sandbox.smtp.messages.find((m) => m.envelope.to.includes(reader));
+    for (let i = 0; i < 100 && !digest; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      digest = sandbox.smtp.messages.find((m) => m.envelope.to.includes(reader));
+    }
+    if (!digest) throw new Error('the digest never arrived');
+    out(`The digest arrived: "${digest.parsed.subject}" to ${digest.envelope.to.join(', ')}`);
+    for (const line of (digest.parsed.text ?? '').split('\n').slice(0, 10)) out(`  | ${line}`);
+    out(`GET /api/digests/activity → ${JSON.stringify(await (await fetch(url('digests/activity'))).json())}`);
 
     await sandbox.ingestion.waitFor(() => sandbox.ingestion.events('MailSent').length > 0, 10_000);
     out();

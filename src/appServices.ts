@@ -1,5 +1,6 @@
 /** The process-wide dependencies of the function app, built once from the app settings on first use. */
 import { exportSettings, loadConfig, readSettings, type Config } from './config';
+import { Digests } from './digests/digests';
 import { Delivery, defaultBackoffSeconds, type DeliverDeps } from './outbox/delivery';
 import { ensureError } from './errors';
 import { BatchBlobStore } from './notifications/batchBlobStore';
@@ -36,6 +37,8 @@ export interface AppServices {
   delivery: Delivery;
   /** Batch notifications: POST /api/notifications, the mail-notifications fan-out, batch status. */
   notifications: Notifications;
+  /** Scheduled digests: item intake (HTTP, mail-digest-items), the runs, their status. */
+  digests: Digests;
   /** The mailbox's shared pacing state (absent with MAIL_PACING=off). */
   pacer?: Pacer;
   /** The mailbox's cross-instance SMTP connection cap (absent with MAIL_PACING=off); GET /api/health takes one too. */
@@ -155,6 +158,15 @@ export function createAppServices(
     logger,
     now,
   });
+  const digests = new Digests({
+    config,
+    renderer,
+    outbox,
+    storage,
+    ...(delivery.deps.telemetry ? { telemetry: delivery.deps.telemetry } : {}),
+    logger,
+    now,
+  });
   const retention = new Retention({
     config,
     storage,
@@ -176,6 +188,7 @@ export function createAppServices(
     outbox,
     delivery,
     notifications,
+    digests,
     ...(pacer ? { pacer } : {}),
     ...(slots ? { slots } : {}),
     retention,

@@ -66,6 +66,32 @@ export function isDomain(value: string): boolean {
   return dot > 0 && TOP_LEVEL_DOMAIN.test(value.slice(dot + 1));
 }
 
+/** MAIL_DIGEST_SCHEDULE's default: 07:00 every day (UTC unless WEBSITE_TIME_ZONE says otherwise). */
+export const DEFAULT_DIGEST_SCHEDULE = '0 0 7 * * *';
+/** MAIL_DIGEST_MAX_ITEMS's default: items listed in one digest; the rest are counted as omitted. */
+export const DEFAULT_DIGEST_MAX_ITEMS = 50;
+/** One NCRONTAB field: digits, `*`, and the `, - /` that join them (no nested quantifiers: linear time). */
+const NCRONTAB_FIELD = /^[0-9*,/-]{1,60}$/;
+/** A day or month name field (MON-FRI, JAN): letters allowed in the last two fields. */
+const NCRONTAB_NAMED_FIELD = /^[0-9A-Za-z*,/-]{1,60}$/;
+
+/** True for a six-field NCRONTAB expression (seconds first), as the Functions host's timer trigger takes it. */
+export function isDigestSchedule(value: string): boolean {
+  if (value.length > 200) return false;
+  const fields = value.trim().split(/\s+/);
+  if (fields.length !== 6) return false;
+  return fields.every((field, i) => (i >= 4 ? NCRONTAB_NAMED_FIELD : NCRONTAB_FIELD).test(field));
+}
+
+/**
+ * The digest timer's schedule from the app settings the worker sees at registration (MAIL_DIGEST_SCHEDULE, else the
+ * default). An invalid value falls back to the default here; loadConfig reports it by name when the app starts.
+ */
+export function digestScheduleSetting(env: Record<string, string | undefined>): string {
+  const value = env.MAIL_DIGEST_SCHEDULE?.trim();
+  return value && isDigestSchedule(value) ? value : DEFAULT_DIGEST_SCHEDULE;
+}
+
 /** A pattern test on a setting that first bounds its length. */
 const matches = (pattern: RegExp, value: string) => value.length <= MAX_SETTING_CHARS && pattern.test(value);
 
@@ -154,6 +180,21 @@ const rawSchema = z.object({
   MAIL_RETENTION_DAYS: positive('MAIL_RETENTION_DAYS', DEFAULT_RETENTION_DAYS, 'days'),
   MAIL_UNSUBSCRIBE_BASE_URL: optionalString,
   MAIL_UNSUBSCRIBE_KEY_NAME: optionalString,
+  MAIL_DIGEST_SCHEDULE: z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      const schedule = value === undefined || value.trim() === '' ? DEFAULT_DIGEST_SCHEDULE : value.trim();
+      if (!isDigestSchedule(schedule)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `MAIL_DIGEST_SCHEDULE must be an NCRONTAB expression of six fields, seconds first (default "${DEFAULT_DIGEST_SCHEDULE}": 07:00 every day)`,
+        });
+        return z.NEVER;
+      }
+      return schedule;
+    }),
+  MAIL_DIGEST_MAX_ITEMS: positiveInt('MAIL_DIGEST_MAX_ITEMS', DEFAULT_DIGEST_MAX_ITEMS),
   AzureWebJobsStorage: optionalString,
   APPLICATIONINSIGHTS_CONNECTION_STRING: optionalString,
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: optionalString,
@@ -208,6 +249,8 @@ export interface Config {
   retryBackoffSeconds: number;
   /** MAIL_RETENTION_DAYS: records, keys, payloads and batches are deleted this long after their final state. */
   retentionMs: number;
+  /** Scheduled digests: MAIL_DIGEST_SCHEDULE (NCRONTAB, six fields) and MAIL_DIGEST_MAX_ITEMS (items shown per digest). */
+  digests: { schedule: string; maxItems: number };
   storageConnection?: string | undefined;
   appInsightsConnectionString?: string | undefined;
   /** APPLICATIONINSIGHTS_AUTHENTICATION_STRING: send telemetry with a managed identity token (local auth off). */
@@ -391,6 +434,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     sendLeaseMs: Math.round(s.MAIL_SEND_LEASE_SECONDS * 1000),
     retryBackoffSeconds: s.MAIL_RETRY_BACKOFF_SECONDS,
     retentionMs: Math.round(s.MAIL_RETENTION_DAYS * 24 * 60 * 60 * 1000),
+    digests: { schedule: s.MAIL_DIGEST_SCHEDULE, maxItems: s.MAIL_DIGEST_MAX_ITEMS },
     storageConnection: s.AzureWebJobsStorage,
     appInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING,
     appInsightsAuthenticationString: s.APPLICATIONINSIGHTS_AUTHENTICATION_STRING,

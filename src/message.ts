@@ -243,7 +243,7 @@ export const messageInputSchema = z
 export type MessageInput = z.input<typeof messageInputSchema>;
 
 /** Where a message came from: the HTTP API, a notification batch, or the command line (sent inline). */
-export const MAIL_SOURCES = ['http', 'notification', 'cli'] as const;
+export const MAIL_SOURCES = ['http', 'notification', 'digest', 'cli'] as const;
 export type MailSource = (typeof MAIL_SOURCES)[number];
 /** The sources whose messages go through the outbox (the CLI sends inline). */
 export type OutboxSource = Exclude<MailSource, 'cli'>;

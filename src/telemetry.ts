@@ -51,6 +51,8 @@ export const MAIL_EVENT_NAMES = [
   'NotificationRecipientRejected',
   /** A bulk message not sent to a suppressed recipient; `stage` says whether at accept or at delivery. Counts only. */
   'MailSuppressed',
+  /** One run of a scheduled digest: its name and counts, never an address. */
+  'DigestRun',
 ] as const;
 export type MailEventName = (typeof MAIL_EVENT_NAMES)[number];
 
@@ -78,6 +80,12 @@ export interface MailEventProperties {
   list?: string;
   /** A recipient's position in its batch (NotificationRecipientRejected). */
   index?: number;
+  /** DigestRun: the digest's name (its template folder without `digest-`). */
+  digest?: string;
+  /** DigestRun: recipients sent a digest, items they held, items counted but not listed. */
+  recipients?: number;
+  items?: number;
+  omitted?: number;
   /** The Functions invocation id (InvocationContext.invocationId). */
   invocationId?: string;
   /** A W3C trace id (32 hex): recorded as a property and as the operation id (`operation_Id`). */
@@ -272,12 +280,24 @@ export function eventFields(props: MailEventProperties): {
   const p: Partial<Record<keyof MailEventProperties, unknown>> = props && typeof props === 'object' ? props : {};
   const properties: Record<string, string> = {};
   const measurements: Record<string, number> = {};
-  const str = (key: 'id' | 'template' | 'batchId' | 'errorCode' | 'invocationId' | 'operationId' | 'list') => {
+  const str = (
+    key: 'id' | 'template' | 'batchId' | 'digest' | 'errorCode' | 'invocationId' | 'operationId' | 'list',
+  ) => {
     const v = safeString(p[key]);
     if (v !== undefined) properties[key] = v;
   };
   const num = (
-    key: 'attempt' | 'durationMs' | 'smtpCode' | 'recipientCount' | 'refusedCount' | 'retryInSeconds' | 'index',
+    key:
+      | 'attempt'
+      | 'durationMs'
+      | 'smtpCode'
+      | 'recipientCount'
+      | 'refusedCount'
+      | 'retryInSeconds'
+      | 'index'
+      | 'recipients'
+      | 'items'
+      | 'omitted',
     measurement: boolean,
   ) => {
     let v = safeNumber(p[key]);
@@ -303,6 +323,10 @@ export function eventFields(props: MailEventProperties): {
   num('index', false);
   if (p.stage === 'accept' || p.stage === 'delivery') properties.stage = p.stage;
   str('list');
+  str('digest');
+  num('recipients', true);
+  num('items', true);
+  num('omitted', true);
   str('invocationId');
   str('operationId');
   return { properties, measurements };

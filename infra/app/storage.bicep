@@ -16,6 +16,8 @@ var queueNames = [
   'mail-outbox-poison'
   'mail-notifications'
   'mail-notifications-poison'
+  'mail-digest-items'
+  'mail-digest-items-poison'
 ]
 var tableNames = [
   'MailStatus'
@@ -23,6 +25,7 @@ var tableNames = [
   'MailBatches'
   'MailPacing'
   'MailSuppressions'
+  'MailDigestItems'
 ]
 var containerNames = [
   'mail-payloads'

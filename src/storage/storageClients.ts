@@ -30,6 +30,11 @@ export const PACING_TABLE = 'MailPacing';
 export const PACING_LEASE_CONTAINER = 'mail-pacing';
 /** Suppressed recipients (unsubscribes and suppressions added over the API): one entity per (list, address). */
 export const SUPPRESSION_TABLE = 'MailSuppressions';
+/** Digest items producers write to (`{ digest, recipient, item, idempotencyKey? }`), and its poison queue. */
+export const DIGEST_ITEMS_QUEUE = 'mail-digest-items';
+export const DIGEST_ITEMS_POISON_QUEUE = `${DIGEST_ITEMS_QUEUE}-poison`;
+/** Scheduled digests: pending items, the recipients index and one run record per digest (see src/digests/digestStore.ts). */
+export const DIGEST_TABLE = 'MailDigestItems';
 /** The app setting (and prefix of the identity-based settings) the Functions host uses for its own storage. */
 export const STORAGE_SETTING = 'AzureWebJobsStorage';
 
@@ -63,6 +68,9 @@ export interface StorageClients {
   pacingTable: TableClient;
   pacingLeases: ContainerClient;
   suppressionTable: TableClient;
+  digestItemsQueue: QueueClient;
+  digestItemsPoisonQueue: QueueClient;
+  digestTable: TableClient;
   /** Creates the queues, tables and container. Once per process; a failed attempt is retried on the next call. */
   ensureResources(): Promise<void>;
 }
@@ -224,6 +232,9 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
     pacingTable: table(PACING_TABLE),
     pacingLeases: blobs.getContainerClient(PACING_LEASE_CONTAINER),
     suppressionTable: table(SUPPRESSION_TABLE),
+    digestItemsQueue: queues.getQueueClient(DIGEST_ITEMS_QUEUE),
+    digestItemsPoisonQueue: queues.getQueueClient(DIGEST_ITEMS_POISON_QUEUE),
+    digestTable: table(DIGEST_TABLE),
   };
   let ready: Promise<void> | undefined;
   return {
@@ -242,6 +253,9 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
         clients.pacingTable.createTable(),
         clients.pacingLeases.createIfNotExists(),
         clients.suppressionTable.createTable(),
+        clients.digestItemsQueue.createIfNotExists(),
+        clients.digestItemsPoisonQueue.createIfNotExists(),
+        clients.digestTable.createTable(),
       ]).then(
         () => undefined,
         (error: unknown) => {

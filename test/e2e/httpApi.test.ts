@@ -69,6 +69,7 @@ beforeAll(async () => {
       AzureWebJobsStorage: azurite.connectionString,
       MAIL_ALLOWED_FROM: `billing@${sandbox.tenant.domain}`,
       MAIL_RATE_PER_MINUTE: '6000',
+      MAIL_DIGEST_SCHEDULE: '0 30 6 * * 1-5',
     },
     port: 0,
     pollIntervalMs: 200,
@@ -186,6 +187,36 @@ describe('POST /api/messages → outbox → Exchange', () => {
     });
     expect(host.functions.find((f) => f.name === 'outboxRepair')).toBeUndefined();
     await host.runTimer('mailRetention');
+  });
+
+  it('the digest timer takes its schedule from MAIL_DIGEST_SCHEDULE and sends pending digests through the host', async () => {
+    expect(host.functions.find((f) => f.name === 'digestTimer')).toMatchObject({
+      kind: 'timer',
+      schedule: '0 30 6 * * 1-5',
+    });
+    const to = `digest.${Date.now()}@example.com`;
+    const items = await fetch(api('digests/activity/items'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ recipient: to, item: { title: 'Timer item' } }),
+    });
+    expect(items.status).toBe(202);
+    const pending = (await (await fetch(api('digests/activity'))).json()) as Record<string, unknown>;
+    expect(pending).toMatchObject({ pendingRecipients: 1, pendingItems: 1 });
+    await host.runTimer('digestTimer');
+    const deadline = Date.now() + 20_000;
+    while (!sandbox.smtp.messages.some((m) => m.envelope.to.includes(to)) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const digest = sandbox.smtp.messages.find((m) => m.envelope.to.includes(to));
+    expect(digest?.parsed.subject).toBe('Your daily activity: 1 new');
+    expect(digest?.parsed.text).toContain('- Timer item');
+    const after = (await (await fetch(api('digests/activity'))).json()) as Record<string, unknown>;
+    expect(after).toMatchObject({ pendingRecipients: 0, lastRun: { status: 'completed', recipients: 1, items: 1 } });
+    // The preview renders the digest template with its sample.
+    const preview = await fetch(api('templates/digest-activity/preview'));
+    expect(preview.status).toBe(200);
+    expect(await preview.text()).toContain('Invoice INV-2041 was paid');
   });
 
   it('GET of an unknown id is 404; preview of an unknown template is 404; no key is 401', async () => {

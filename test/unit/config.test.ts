@@ -3,7 +3,14 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, SETTING_NAMES, loadConfig, readSettings } from '../../src/config';
+import {
+  ConfigError,
+  SETTING_NAMES,
+  digestScheduleSetting,
+  isDigestSchedule,
+  loadConfig,
+  readSettings,
+} from '../../src/config';
 import { createAppServices } from '../../src/appServices';
 
 const tempDirs: string[] = [];
@@ -340,5 +347,35 @@ describe('unsubscribe settings', () => {
     expect(problems({ ...base, MAIL_UNSUBSCRIBE_KEY_NAME: 'bad name/x' })).toEqual([
       expect.stringMatching(/^MAIL_UNSUBSCRIBE_KEY_NAME is invalid: the name of a Key Vault secret/),
     ]);
+  });
+});
+
+describe('digest settings', () => {
+  it('default to 07:00 every day and 50 items', () => {
+    expect(loadConfig(base).digests).toEqual({ schedule: '0 0 7 * * *', maxItems: 50 });
+    expect(
+      loadConfig({ ...base, MAIL_DIGEST_SCHEDULE: ' 0 30 6 * * MON-FRI ', MAIL_DIGEST_MAX_ITEMS: '20' }).digests,
+    ).toEqual({
+      schedule: '0 30 6 * * MON-FRI',
+      maxItems: 20,
+    });
+  });
+
+  it('a bad schedule or item count is named with its fix', () => {
+    for (const schedule of ['0 7 * * *', 'every day', '0 0 7 * * * *', `0 0 7 * * ${'1'.repeat(300)}`]) {
+      expect(problems({ ...base, MAIL_DIGEST_SCHEDULE: schedule }).join('\n')).toMatch(
+        /MAIL_DIGEST_SCHEDULE must be an NCRONTAB expression of six fields/,
+      );
+    }
+    expect(problems({ ...base, MAIL_DIGEST_MAX_ITEMS: '0' })).toEqual([
+      'MAIL_DIGEST_MAX_ITEMS must be a positive whole number',
+    ]);
+  });
+
+  it('the timer registers the setting, or the default when it is unset or invalid', () => {
+    expect(digestScheduleSetting({ MAIL_DIGEST_SCHEDULE: '0 15 18 * * *' })).toBe('0 15 18 * * *');
+    expect(digestScheduleSetting({})).toBe('0 0 7 * * *');
+    expect(digestScheduleSetting({ MAIL_DIGEST_SCHEDULE: 'nonsense' })).toBe('0 0 7 * * *');
+    expect(isDigestSchedule(`${'1,'.repeat(50_000)}1 * * * * *`)).toBe(false);
   });
 });

@@ -1,0 +1,84 @@
+/**
+ * Scheduled digests at scale: items over 10,000 recipients stored through intake, then one run of the digest (each
+ * recipient's digest accepted into the outbox, the items deleted) against Azurite, in fresh processes. Delivery is not
+ * part of it. Two sizes side by side, so that the time per item can be compared.
+ */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+
+export interface DigestSizeFigures {
+  items: number;
+  recipients: number;
+  intakeMs: number;
+  runMs: number;
+  /** Intake and run, per item. */
+  perItemMs: number;
+  runBaselineRssMiB: number;
+  runPeakRssMiB: number;
+}
+
+export interface DigestFigures {
+  sizes: DigestSizeFigures[];
+  /** Time per item at the largest size over the smallest: flat or falling is the target. */
+  perItemRatio: number;
+}
+
+const ROOT = path.resolve(__dirname, '..');
+const round = (n: number, digits = 1) => Math.round(n * 10 ** digits) / 10 ** digits;
+
+function child(env: Record<string, string | undefined>, args: string[]): Promise<Record<string, number | string>> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      ['--expose-gc', '--import', 'tsx', path.join(ROOT, 'bench/digestChild.ts'), ...args],
+      {
+        cwd: ROOT,
+        env: {
+          PATH: process.env.PATH ?? '',
+          ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),
+        },
+        encoding: 'utf8',
+        maxBuffer: 16 * 1024 * 1024,
+        timeout: 60 * 60 * 1000,
+      },
+      (error, stdout, stderr) =>
+        error
+          ? reject(new Error(`digest bench failed: ${stderr || error.message}`))
+          : resolve(JSON.parse(stdout.trim().split('\n').at(-1) as string) as Record<string, number | string>),
+    );
+  });
+}
+
+/** Runs each size in turn (intake, then a run that must send every recipient its digest and leave nothing). */
+export async function runDigestBench(
+  env: Record<string, string | undefined>,
+  options: { sizes: number[]; recipients: number },
+): Promise<DigestFigures> {
+  const sizes: DigestSizeFigures[] = [];
+  for (const items of options.sizes) {
+    const stored = await child(env, ['intake', String(items), String(options.recipients)]);
+    if (stored.accepted !== items) throw new Error(`digest bench: intake stored ${stored.accepted} of ${items}`);
+    const ran = await child(env, ['run']);
+    const recipients = Math.min(items, options.recipients);
+    if (ran.outcome !== 'completed' || ran.items !== items || ran.recipients !== recipients || ran.pending !== 0) {
+      throw new Error(`digest bench: the run did not send every item: ${JSON.stringify(ran)}`);
+    }
+    const intakeMs = Number(stored.wallMs);
+    const runMs = Number(ran.wallMs);
+    const figures: DigestSizeFigures = {
+      items,
+      recipients,
+      intakeMs: Math.round(intakeMs),
+      runMs: Math.round(runMs),
+      perItemMs: round((intakeMs + runMs) / items, 3),
+      runBaselineRssMiB: round(Number(ran.baselineRssMiB)),
+      runPeakRssMiB: round(Number(ran.peakRssMiB)),
+    };
+    sizes.push(figures);
+    // Each size as soon as it is measured: the largest can take long against Azurite.
+    process.stderr.write(`digest bench: ${JSON.stringify(figures)}\n`);
+  }
+  const first = sizes[0] as DigestSizeFigures;
+  const last = sizes[sizes.length - 1] as DigestSizeFigures;
+  return { sizes, perItemRatio: round(last.perItemMs / first.perItemMs, 2) };
+}

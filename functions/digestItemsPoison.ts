@@ -1,0 +1,19 @@
+/** Queue mail-digest-items-poison: logs a refused item with its reason, or stores one the host gave up on once storage is back. */
+import { app, type InvocationContext } from '@azure/functions';
+import { getAppServices } from '../src/appServices';
+import { DIGEST_ITEMS_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
+import { dequeueCountOf } from './queue';
+
+export async function digestItemsPoison(message: unknown, context: InvocationContext): Promise<void> {
+  const dequeueCount = dequeueCountOf(context);
+  await getAppServices().digests.markPoisoned(message, {
+    ...(dequeueCount !== undefined ? { dequeueCount } : {}),
+    invocationId: context.invocationId,
+  });
+}
+
+app.storageQueue('digestItemsPoison', {
+  queueName: DIGEST_ITEMS_POISON_QUEUE,
+  connection: STORAGE_SETTING,
+  handler: digestItemsPoison,
+});

@@ -1,0 +1,14 @@
+/** Queue mail-digest-items: stores one digest item; a bad message goes to the poison queue, storage failures throw. */
+import { app, type InvocationContext } from '@azure/functions';
+import { getAppServices } from '../src/appServices';
+import { DIGEST_ITEMS_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
+
+export async function digestItemsQueue(message: unknown, context: InvocationContext): Promise<void> {
+  await getAppServices().digests.handleQueueMessage(message, { invocationId: context.invocationId });
+}
+
+app.storageQueue('digestItemsQueue', {
+  queueName: DIGEST_ITEMS_QUEUE,
+  connection: STORAGE_SETTING,
+  handler: digestItemsQueue,
+});

@@ -1,0 +1,32 @@
+/** Timer on MAIL_DIGEST_SCHEDULE: runs every digest with pending items. A missed run (isPastDue) simply runs now. */
+import { app, type InvocationContext, type Timer } from '@azure/functions';
+import { getAppServices } from '../src/appServices';
+import { digestScheduleSetting, readSettings } from '../src/config';
+
+export async function digestTimer(timer: Timer, context: InvocationContext): Promise<void> {
+  const services = getAppServices();
+  if (timer.isPastDue) services.logger.info('digest run past due: running now', { invocationId: context.invocationId });
+  const reports = await services.digests.runAll({ invocationId: context.invocationId });
+  for (const report of reports) {
+    if (report.outcome === 'busy' || report.outcome === 'superseded') {
+      services.logger.info('digest run skipped: another run holds it', {
+        digest: report.digest,
+        outcome: report.outcome,
+      });
+    }
+  }
+}
+
+/**
+ * The schedule is the app setting, read when the worker registers its functions (the Functions host and the dev host
+ * both take the schedule the worker reports); local.settings.json is read too outside Azure.
+ */
+function schedule(): string {
+  try {
+    return digestScheduleSetting(readSettings(process.env));
+  } catch {
+    return digestScheduleSetting(process.env);
+  }
+}
+
+app.timer('digestTimer', { schedule: schedule(), handler: digestTimer });

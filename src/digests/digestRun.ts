@@ -1,0 +1,292 @@
+/**
+ * One run of a digest: every pending recipient gets one message of the items received in the run's period, through
+ * the outbox like any other mail (source `digest`).
+ *
+ * The period. A run claims the digest's run record (insert, or replace under its ETag) and takes as its `periodEnd`
+ * the Timestamp the storage service gave that write: items are stamped by the same service when inserted, so an
+ * item with a Timestamp up to periodEnd was committed before the run started and every read of the run sees it; an
+ * item received later is left for the next period. periodEnd is written to the run record, so a run taken over
+ * after its instance died (its lease ran out) keeps the same period.
+ *
+ * Per recipient, in this order: read its items, render and accept the digest into the outbox with the idempotency
+ * key `digest:<digest>:<recipient hash>:<periodEnd>`, delete the items it listed or counted, then drop the recipient's
+ * index row if it has no items left (with the ETag read before its items, see digestStore.ts). A crash anywhere
+ * leaves the items until the outbox entry exists; a rerun of the same period finds the entry by its key (the same
+ * content is a replay; less content, because part of the items were deleted already, is answered with a conflict,
+ * which also says the entry exists) and deletes what is left of them.
+ *
+ * Overlapping runs. A run holds a lease on the run record (`leaseUntil`, renewed under the ETag as it checkpoints
+ * its counts); a second run while it is held answers `busy`. A run whose checkpoint loses the ETag race was taken
+ * over and stops. The idempotency key is the backstop: two runs of one period accept one message per recipient.
+ */
+import { createHash } from 'node:crypto';
+import type { Config } from '../config';
+import { MailError } from '../errors';
+import { silentLogger, type Logger } from '../logger';
+import { uuidv7 } from '../outbox/messageIds';
+import type { Outbox } from '../outbox/outbox';
+import type { SendRequest } from '../outbox/sendRequest';
+import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
+import { MAX_TEMPLATE_DATA_CHARS } from '../templates/templateRenderer';
+import type { Telemetry } from '../telemetry';
+import { digestTemplate } from './digestRequest';
+import type { DigestRunRecord, DigestStore, PendingRecipient, StoredItem } from './digestStore';
+
+/** A run's lease on its run record; renewed at every checkpoint. */
+export const DIGEST_LEASE_MS = 2 * 60 * 1000;
+/** Counts and lease are written at most this often while a run goes on. */
+const CHECKPOINT_MS = 5_000;
+/** Recipients handled at once (bounded concurrency against storage). */
+const RECIPIENT_CONCURRENCY = 16;
+/** The items' JSON given to one digest's template stays under this; items past it are counted as omitted. */
+const ITEMS_DATA_CHARS = MAX_TEMPLATE_DATA_CHARS - 16 * 1024;
+
+export type RunOutcome = 'completed' | 'busy' | 'superseded' | 'nothing-pending';
+
+export interface RunReport {
+  digest: string;
+  outcome: RunOutcome;
+  /** The run record after the run (for busy: the run holding the lease). */
+  run?: DigestRunRecord;
+}
+
+export interface DigestRunDeps {
+  config: Config;
+  store: DigestStore;
+  outbox: Pick<Outbox, 'acceptRequest'>;
+  telemetry?: Telemetry;
+  logger?: Logger;
+  now?: () => number;
+}
+
+interface Counts {
+  recipients: number;
+  items: number;
+  omitted: number;
+  failed: number;
+}
+
+/** The list a digest's unsubscribe links and suppressions use: its template's name, as a bulk batch's default. */
+export function digestList(digest: string): string {
+  return `digest-${digest}`;
+}
+
+/** The outbox idempotency key of a recipient's digest for a period (no address: a hash of it). */
+export function digestIdempotencyKey(digest: string, recipient: string, periodEnd: string): string {
+  const hash = createHash('sha256').update(recipient.toLowerCase()).digest('hex').slice(0, 32);
+  return `digest:${digest}:${hash}:${periodEnd}`;
+}
+
+function strip(record: DigestRunRecord & { etag?: string }): DigestRunRecord {
+  const { etag: _etag, ...rest } = record;
+  return rest;
+}
+
+export class DigestRunner {
+  private readonly logger: Logger;
+  private readonly now: () => number;
+
+  constructor(private readonly deps: DigestRunDeps) {
+    this.logger = deps.logger ?? silentLogger;
+    this.now = deps.now ?? Date.now;
+  }
+
+  /** Runs `digest` now (its template is known to exist). Throws only when storage fails. */
+  async run(digest: string, context: { invocationId?: string } = {}): Promise<RunReport> {
+    const { store } = this.deps;
+    const started = this.now();
+    const claim = await this.claim(digest);
+    if ('busy' in claim) return { digest, outcome: 'busy', run: strip(claim.busy) };
+    let record = claim.record;
+    if (record.periodEnd === undefined) {
+      // The service's Timestamp of the claim: the same clock that stamped the items.
+      const periodEnd = new Date(Date.parse(await store.runTimestamp(digest))).toISOString();
+      const fixed = await store.updateRun(record, { periodEnd });
+      if (!fixed) return { digest, outcome: 'superseded' };
+      record = fixed;
+    }
+    const periodEnd = record.periodEnd as string;
+    const counts: Counts = {
+      recipients: record.recipients,
+      items: record.items,
+      omitted: record.omitted,
+      failed: record.failed,
+    };
+    let lastCheckpoint = this.now();
+    for await (const page of store.pendingRecipients(digest)) {
+      for (let i = 0; i < page.length; i += RECIPIENT_CONCURRENCY) {
+        await Promise.all(
+          page.slice(i, i + RECIPIENT_CONCURRENCY).map((r) => this.recipient(digest, r, record, counts)),
+        );
+        if (this.now() - lastCheckpoint >= CHECKPOINT_MS) {
+          const written = await store.updateRun(record, {
+            ...counts,
+            leaseUntil: new Date(this.now() + DIGEST_LEASE_MS).toISOString(),
+          });
+          if (!written) {
+            this.logger.warn('digest run taken over by another run; stopping', { digest, runId: record.runId });
+            return { digest, outcome: 'superseded' };
+          }
+          record = written;
+          lastCheckpoint = this.now();
+        }
+      }
+    }
+    const durationMs = this.now() - started;
+    const done = await store.updateRun(record, {
+      ...counts,
+      status: 'completed',
+      completedAt: new Date(this.now()).toISOString(),
+      durationMs,
+      leaseUntil: new Date(this.now()).toISOString(),
+    });
+    if (!done) return { digest, outcome: 'superseded' };
+    this.deps.telemetry?.trackEvent('DigestRun', {
+      digest,
+      recipients: counts.recipients,
+      items: counts.items,
+      omitted: counts.omitted,
+      durationMs,
+      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+    });
+    this.logger.info('digest run completed', { digest, periodEnd, ...counts, durationMs });
+    return { digest, outcome: 'completed', run: strip(done) };
+  }
+
+  /** Takes the run record: a new run, a run taken over (its lease ran out), or busy (another run holds it). */
+  private claim(
+    digest: string,
+  ): Promise<{ record: DigestRunRecord & { etag: string } } | { busy: DigestRunRecord & { etag: string } }> {
+    const { store } = this.deps;
+    return retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        const now = this.now();
+        const fresh = {
+          runId: uuidv7(now),
+          startedAt: new Date(now).toISOString(),
+          leaseUntil: new Date(now + DIGEST_LEASE_MS).toISOString(),
+        };
+        const current = await store.getRun(digest);
+        if (!current) {
+          const created = await store.createRun({
+            digest,
+            status: 'running',
+            ...fresh,
+            recipients: 0,
+            items: 0,
+            omitted: 0,
+            failed: 0,
+          });
+          return created ? { record: created } : LOST_RACE;
+        }
+        if (current.status === 'running' && Date.parse(current.leaseUntil) > now) return { busy: current };
+        if (current.status === 'running') {
+          this.logger.warn('taking over a digest run whose lease ran out', { digest, periodEnd: current.periodEnd });
+          const taken = await store.updateRun(current, { runId: fresh.runId, leaseUntil: fresh.leaseUntil });
+          return taken ? { record: taken } : LOST_RACE;
+        }
+        const next = await store.updateRun(current, {
+          status: 'running',
+          ...fresh,
+          periodStart: current.periodEnd,
+          periodEnd: undefined,
+          recipients: 0,
+          items: 0,
+          omitted: 0,
+          failed: 0,
+          completedAt: undefined,
+          durationMs: undefined,
+        });
+        return next ? { record: next } : LOST_RACE;
+      },
+      exhausted: () => {
+        throw new Error(`Digest ${digest}: lost the run record race ${MAX_RACES} times`);
+      },
+    });
+  }
+
+  /** One recipient: its digest accepted into the outbox, then its items deleted. */
+  private async recipient(
+    digest: string,
+    pending: PendingRecipient,
+    record: DigestRunRecord,
+    counts: Counts,
+  ): Promise<void> {
+    const { store, outbox, config } = this.deps;
+    const periodEnd = record.periodEnd as string;
+    const periodEndMs = Date.parse(periodEnd);
+    const all = await store.items(digest, pending.recipient);
+    const due = all
+      .filter((item) => item.receivedMs <= periodEndMs)
+      .sort((a, b) => a.receivedMs - b.receivedMs || (a.rowKey < b.rowKey ? -1 : a.rowKey > b.rowKey ? 1 : 0));
+    if (due.length > 0) {
+      const shown = this.listed(due, config.digests.maxItems);
+      const omitted = due.length - shown.length;
+      const request: SendRequest = {
+        to: [{ address: pending.recipient }],
+        cc: [],
+        bcc: [],
+        content: {
+          kind: 'template',
+          template: digestTemplate(digest),
+          data: {
+            recipient: pending.recipient,
+            digest,
+            items: shown,
+            total: due.length,
+            omitted,
+            ...(record.periodStart !== undefined ? { periodStart: record.periodStart } : {}),
+            periodEnd,
+          },
+        },
+        attachments: [],
+        headers: {},
+        idempotencyKey: digestIdempotencyKey(digest, pending.recipient, periodEnd),
+      };
+      try {
+        // A digest is bulk mail: List-Unsubscribe headers, and a suppressed recipient's digest is recorded suppressed.
+        await outbox.acceptRequest(request, { source: 'digest', list: digestList(digest) });
+      } catch (error) {
+        if (error instanceof MailError && error.code === 'IDEMPOTENCY_CONFLICT') {
+          // Accepted by an earlier attempt of this period, which listed these items and more (deleted since).
+        } else if (error instanceof MailError && !error.transient) {
+          // The template or the message is wrong for this recipient: the items stay for a run after the fix.
+          counts.failed++;
+          this.logger.error('digest could not be accepted for a recipient; its items stay pending', {
+            digest,
+            code: error.code,
+            error: error.message,
+          });
+          return;
+        } else {
+          throw error;
+        }
+      }
+      await store.deleteItems(
+        digest,
+        pending.recipient,
+        due.map((item) => item.rowKey),
+      );
+      counts.recipients++;
+      counts.items += due.length;
+      counts.omitted += omitted;
+    }
+    // Items received after periodEnd stay with their index row; none left: the row goes, unless written meanwhile.
+    if (due.length === all.length && !(await store.hasItems(digest, pending.recipient))) {
+      await store.dropRecipient(digest, pending.recipient, pending.etag);
+    }
+  }
+
+  /** The first `max` items, oldest first, within the template data budget; the rest are counted only. */
+  private listed(due: readonly StoredItem[], max: number): unknown[] {
+    const shown: unknown[] = [];
+    let chars = 0;
+    for (const item of due) {
+      if (shown.length >= max || chars + item.json.length > ITEMS_DATA_CHARS) break;
+      chars += item.json.length;
+      shown.push(JSON.parse(item.json));
+    }
+    return shown;
+  }
+}
