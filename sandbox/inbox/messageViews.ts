@@ -1,4 +1,5 @@
 /** What the inbox's JSON API says about received messages: list entries and one message's details, every field bounded. */
+import { decodeWords } from 'postal-mime';
 import type PostalMime from 'postal-mime';
 import type { CapturedEnvelope } from '../ingestion';
 import type { ExchangeSmtpMessage, ExchangeSmtpRejection, ExchangeSmtpSession } from '../smtp/observation';
@@ -60,7 +61,8 @@ export interface MessageDetail extends MessageSummary {
   date: string;
   tlsVersion: string;
   authMethod: string;
-  headers: Array<{ name: string; value: string }>;
+  /** Every header in order: `value` as it arrived (unfolded), `decoded` with its encoded words (RFC 2047) decoded. */
+  headers: Array<{ name: string; value: string; decoded: string }>;
   headersTruncated: boolean;
   text: string;
   hasHtml: boolean;
@@ -192,6 +194,15 @@ function sessionView(session: ExchangeSmtpSession | undefined): MessageDetail['s
   };
 }
 
+/** A header value with its encoded words decoded by postal-mime; the value as it is when they do not decode. */
+function decodedHeader(value: string): string {
+  try {
+    return decodeWords(value);
+  } catch {
+    return value;
+  }
+}
+
 /** What the records hold about a message, for the detail view. */
 export interface MessageRecords {
   sessions: readonly ExchangeSmtpSession[];
@@ -205,6 +216,7 @@ export function messageDetail(message: ExchangeSmtpMessage, records: MessageReco
   const headers = parsed.headers.slice(0, MAX_HEADERS).map((h) => ({
     name: bounded(h.originalKey, 200),
     value: bounded(h.value),
+    decoded: bounded(decodedHeader(h.value)),
   }));
   return {
     ...messageSummary(message),

@@ -228,7 +228,9 @@ export const INBOX_SCRIPT = String.raw`'use strict';
     return {
       html: htmlPanel,
       text: d.text ? el('pre', { id: 'text-part' }, d.text) : el('p', { className: 'muted' }, 'This message has no text part.'),
-      headers: table(['Header', 'Value'], d.headers.map(function (h) { return [h.name, h.value]; })),
+      headers: table(['Header', 'Value', 'As sent'], d.headers.map(function (h) {
+        return [h.name, h.decoded, h.decoded === h.value ? '' : h.value];
+      })),
       attachments: attachments,
       transcript: transcript,
       telemetry: el('div', { id: 'telemetry' }, telemetryPanel(d.telemetry)),
