@@ -164,7 +164,7 @@ export const INBOX_SCRIPT = String.raw`'use strict';
           el('span', { className: 'from', title: m.from }, m.from),
           el('span', { className: 'time', title: m.receivedAt }, time(m.receivedAt))),
         el('div', { className: 'subject' }, m.subject || '(no subject)'),
-        el('div', { className: 'to' }, 'to ' + m.to.join(', ') + (m.attachments ? '  ·  📎 ' + m.attachments : '')));
+        el('div', { className: 'to' }, 'to ' + m.to.join(', ') + (m.attachments ? '  ·  ' + m.attachments + (m.attachments === 1 ? ' attachment' : ' attachments') : '')));
       item.addEventListener('click', function () { location.hash = '#/m/' + m.id; });
       list.append(item);
     });
