@@ -132,7 +132,11 @@ export async function startInbox(options: InboxOptions): Promise<InboxServer> {
       send(response, 200, INBOX_CSS, { 'content-type': 'text/css; charset=utf-8' });
       return;
     }
-    if (url.pathname === '/api/events') return openStream(request, response);
+    if (url.pathname === '/api/events') {
+      if (request.method === 'GET') openStream(request, response);
+      else send(response, 200, '', { 'content-type': 'text/event-stream; charset=utf-8' });
+      return;
+    }
     if (url.pathname === '/api/pacing') {
       sendJson(response, 200, pacingView(smtp), COMMON_HEADERS);
       return;
