@@ -6,9 +6,10 @@
  * rate violation and the 432 the sandbox gave.
  */
 import { createServer, request as httpRequest, type Server } from 'node:http';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import nodemailer from 'nodemailer';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { INBOX_PAGE_CSP } from '../../sandbox/inbox/page';
@@ -29,6 +30,7 @@ let beacon: Server;
 let beaconUrl: string;
 let hostileId: string;
 let page: Page;
+let flushed: Promise<void>;
 
 /** The HTML part of the hostile message: every way it could run script or reach the network. */
 function hostileHtml(): string {
@@ -46,6 +48,8 @@ function hostileHtml(): string {
 }
 
 const HOSTILE_SUBJECT = `<img src=x onerror="document.title='pwned'">Hostile <script>document.title='pwned'</script>`;
+/** A 1×1 PNG. */
+const PIXEL_PNG = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';
 const HOSTILE_HEADER = `<img src=x onerror="document.title='pwned'">`;
 const HOSTILE_FILENAME = '"><img src=x onerror=alert(1)>report ü.txt';
 
@@ -72,6 +76,28 @@ function exchangeTokens(): string[] {
 }
 
 beforeAll(async () => {
+  expect(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`).toBe(true);
+  // Chromium starts while the sandbox generates its keys.
+  profile = mkdtempSync(path.join(tmpdir(), 'm365-chromium-'));
+  const launched = chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    acceptDownloads: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+    ],
+  });
+  // Closed in afterAll even when the sandbox failed to start.
+  launched.then(
+    (context) => (browser = context),
+    () => undefined,
+  );
   // Two per window, so that the third message is a rate violation; the sandbox's clock stands still in the middle of
   // a window, so that every message falls in the same bar of the chart.
   const now = Math.floor(Date.now() / 60_000) * 60_000 + 30_000;
@@ -102,23 +128,10 @@ beforeAll(async () => {
     },
     hostileId,
   );
-  await mailer.telemetry.flush();
+  // Awaited where the telemetry is looked at.
+  flushed = mailer.telemetry.flush();
 
-  profile = mkdtempSync(path.join(tmpdir(), 'm365-chromium-'));
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    acceptDownloads: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-    ],
-  });
+  browser = await launched;
   page = await browser.newPage();
 }, 60_000);
 
@@ -259,6 +272,7 @@ describe('the sandbox inbox page', () => {
       expect(api.text).not.toContain(base64);
     }
 
+    await flushed;
     await page.click('#tab-telemetry');
     await expect.poll(() => page.locator('#telemetry').textContent(), { timeout: 10_000 }).toContain('MailSent');
     expect(await page.locator('#telemetry').textContent()).toContain(`id=${hostileId}`);
@@ -280,6 +294,39 @@ describe('the sandbox inbox page', () => {
     expect(await box.locator('svg.chart rect.bar.over').count()).toBe(1);
     expect(await box.locator('svg.chart line.limit').count()).toBe(1);
     expect(await box.textContent()).toContain('432 4.3.2');
+  });
+
+  it('shows an inline cid: image from the attachment route', async () => {
+    // The app's sender has no inline parts: nodemailer itself, with the app's token, over STARTTLS.
+    const login = await mailer.auth.get();
+    expect(login.kind).toBe('xoauth2');
+    const transport = nodemailer.createTransport({
+      host: sandbox.smtp.host,
+      port: sandbox.smtp.port,
+      secure: false,
+      requireTLS: true,
+      tls: { ca: sandbox.ca.certPem, servername: 'localhost' },
+      auth: { type: 'OAuth2', user: login.user, accessToken: login.kind === 'xoauth2' ? login.accessToken : '' },
+    });
+    try {
+      await transport.sendMail({
+        from: login.user,
+        to: 'someone@example.com',
+        subject: 'Inline image',
+        html: '<p id="inline">Logo: <img id="logo" src="cid:logo@sandbox.test" alt="logo"></p>',
+        attachments: [{ filename: 'logo.png', content: Buffer.from(PIXEL_PNG, 'base64'), cid: 'logo@sandbox.test' }],
+      });
+    } finally {
+      transport.close();
+    }
+
+    await page.click('#nav-messages');
+    const image = page.waitForResponse((r) => /\/attachments\/0$/.test(r.url()));
+    await page.locator('#messages li', { hasText: 'Inline image' }).click();
+    const response = await image;
+    expect(response.status()).toBe(200);
+    expect(response.headers()['content-type']).toBe('image/png');
+    expect(Buffer.from(await response.body()).toString('base64')).toBe(PIXEL_PNG);
   });
 
   it('bounds its JSON API and answers only its own host, and only GET', async () => {
