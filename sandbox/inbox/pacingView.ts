@@ -7,6 +7,8 @@ import type { ExchangeSmtpMessage, ExchangeSmtpRejection, ExchangeSmtpViolation 
 export const PACING_WINDOWS = 30;
 /** Most violations and 432 replies listed per mailbox (the newest). */
 const MAX_LISTED = 100;
+/** Most mailboxes shown (a tenant in the sandbox has a handful). */
+const MAX_MAILBOXES = 50;
 
 export interface MailboxPacing {
   mailbox: string;
@@ -64,7 +66,7 @@ export function pacingView(smtp: PacingSource): PacingView {
     if (r.mailbox) names.set(lower(r.mailbox), names.get(lower(r.mailbox)) ?? r.mailbox);
   }
 
-  const mailboxes = [...names.entries()].map(([key, mailbox]): MailboxPacing => {
+  const mailboxes = [...names.entries()].slice(0, MAX_MAILBOXES).map(([key, mailbox]): MailboxPacing => {
     const counts = new Array<number>(PACING_WINDOWS).fill(0);
     let accepted = 0;
     for (const m of smtp.messages) {
