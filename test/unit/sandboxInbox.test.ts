@@ -5,7 +5,9 @@ import type { CapturedEnvelope } from '../../sandbox/ingestion';
 import { contentDisposition, safeFilename } from '../../sandbox/inbox/contentDisposition';
 import { messageDocumentCsp, rewriteCidReferences } from '../../sandbox/inbox/messageDocument';
 import { bounded, messageIdLocalPart, telemetryForMessage } from '../../sandbox/inbox/messageViews';
-import type { ExchangeSmtpMessage } from '../../sandbox/smtp/observation';
+import { PACING_WINDOWS, pacingView, type PacingSource } from '../../sandbox/inbox/pacingView';
+import { fullLimits, MailboxAccounting } from '../../sandbox/smtp/mailboxLimits';
+import type { ExchangeSmtpMessage, ExchangeSmtpRejection, ExchangeSmtpViolation } from '../../sandbox/smtp/observation';
 
 function event(id: string, name = 'MailSent'): CapturedEnvelope {
   return {
@@ -99,5 +101,53 @@ describe('telemetry of a message', () => {
   it('cuts long fields and marks the cut', () => {
     expect(bounded('x'.repeat(10), 4)).toBe('xxxx…');
     expect(bounded('short', 10)).toBe('short');
+  });
+});
+
+describe('the pacing view', () => {
+  it('counts accepted messages per aligned window, the newest window last, against the limit', async () => {
+    const limits = fullLimits({ ratePerMinute: 2, rateWindowMs: 1_000 });
+    let now = 100_500;
+    const accounting = new MailboxAccounting(limits, { now: () => now });
+    const base = await received('Subject: x\r\n\r\nHi\r\n');
+    const messages: ExchangeSmtpMessage[] = [];
+    const violations: ExchangeSmtpViolation[] = [];
+    // Three in the window that starts at 99,000 (one over the limit), one in the open window at 100,000.
+    for (const at of [99_100, 99_200, 99_300, 100_400]) {
+      messages.push({ ...base, receivedAt: at, mailbox: 'Alerts@contoso.test' });
+      const violation = accounting.countAccepted('Alerts@contoso.test', at, 1);
+      if (violation) violations.push(violation);
+    }
+    const rejection = (code: number, command: string): ExchangeSmtpRejection => ({
+      sessionId: 's',
+      mailbox: 'alerts@contoso.test',
+      command,
+      code,
+      text: 'refused',
+      at: 99_400,
+    });
+    const source: PacingSource = {
+      now: () => now,
+      limits,
+      messages,
+      violations,
+      rejections: [rejection(432, 'MAIL'), rejection(452, 'RCPT')],
+      maxInAnyWindow: (m) => accounting.maxInAnyWindow(m),
+      maxConcurrentSessions: () => 1,
+      recipientsInDailyWindow: (m) => accounting.recipientsInDailyWindow(m),
+    };
+
+    const [box, ...others] = pacingView(source).mailboxes;
+    expect(others).toEqual([]);
+    expect(box?.windows).toHaveLength(PACING_WINDOWS);
+    expect(box?.windows.slice(-3).map((w) => w.count)).toEqual([0, 3, 1]);
+    expect(box?.windows.at(-1)?.start).toBe(new Date(100_000).toISOString());
+    expect(box?.violationCount).toBe(1);
+    expect(box?.throttledCount).toBe(1);
+    expect(box?.maxInAnyWindow).toBe(3);
+
+    // Thirty windows later, every bar has moved out of the chart.
+    now += PACING_WINDOWS * 1_000;
+    expect(pacingView(source).mailboxes[0]?.windows.every((w) => w.count === 0)).toBe(true);
   });
 });
