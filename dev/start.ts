@@ -114,6 +114,8 @@ async function main(): Promise<void> {
     out(`  Exchange SMTP   ${sandbox.smtp.host}:${sandbox.smtp.port} (STARTTLS, XOAUTH2)`);
     out(`  Sender          ${env.MAIL_SENDER ?? ''}`);
     out();
+    out(`Inbox: ${sandbox.inbox.url}   (what Exchange received, live: HTML, headers, transcript, telemetry, pacing)`);
+    out();
     printFunctions(host);
   } catch (error) {
     process.stderr.write(`npm run dev failed: ${error instanceof Error ? error.message : String(error)}\n`);

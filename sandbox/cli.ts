@@ -43,6 +43,8 @@ async function main(): Promise<void> {
   out(`  DNS             ${dns.server} (SPF, DKIM, DMARC of ${sandbox.tenant.domain})`);
   out(`  Local CA        ${sandbox.caFile}`);
   out();
+  out(`Inbox: ${sandbox.inbox.url}   (what Exchange received, live: HTML, headers, transcript, telemetry, pacing)`);
+  out();
   out(
     wrote
       ? 'Settings written to local.settings.json (and .sandbox/local.settings.json). Try:'

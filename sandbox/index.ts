@@ -1,10 +1,11 @@
-/** The local Microsoft 365 sandbox: Entra ID, Key Vault, managed identity, App Insights ingestion and Exchange SMTP, on loopback with one local CA. */
+/** The local Microsoft 365 sandbox: Entra ID, Key Vault, managed identity, App Insights ingestion, Exchange SMTP and its inbox page, on loopback with one local CA. */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createCertificateAuthority, type CertificateAuthority } from './ca';
 import { startEntra, type EntraServer } from './entra';
+import { startInbox, type InboxServer } from './inbox/inboxServer';
 import { startIngestionCapture, type IngestionCapture } from './ingestion';
 import { startKeyVault, type KeyVaultServer } from './keyVault';
 import { createFederationIssuer, startManagedIdentityEndpoint, type ManagedIdentityEndpoint } from './managedIdentity';
@@ -77,6 +78,8 @@ export interface Sandbox {
   identity: ManagedIdentityEndpoint;
   ingestion: IngestionCapture;
   smtp: ExchangeSmtpServer;
+  /** The inbox page (`inbox.url`): what Exchange accepted, live, with transcripts, telemetry and pacing. */
+  inbox: InboxServer;
   /** The client certificate registered on the app (its PEM bundle is also in Key Vault). */
   clientCertificate: { keyPem: string; certPem: string; thumbprintSha256: string };
   /** App settings that point the app at this sandbox, for the given auth mode. */
@@ -133,6 +136,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       ...(options.clock ? { clock: options.clock } : {}),
     });
     started.push(smtp);
+    const inbox = await startInbox({ smtp, ingestion });
+    started.push(inbox);
 
     const sender = [...tenant.exchange.mailboxes.keys()][0] as string;
     const mailbox = tenant.exchange.mailboxes.get(sender);
@@ -153,6 +158,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       identity,
       ingestion,
       smtp,
+      inbox,
       clientCertificate: { ...client, thumbprintSha256: thumbprints.hex },
       settings(mode: SandboxAuthMode = 'client-secret') {
         return {

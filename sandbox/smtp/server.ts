@@ -154,6 +154,11 @@ export class ExchangeSmtpServer extends EventEmitter {
     });
   }
 
+  /** The server's time (its `clock`): what `receivedAt`, `at` and the rate windows are measured in. */
+  now(): number {
+    return this.clock.now();
+  }
+
   /** MAIL FROM commands received, faulted or not: one per transaction a client started. */
   get mailCommands(): number {
     return this.records.mailCommands;

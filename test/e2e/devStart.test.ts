@@ -1,4 +1,4 @@
-/** `npm run dev` as a newcomer runs it: prints URLs, a key and curl lines; the printed POST works; Ctrl-C stops every child. */
+/** `npm run dev` as a newcomer runs it: prints URLs, a key and curl lines; the printed POST works and shows in the printed inbox; Ctrl-C stops every child. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
@@ -61,9 +61,15 @@ it('npm run dev serves the API, delivers through the sandbox, and Ctrl-C stops e
   }
   expect(status).toBe('sent');
   expect(output).toMatch(/\[smtp\] received from .* "Hello from m365-mailer"/);
+  const inbox = /Inbox: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(output)?.[1];
+  expect(inbox, output).toBeDefined();
+  const listed = (await (await fetch(`${inbox}api/messages`)).json()) as Array<{ subject: string }>;
+  expect(listed.map((m) => m.subject)).toContain('Hello from m365-mailer');
 
   const exited = new Promise<number | null>((resolve) => child?.once('exit', (code) => resolve(code)));
   process.kill(-(child.pid as number), 'SIGINT');
   expect(await exited).toBe(0);
-  for (const port of [Number(new URL(base as string).port), ...azurite]) expect(await portOpen(port)).toBe(false);
+  for (const port of [Number(new URL(base as string).port), Number(new URL(inbox as string).port), ...azurite]) {
+    expect(await portOpen(port)).toBe(false);
+  }
 }, 150_000);
