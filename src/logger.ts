@@ -12,23 +12,39 @@ export interface Logger {
 }
 
 /**
- * A logger writing one line per entry to `write` (stderr by default), redacted.
+ * Log methods by level, as a Functions `InvocationContext` has them (`context.debug/info/warn/error`): the host
+ * attributes every line written through them to the invocation.
+ */
+export type LevelSink = Record<LogLevel, (line: string) => void>;
+
+export interface LoggerOptions {
+  level?: LogLevel;
+  redactor?: Redactor;
+  component?: string;
+  /** Where each line goes; default stderr. Lines carry their time and level. */
+  write?: (line: string) => void;
+  /**
+   * Instead of `write`: one method per level, which stamps the time and level itself (an invocation's context).
+   * Lines carry the component and message only.
+   */
+  sink?: LevelSink;
+}
+
+/**
+ * A logger writing one line per entry to `write` (stderr by default) or to a `sink`, redacted.
  * `fields` must hold ids and codes only; the redactor is the safety net, not the plan.
  */
-export function createLogger(
-  options: { level?: LogLevel; redactor?: Redactor; write?: (line: string) => void; component?: string } = {},
-): Logger {
+export function createLogger(options: LoggerOptions = {}): Logger {
   const min = LEVELS[options.level ?? (process.env.MAIL_LOG_LEVEL as LogLevel | undefined) ?? 'info'] ?? LEVELS.info;
   const redactor = options.redactor ?? defaultRedactor;
   const write = options.write ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const { sink } = options;
   const log = (level: LogLevel) => (message: string, fields?: Record<string, unknown>) => {
     if (LEVELS[level] < min) return;
     const extra = fields && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
-    write(
-      redactor.redact(
-        `${new Date().toISOString()} ${level.toUpperCase()} ${options.component ?? 'm365-mailer'}: ${message}${extra}`,
-      ),
-    );
+    const text = `${options.component ?? 'm365-mailer'}: ${message}${extra}`;
+    if (sink) sink[level](redactor.redact(text));
+    else write(redactor.redact(`${new Date().toISOString()} ${level.toUpperCase()} ${text}`));
   };
   return { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') };
 }
