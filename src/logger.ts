@@ -1,4 +1,4 @@
-/** The one logger: structured lines on stderr, every line passed through the Redactor. */
+/** The one logger: structured lines on stderr or an invocation's context, every line redacted and without addresses. */
 import { defaultRedactor, type Redactor } from './redact';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -9,6 +9,51 @@ export interface Logger {
   info(message: string, fields?: Record<string, unknown>): void;
   warn(message: string, fields?: Record<string, unknown>): void;
   error(message: string, fields?: Record<string, unknown>): void;
+}
+
+/** Letters, digits, `.` and `-`: a domain's characters (and most of a local part's). */
+function isDomainChar(code: number): boolean {
+  return (
+    (code >= 48 && code <= 57) ||
+    (code >= 65 && code <= 90) ||
+    (code >= 97 && code <= 122) ||
+    code === 46 ||
+    code === 45
+  );
+}
+/** The special characters RFC 5322 allows in a local part (`!#$%&'*+/=?^_\`{|}~`). */
+const LOCAL_SPECIALS = new Set("!#$%&'*+/=?^_`{|}~".split('').map((c) => c.charCodeAt(0)));
+function isLocalChar(code: number): boolean {
+  return isDomainChar(code) || LOCAL_SPECIALS.has(code);
+}
+/** What an address in a log line becomes. */
+export const ADDRESS_PLACEHOLDER = '[address]';
+
+/**
+ * `text` with every address-shaped run (`local@domain.tld`) replaced by {@link ADDRESS_PLACEHOLDER}: a server reply or
+ * an error message quoted in a log line can name a recipient or the mailbox, and logs keep no addresses. Scans outward
+ * from each `@` without a regex over the whole text: linear in its length.
+ */
+export function scrubAddresses(text: string): string {
+  if (!text.includes('@')) return text;
+  let out = '';
+  let copied = 0;
+  let at = text.indexOf('@');
+  while (at !== -1) {
+    let start = at;
+    while (start > copied && isLocalChar(text.charCodeAt(start - 1))) start--;
+    let end = at + 1;
+    while (end < text.length && isDomainChar(text.charCodeAt(end))) end++;
+    // A trailing dot ends the sentence, not the domain.
+    while (end > at + 1 && text[end - 1] === '.') end--;
+    const domain = text.slice(at + 1, end);
+    if (start < at && domain.includes('.') && !domain.startsWith('.')) {
+      out += text.slice(copied, start) + ADDRESS_PLACEHOLDER;
+      copied = end;
+    }
+    at = text.indexOf('@', Math.max(end, at + 1));
+  }
+  return out + text.slice(copied);
 }
 
 /**
@@ -31,7 +76,8 @@ export interface LoggerOptions {
 }
 
 /**
- * A logger writing one line per entry to `write` (stderr by default) or to a `sink`, redacted.
+ * A logger writing one line per entry to `write` (stderr by default) or to a `sink`, redacted and with addresses
+ * replaced.
  * `fields` must hold ids and codes only; the redactor is the safety net, not the plan.
  */
 export function createLogger(options: LoggerOptions = {}): Logger {
@@ -43,8 +89,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     if (LEVELS[level] < min) return;
     const extra = fields && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
     const text = `${options.component ?? 'm365-mailer'}: ${message}${extra}`;
-    if (sink) sink[level](redactor.redact(text));
-    else write(redactor.redact(`${new Date().toISOString()} ${level.toUpperCase()} ${text}`));
+    if (sink) sink[level](scrubAddresses(redactor.redact(text)));
+    else write(scrubAddresses(redactor.redact(`${new Date().toISOString()} ${level.toUpperCase()} ${text}`)));
   };
   return { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') };
 }

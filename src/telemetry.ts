@@ -66,6 +66,8 @@ export interface MailEventProperties {
   attempt?: number;
   durationMs?: number;
   smtpCode?: number;
+  /** The enhanced status code of the SMTP reply (`4.7.500`, `5.7.3`): recorded only in that shape. */
+  smtpEnhancedCode?: string;
   errorCode?: string;
   transient?: boolean;
   recipientCount?: number;
@@ -176,6 +178,8 @@ const OUTCOMES: ReadonlyArray<NonNullable<MailDurationDimensions['outcome']>> = 
 /** Records kept while the exporter loads; beyond this they are counted and dropped. */
 const MAX_PENDING = 1000;
 const MAX_STRING = 256;
+/** An SMTP enhanced status code (RFC 3463): class, subject, detail. */
+const ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3}$/;
 /** A W3C trace id: 32 lower-case hex digits. */
 const TRACE_ID = /^[0-9a-f]{32}$/;
 /** Statsbeat is read from this variable when an exporter is constructed (base.js `trackStatsbeat`). */
@@ -322,6 +326,9 @@ export function eventFields(props: MailEventProperties): {
   num('attempt', true);
   num('durationMs', true);
   num('smtpCode', false);
+  if (typeof p.smtpEnhancedCode === 'string' && ENHANCED_CODE.test(p.smtpEnhancedCode)) {
+    properties.smtpEnhancedCode = p.smtpEnhancedCode;
+  }
   str('errorCode');
   if (typeof p.transient === 'boolean') properties.transient = String(p.transient);
   num('recipientCount', true);

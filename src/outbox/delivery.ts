@@ -475,6 +475,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
         errorCode: error.code,
         transient: true,
         ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+        ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
         ...correlation(record),
       });
     }
@@ -494,6 +495,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       errorCode: error.code,
       transient: true,
       ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+      ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
       ...(record.template ? { template: record.template } : {}),
       ...(record.batchId ? { batchId: record.batchId } : {}),
       ...correlation(record),
@@ -532,6 +534,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       ...(record.template ? { template: record.template } : {}),
       ...(record.batchId ? { batchId: record.batchId } : {}),
       ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+      ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
       ...correlation(record),
     });
     logger.info('outbox message deferred after a transient failure', {

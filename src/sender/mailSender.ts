@@ -112,13 +112,16 @@ export class MailSender {
         errorCode: error.code,
         transient: error.transient,
         ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+        ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
       });
       this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'failed' });
       logger.warn('mail failed', {
         id: context.id,
         code: error.code,
         transient: error.transient,
-        smtp: error.smtp?.response,
+        // The codes, not the reply's text: Exchange's replies name the mailbox and recipients.
+        smtpCode: error.smtp?.code,
+        smtpEnhancedCode: error.smtp?.enhanced,
       });
       throw error;
     }

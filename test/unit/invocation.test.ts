@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { childTraceParent, parentTrace } from '../../dev/traceContext';
 import { invocationFrom, invocationTelemetry, operationIdOf, parseTraceParent } from '../../src/invocation';
-import type { LogLevel } from '../../src/logger';
+import { scrubAddresses, type LogLevel } from '../../src/logger';
 import { Redactor } from '../../src/redact';
 import { eventFields } from '../../src/telemetry';
 
@@ -120,12 +120,46 @@ describe('invocationFrom: the logger and ids of a trigger', () => {
   });
 });
 
+describe('scrubAddresses: no address in a log line', () => {
+  it('replaces every address in an Exchange reply, and leaves what is not one', () => {
+    expect(
+      scrubAddresses(
+        'mail failed {"smtp":"550 5.2.252 SendAsDenied; alerts@contoso.com not allowed to send as billing@contoso.com."}',
+      ),
+    ).toBe('mail failed {"smtp":"550 5.2.252 SendAsDenied; [address] not allowed to send as [address]."}');
+    expect(scrubAddresses('Recipient a.b+tag@sub.example.co.uk not found')).toBe('Recipient [address] not found');
+    expect(scrubAddresses('no address here; @ alone, user@localhost, @example.com, x@.com')).toBe(
+      'no address here; @ alone, user@localhost, @example.com, x@.com',
+    );
+  });
+
+  it('runs in linear time on hostile input', () => {
+    const hostile = [
+      'a'.repeat(200_000) + '@',
+      'a@'.repeat(100_000),
+      '.@.'.repeat(60_000),
+      `a@${'b.'.repeat(100_000)}`,
+    ];
+    const started = performance.now();
+    for (const text of hostile) scrubAddresses(text);
+    // A quadratic scan of these would take minutes; a linear one takes well under a second even on a busy machine.
+    expect(performance.now() - started).toBeLessThan(2_000);
+  });
+});
+
 describe('acceptOperationId on an event', () => {
   it('is recorded as a property when it is a trace id, lower-cased; anything else is left out', () => {
     expect(eventFields({ acceptOperationId: TRACE }).properties).toEqual({ acceptOperationId: TRACE });
     expect(eventFields({ acceptOperationId: TRACE.toUpperCase() }).properties).toEqual({ acceptOperationId: TRACE });
     for (const bad of ['0'.repeat(32), 'someone@example.com', TRACE.slice(1), VALID, 42]) {
       expect(eventFields({ acceptOperationId: bad as string }).properties).toEqual({});
+    }
+  });
+
+  it('smtpEnhancedCode is recorded only as an enhanced status code', () => {
+    expect(eventFields({ smtpEnhancedCode: '4.7.500' }).properties).toEqual({ smtpEnhancedCode: '4.7.500' });
+    for (const bad of ['4.7', '432', '4.7.500 text', 'x@example.com']) {
+      expect(eventFields({ smtpEnhancedCode: bad }).properties).toEqual({});
     }
   });
 
