@@ -210,6 +210,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
           done: await fail(
             record,
             new MailError('RETRIES_EXHAUSTED', `retries exhausted after ${record.attempts} attempts${last}`),
+            { track: true },
           ),
         };
       }
@@ -287,11 +288,12 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       return fail(
         leased,
         new MailError('PAYLOAD_INVALID', `The payload blob of message ${id} cannot be read`, { cause: error }),
+        { track: true },
       );
     }
     if (!payload) {
       const error = new MailError('PAYLOAD_MISSING', `The payload blob of message ${id} does not exist`);
-      return fail(leased, error);
+      return fail(leased, error, { track: true });
     }
 
     const { suppressions } = deps;
@@ -318,7 +320,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
           // An HTTP caller waiting on ?wait=true is answered 202 rather than held while the slot is far off.
           reservation = await deps.pacer.reserve(recipients, context.inline ? { maxWaitMs: INLINE_MAX_WAIT_MS } : {});
         } catch (error) {
-          if (error instanceof MailError) return fail(leased, error);
+          if (error instanceof MailError) return fail(leased, error, { track: true });
           throw error;
         }
         if (reservation.kind === 'defer') return pace(leased, reservation.reason, reservation.retryAt);
@@ -509,13 +511,33 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
     return { outcome: 'paced', record: written ?? record, reason, retryInSeconds, error };
   }
 
-  async function fail(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
+  /**
+   * Final: `failed`. `track` when no SMTP attempt of this delivery reported it (the sender records MailFailed for its
+   * own attempts): a payload that cannot be read, retries used up without an outcome, a pacing error.
+   */
+  async function fail(
+    record: StoredRecord,
+    error: MailError,
+    options: { track?: boolean } = {},
+  ): Promise<DeliverOutcome> {
     const written = await deps.status.transition(record, {
       status: 'failed',
       completedAt: iso(now()),
       error: error.toJSON(),
       leaseUntil: undefined,
     });
+    if (options.track) {
+      deps.telemetry?.trackEvent('MailFailed', {
+        id,
+        source: record.source,
+        attempt: record.attempts,
+        errorCode: error.code,
+        transient: false,
+        ...(record.template ? { template: record.template } : {}),
+        ...(record.batchId ? { batchId: record.batchId } : {}),
+        ...correlation(record),
+      });
+    }
     logger.warn('outbox message failed', { id, code: error.code, attempt: record.attempts });
     return { outcome: 'failed', record: written ?? record, error };
   }
