@@ -143,6 +143,7 @@ function started<T>(run: () => Promise<T>): Scenario<T> {
 let inline: Scenario<{ id: string; trace: ReturnType<typeof newTraceParent> }>;
 let queued: Scenario<{ id: string; trace: ReturnType<typeof newTraceParent> }>;
 let digest: Scenario<{ trace: ReturnType<typeof newTraceParent> }>;
+let digestTimer: Scenario<void>;
 let malformed: Scenario<Array<{ label: string; id: string; status: number; trace: ReturnType<typeof newTraceParent> }>>;
 let batch: Scenario<{ batchId: string }>;
 
@@ -175,6 +176,16 @@ beforeAll(() => {
     const run = await call('digests/activity/run', { method: 'POST', traceparent: trace.header });
     expect([run.status, run.json.outcome]).toEqual([200, 'completed']);
     return { trace };
+  });
+  // After the HTTP run (one run of a digest at a time): an item for the timer's run.
+  digestTimer = started(async () => {
+    await digest;
+    const items = await call('digests/activity/items', {
+      method: 'POST',
+      body: { items: [{ recipient: mail('digest-timer').to, item: { title: 'timer item' } }] },
+    });
+    expect(items.status).toBe(202);
+    await host.runTimer('digestTimer');
   });
   malformed = started(() =>
     Promise.all(
@@ -238,6 +249,19 @@ describe('HTTP: the caller’s traceparent is the operation of the events', () =
     expect(sent!.tags['ai.operation.id']).not.toBe(trace.traceId);
   });
 
+  it('the digest timer: DigestRun in a fresh trace of its own, which its digests’ deliveries carry as acceptOperationId', async () => {
+    const { trace } = await digest;
+    await digestTimer;
+    const [timerRun] = await eventsOf('DigestRun', (e) => e.tags['ai.operation.id'] !== trace.traceId);
+    const operationId = timerRun!.tags['ai.operation.id']!;
+    expect(operationId).toMatch(TRACE_ID);
+    expect(timerRun!.tags['ai.operation.parentId']).toMatch(SPAN_ID);
+    expect(timerRun!.properties).toMatchObject({ digest: 'activity', recipients: '1' });
+    expect(timerRun!.properties.invocationId).toMatch(/^[0-9a-f-]{36}$/);
+    const [sent] = await eventsOf('MailSent', (e) => e.properties.acceptOperationId === operationId);
+    expect(sent!.tags['ai.operation.id']).not.toBe(operationId);
+  });
+
   it('a malformed traceparent is ignored (a fresh trace), never a 5xx', async () => {
     const results = await malformed;
     expect(results.map((r) => [r.label, r.status])).toEqual(MALFORMED.map(([label]) => [label, 200]));
@@ -276,7 +300,7 @@ describe('queue: each invocation is an operation of its own', () => {
 
 describe('log lines', () => {
   it('go through the invocation’s logger, and hold no address, subject, body or secret', async () => {
-    await Promise.all([inline, queued, digest, malformed, batch]);
+    await Promise.all([inline, queued, digest, digestTimer, malformed, batch]);
     const { batchId } = await batch;
     await eventsOf('MailSent', (e) => e.properties.batchId === batchId, 2);
     // Written through context.log: the host shows them under the function that wrote them.
