@@ -1,5 +1,5 @@
 /** Invokes a registered function the way the Node.js worker does: through the app's own programming model, with hooks, logs and a trace context. */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { format } from 'node:util';
 import type {
   CoreInvocationContext,
@@ -13,25 +13,17 @@ import type {
   RpcTypedData,
 } from './functionsCore';
 import type { DevFunction } from './registrations';
+import { childTraceParent } from './traceContext';
 
 export interface InvocationInput {
   /** The trigger's value in RPC form (what the host sends as input data). */
   trigger: RpcTypedData;
   triggerMetadata?: Record<string, RpcTypedData>;
-  /** An incoming W3C traceparent; the invocation becomes its child span. */
+  /** An incoming W3C traceparent; the invocation becomes its child span (a fresh trace when absent or invalid). */
   traceParent?: string | undefined;
 }
 
 export type LogWriter = (line: string) => void;
-
-const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
-
-/** A W3C traceparent for a new span, in the caller's trace when there is one (as the host's activity does). */
-export function childTraceParent(parent: string | undefined): string {
-  const match = parent ? TRACEPARENT.exec(parent.trim().toLowerCase()) : null;
-  const traceId = match?.[1] && !/^0+$/.test(match[1]) ? match[1] : randomBytes(16).toString('hex');
-  return `00-${traceId}-${randomBytes(8).toString('hex')}-${match?.[3] ?? '01'}`;
-}
 
 /** Runs invocations and tracks the ones in flight, so that stopping can wait for them. */
 export class Invoker {

@@ -2,13 +2,15 @@
 import { app, type InvocationContext } from '@azure/functions';
 import { getAppServices } from '../src/appServices';
 import { DIGEST_ITEMS_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
+import { invocationOf } from './invocation';
 import { dequeueCountOf } from './queue';
 
 export async function digestItemsPoison(message: unknown, context: InvocationContext): Promise<void> {
+  const services = getAppServices();
   const dequeueCount = dequeueCountOf(context);
-  await getAppServices().digests.markPoisoned(message, {
+  await services.digests.markPoisoned(message, {
+    ...invocationOf(context, services),
     ...(dequeueCount !== undefined ? { dequeueCount } : {}),
-    invocationId: context.invocationId,
   });
 }
 

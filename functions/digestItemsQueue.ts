@@ -2,9 +2,11 @@
 import { app, type InvocationContext } from '@azure/functions';
 import { getAppServices } from '../src/appServices';
 import { DIGEST_ITEMS_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
+import { invocationOf } from './invocation';
 
 export async function digestItemsQueue(message: unknown, context: InvocationContext): Promise<void> {
-  await getAppServices().digests.handleQueueMessage(message, { invocationId: context.invocationId });
+  const services = getAppServices();
+  await services.digests.handleQueueMessage(message, invocationOf(context, services));
 }
 
 app.storageQueue('digestItemsQueue', {

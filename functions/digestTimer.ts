@@ -2,14 +2,17 @@
 import { app, type InvocationContext, type Timer } from '@azure/functions';
 import { getAppServices } from '../src/appServices';
 import { digestScheduleSetting, readSettings } from '../src/config';
+import { invocationOf } from './invocation';
 
 export async function digestTimer(timer: Timer, context: InvocationContext): Promise<void> {
   const services = getAppServices();
-  if (timer.isPastDue) services.logger.info('digest run past due: running now', { invocationId: context.invocationId });
-  const reports = await services.digests.runAll({ invocationId: context.invocationId });
+  const invocation = invocationOf(context, services);
+  const { logger } = invocation;
+  if (timer.isPastDue) logger.info('digest run past due: running now');
+  const reports = await services.digests.runAll(invocation);
   for (const report of reports) {
     if (report.outcome === 'busy' || report.outcome === 'superseded') {
-      services.logger.info('digest run skipped: another run holds it', {
+      logger.info('digest run skipped: another run holds it', {
         digest: report.digest,
         outcome: report.outcome,
       });

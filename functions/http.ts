@@ -1,8 +1,9 @@
 /** Adapts @azure/functions HTTP triggers to the trigger-agnostic API handlers of src/api. */
-import type { HttpHandler, HttpRequest, HttpResponseInit } from '@azure/functions';
+import type { HttpHandler, HttpRequest, HttpResponseInit, InvocationContext } from '@azure/functions';
 import type { ApiRequest } from '../src/api/apiTypes';
 import { runApi, type ApiHandler } from '../src/api/runApi';
 import { getAppServices, type AppServices } from '../src/appServices';
+import { triggerInvocation } from './invocation';
 
 /** The HttpRequest as the handlers see it (its headers, query, params and body stream fit as they are). */
 export function toApiRequest(request: HttpRequest): ApiRequest {
@@ -16,10 +17,13 @@ export function toApiRequest(request: HttpRequest): ApiRequest {
   };
 }
 
-/** An HttpHandler running `handler` with the process AppServices (or `getServices`, in tests); it never throws. */
+/**
+ * An HttpHandler running `handler` with the process AppServices (or `getServices`, in tests) in the request's
+ * invocation (its id, traceparent and logger); it never throws.
+ */
 export function httpHandler(handler: ApiHandler, getServices: () => AppServices = getAppServices): HttpHandler {
-  return async (request: HttpRequest): Promise<HttpResponseInit> => {
-    const response = await runApi(handler, toApiRequest(request), getServices);
+  return async (request: HttpRequest, context: InvocationContext): Promise<HttpResponseInit> => {
+    const response = await runApi(handler, toApiRequest(request), getServices, triggerInvocation(context));
     return {
       status: response.status,
       ...(response.headers ? { headers: response.headers } : {}),

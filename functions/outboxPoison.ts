@@ -3,16 +3,18 @@ import { app, type InvocationContext } from '@azure/functions';
 import { parseOutboxMessage } from '../src/outbox/outboxQueue';
 import { getAppServices } from '../src/appServices';
 import { OUTBOX_POISON_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
+import { invocationOf } from './invocation';
 import { dequeueCountOf } from './queue';
 
 export async function outboxPoison(message: unknown, context: InvocationContext): Promise<void> {
   const services = getAppServices();
+  const invocation = invocationOf(context, services);
   const parsed = parseOutboxMessage(message);
   if (!parsed) {
-    services.logger.error('mail-outbox-poison message is not { id }; dropped', { invocationId: context.invocationId });
+    invocation.logger.error('mail-outbox-poison message is not { id }; dropped');
     return;
   }
-  await services.delivery.markPoisoned(parsed.id, { dequeueCount: dequeueCountOf(context) });
+  await services.delivery.markPoisoned(parsed.id, { ...invocation, dequeueCount: dequeueCountOf(context) });
 }
 
 app.storageQueue('outboxPoison', {

@@ -25,6 +25,7 @@
  * makes the exporter send a managed identity token for `https://monitor.azure.com/.default` with every post.
  */
 import tls from 'node:tls';
+import { parseTraceParent } from './invocation';
 import { MAIL_SOURCES, type MailSource } from './message';
 import type { AzureMonitorExporterOptions } from '@azure/monitor-opentelemetry-exporter';
 import type { TokenCredential } from '@azure/identity';
@@ -65,6 +66,8 @@ export interface MailEventProperties {
   attempt?: number;
   durationMs?: number;
   smtpCode?: number;
+  /** The enhanced status code of the SMTP reply (`4.7.500`, `5.7.3`): recorded only in that shape. */
+  smtpEnhancedCode?: string;
   errorCode?: string;
   transient?: boolean;
   recipientCount?: number;
@@ -90,6 +93,12 @@ export interface MailEventProperties {
   invocationId?: string;
   /** A W3C trace id (32 hex): recorded as a property and as the operation id (`operation_Id`). */
   operationId?: string;
+  /**
+   * Events of a message's delivery: the operation id (W3C trace id) of the invocation that accepted it into the
+   * outbox, e.g. the `POST /api/messages` request, when another invocation delivers it. Recorded as a property only
+   * when it is 32 hex digits.
+   */
+  acceptOperationId?: string;
   /**
    * The invocation's W3C traceparent (InvocationContext.traceContext.traceParent). Not recorded as a property:
    * it sets `operation_Id` and `operation_ParentId`, which correlates the event with the Functions request.
@@ -169,6 +178,10 @@ const OUTCOMES: ReadonlyArray<NonNullable<MailDurationDimensions['outcome']>> = 
 /** Records kept while the exporter loads; beyond this they are counted and dropped. */
 const MAX_PENDING = 1000;
 const MAX_STRING = 256;
+/** An SMTP enhanced status code (RFC 3463): class, subject, detail. */
+const ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3}$/;
+/** A W3C trace id: 32 lower-case hex digits. */
+const TRACE_ID = /^[0-9a-f]{32}$/;
 /** Statsbeat is read from this variable when an exporter is constructed (base.js `trackStatsbeat`). */
 const STATSBEAT_OFF_ENV = 'APPLICATION_INSIGHTS_NO_STATSBEAT';
 
@@ -313,6 +326,9 @@ export function eventFields(props: MailEventProperties): {
   num('attempt', true);
   num('durationMs', true);
   num('smtpCode', false);
+  if (typeof p.smtpEnhancedCode === 'string' && ENHANCED_CODE.test(p.smtpEnhancedCode)) {
+    properties.smtpEnhancedCode = p.smtpEnhancedCode;
+  }
   str('errorCode');
   if (typeof p.transient === 'boolean') properties.transient = String(p.transient);
   num('recipientCount', true);
@@ -329,6 +345,10 @@ export function eventFields(props: MailEventProperties): {
   num('omitted', true);
   str('invocationId');
   str('operationId');
+  const acceptOperationId = typeof p.acceptOperationId === 'string' ? p.acceptOperationId.toLowerCase() : '';
+  if (TRACE_ID.test(acceptOperationId) && !/^0+$/.test(acceptOperationId)) {
+    properties.acceptOperationId = acceptOperationId;
+  }
   return { properties, measurements };
 }
 
@@ -342,16 +362,12 @@ function durationDimensions(dims: MailDurationDimensions | undefined): Record<st
   return out;
 }
 
-/** Trace id and parent span id from a W3C traceparent, or a bare 32-hex trace id. */
+/** Trace id and parent span id from a W3C traceparent (strictly parsed), or a bare 32-hex trace id. */
 function correlation(props: MailEventProperties): { traceId: string; spanId?: string } | undefined {
-  const tp =
-    typeof props.traceParent === 'string'
-      ? /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/i.exec(props.traceParent.trim())
-      : null;
-  if (tp?.[1] && tp[2] && !/^0+$/.test(tp[1]) && !/^0+$/.test(tp[2]))
-    return { traceId: tp[1].toLowerCase(), spanId: tp[2].toLowerCase() };
+  const tp = parseTraceParent(props.traceParent);
+  if (tp) return { traceId: tp.traceId, spanId: tp.spanId };
   const op = typeof props.operationId === 'string' ? props.operationId.trim().toLowerCase() : '';
-  if (/^[0-9a-f]{32}$/.test(op) && !/^0+$/.test(op)) return { traceId: op };
+  if (TRACE_ID.test(op) && !/^0+$/.test(op)) return { traceId: op };
   return undefined;
 }
 

@@ -1,5 +1,6 @@
 /** The digest endpoints: POST /api/digests/{digest}/items (intake), POST /api/digests/{digest}/run, GET /api/digests/{digest}. */
 import type { AppServices } from '../appServices';
+import type { Invocation } from '../invocation';
 import { MAX_DIGEST_BODY_BYTES, MAX_DIGEST_BODY_VALUES } from '../digests/digestRequest';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { readJsonBody } from './readJsonBody';
@@ -16,9 +17,16 @@ export async function postDigestItems(request: ApiRequest, services: AppServices
   return { status: 202, jsonBody: result };
 }
 
-/** Handles POST /api/digests/{digest}/run: runs the digest now and answers when it is done (200), or busy (409). */
-export async function postDigestRun(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
-  const report = await services.digests.run(request.params.digest);
+/**
+ * Handles POST /api/digests/{digest}/run: runs the digest now and answers when it is done (200), or busy (409). The
+ * run's DigestRun event and the messages it accepts carry the request's operation id.
+ */
+export async function postDigestRun(
+  request: ApiRequest,
+  services: AppServices,
+  invocation: Invocation = {},
+): Promise<ApiResponse> {
+  const report = await services.digests.run(request.params.digest, invocation);
   return { status: report.outcome === 'busy' ? 409 : 200, jsonBody: report };
 }
 

@@ -2,6 +2,7 @@
 import { MailError } from '../errors';
 import { trimTrailingSlashes } from '../inputBounds';
 import type { AppServices } from '../appServices';
+import type { Invocation } from '../invocation';
 import { statusView, type StoredRecord } from '../outbox/statusStore';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { maxBodyBytes, readJsonBody } from './readJsonBody';
@@ -35,20 +36,25 @@ function accepted(request: ApiRequest, record: StoredRecord, replayed: boolean):
   };
 }
 
-/** Handles POST /api/messages. */
-export async function postMessage(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
+/** Handles POST /api/messages, in `invocation` (the accept and an inline send carry its operation id). */
+export async function postMessage(
+  request: ApiRequest,
+  services: AppServices,
+  invocation: Invocation = {},
+): Promise<ApiResponse> {
   const wait = parseWait(request.query.get('wait'));
   const body = await readJsonBody(request, maxBodyBytes(services.config.limits.maxMessageBytes));
   const result = await services.outbox.accept(body, {
     source: 'http',
     idempotencyKeyHeader: request.headers.get('idempotency-key'),
     ...(wait ? { holdSeconds: WAIT_HOLD_SECONDS } : {}),
+    invocation,
   });
   let record = result.record;
   if (!wait) return accepted(request, record, result.replayed);
 
   if (record.status === 'queued' || record.status === 'sending') {
-    const outcome = await services.delivery.deliver(result.id, { inline: true });
+    const outcome = await services.delivery.deliver(result.id, { ...invocation, inline: true });
     if (outcome.outcome === 'sent') {
       return {
         status: 200,

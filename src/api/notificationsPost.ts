@@ -2,6 +2,7 @@
 import { MailError } from '../errors';
 import { MAX_BATCH_JSON_VALUES } from '../inputBounds';
 import type { AppServices } from '../appServices';
+import type { Invocation } from '../invocation';
 import type { ApiRequest, ApiResponse } from './apiTypes';
 import { statusUrl } from './messagesPost';
 import { readJsonBody } from './readJsonBody';
@@ -25,9 +26,13 @@ async function readBatchBody(request: ApiRequest): Promise<unknown> {
 }
 
 /** Handles POST /api/notifications: 202 `{ batchId, status, recipients, statusUrl }` with a Location header. */
-export async function postNotifications(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
+export async function postNotifications(
+  request: ApiRequest,
+  services: AppServices,
+  invocation: Invocation = {},
+): Promise<ApiResponse> {
   const body = await readBatchBody(request);
-  const { batchId, summary, replayed } = await services.notifications.submit(body);
+  const { batchId, summary, replayed } = await services.notifications.submit(body, invocation);
   const location = statusUrl(request.url, batchId);
   return {
     status: 202,

@@ -5,6 +5,7 @@
  */
 import { MailError } from '../errors';
 import type { AppServices } from '../appServices';
+import { invocationLogger, type Invocation } from '../invocation';
 import { MAX_TOKEN_CHARS } from '../suppression/unsubscribeToken';
 import { confirmationPage, invalidLinkPage, PAGE_HEADERS, unsubscribedPage } from '../suppression/unsubscribePage';
 import type { ApiRequest, ApiResponse } from './apiTypes';
@@ -68,7 +69,11 @@ async function readOneClickBody(request: ApiRequest): Promise<void> {
 }
 
 /** Handles POST /api/unsubscribe?t=…: records the suppression of the token's address from its list; 200. */
-export async function postUnsubscribe(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
+export async function postUnsubscribe(
+  request: ApiRequest,
+  services: AppServices,
+  invocation: Invocation = {},
+): Promise<ApiResponse> {
   // The token first: a bad link is refused whatever the body.
   let verified;
   try {
@@ -88,13 +93,20 @@ export async function postUnsubscribe(request: ApiRequest, services: AppServices
     createdAt: new Date(services.now()).toISOString(),
   });
   // The list only: the address is the recipient's, and logs keep no addresses.
-  services.logger.info('unsubscribed from a bulk list', { list: claim.list, alreadySuppressed: !added });
+  invocationLogger(invocation, services.logger).info('unsubscribed from a bulk list', {
+    list: claim.list,
+    alreadySuppressed: !added,
+  });
   return { status: 200, headers: PAGE_HEADERS, body: unsubscribedPage(claim) };
 }
 
 /** Handles /api/unsubscribe: GET or POST. */
-export function unsubscribe(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
+export function unsubscribe(
+  request: ApiRequest,
+  services: AppServices,
+  invocation: Invocation = {},
+): Promise<ApiResponse> {
   return request.method.toUpperCase() === 'POST'
-    ? postUnsubscribe(request, services)
+    ? postUnsubscribe(request, services, invocation)
     : getUnsubscribe(request, services);
 }

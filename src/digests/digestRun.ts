@@ -22,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import type { Config } from '../config';
 import { MailError } from '../errors';
+import { invocationLogger, invocationTelemetry, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import { uuidv7 } from '../outbox/messageIds';
 import type { Outbox } from '../outbox/outbox';
@@ -92,10 +93,11 @@ export class DigestRunner {
   }
 
   /** Runs `digest` now (its template is known to exist). Throws only when storage fails. */
-  async run(digest: string, context: { invocationId?: string } = {}): Promise<RunReport> {
+  async run(digest: string, invocation: Invocation = {}): Promise<RunReport> {
     const { store } = this.deps;
+    const logger = invocationLogger(invocation, this.logger);
     const started = this.now();
-    const claim = await this.claim(digest);
+    const claim = await this.claim(digest, logger);
     if ('busy' in claim) return { digest, outcome: 'busy', run: strip(claim.busy) };
     let record = claim.record;
     if (record.periodEnd === undefined) {
@@ -116,7 +118,9 @@ export class DigestRunner {
     for await (const page of store.pendingRecipients(digest)) {
       for (let i = 0; i < page.length; i += RECIPIENT_CONCURRENCY) {
         await Promise.all(
-          page.slice(i, i + RECIPIENT_CONCURRENCY).map((r) => this.recipient(digest, r, record, counts)),
+          page
+            .slice(i, i + RECIPIENT_CONCURRENCY)
+            .map((r) => this.recipient(digest, r, record, counts, invocation, logger)),
         );
         if (this.now() - lastCheckpoint >= CHECKPOINT_MS) {
           const written = await store.updateRun(record, {
@@ -124,7 +128,7 @@ export class DigestRunner {
             leaseUntil: new Date(this.now() + DIGEST_LEASE_MS).toISOString(),
           });
           if (!written) {
-            this.logger.warn('digest run taken over by another run; stopping', { digest, runId: record.runId });
+            logger.warn('digest run taken over by another run; stopping', { digest, runId: record.runId });
             return { digest, outcome: 'superseded' };
           }
           record = written;
@@ -147,15 +151,16 @@ export class DigestRunner {
       items: counts.items,
       omitted: counts.omitted,
       durationMs,
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      ...invocationTelemetry(invocation),
     });
-    this.logger.info('digest run completed', { digest, periodEnd, ...counts, durationMs });
+    logger.info('digest run completed', { digest, periodEnd, ...counts, durationMs });
     return { digest, outcome: 'completed', run: strip(done) };
   }
 
   /** Takes the run record: a new run, a run taken over (its lease ran out), or busy (another run holds it). */
   private claim(
     digest: string,
+    logger: Logger,
   ): Promise<{ record: DigestRunRecord & { etag: string } } | { busy: DigestRunRecord & { etag: string } }> {
     const { store } = this.deps;
     return retryLostRaces({
@@ -182,7 +187,7 @@ export class DigestRunner {
         }
         if (current.status === 'running' && Date.parse(current.leaseUntil) > now) return { busy: current };
         if (current.status === 'running') {
-          this.logger.warn('taking over a digest run whose lease ran out', { digest, periodEnd: current.periodEnd });
+          logger.warn('taking over a digest run whose lease ran out', { digest, periodEnd: current.periodEnd });
           const taken = await store.updateRun(current, { runId: fresh.runId, leaseUntil: fresh.leaseUntil });
           return taken ? { record: taken } : LOST_RACE;
         }
@@ -212,6 +217,8 @@ export class DigestRunner {
     pending: PendingRecipient,
     record: DigestRunRecord,
     counts: Counts,
+    invocation: Invocation,
+    logger: Logger,
   ): Promise<void> {
     const { store, outbox, config } = this.deps;
     const periodEnd = record.periodEnd as string;
@@ -246,14 +253,14 @@ export class DigestRunner {
       };
       try {
         // A digest is bulk mail: List-Unsubscribe headers, and a suppressed recipient's digest is recorded suppressed.
-        await outbox.acceptRequest(request, { source: 'digest', list: digestList(digest) });
+        await outbox.acceptRequest(request, { source: 'digest', list: digestList(digest), invocation });
       } catch (error) {
         if (error instanceof MailError && error.code === 'IDEMPOTENCY_CONFLICT') {
           // Accepted by an earlier attempt of this period, which listed these items and more (deleted since).
         } else if (error instanceof MailError && !error.transient) {
           // The template or the message is wrong for this recipient: the items stay for a run after the fix.
           counts.failed++;
-          this.logger.error('digest could not be accepted for a recipient; its items stay pending', {
+          logger.error('digest could not be accepted for a recipient; its items stay pending', {
             digest,
             code: error.code,
             error: error.message,

@@ -7,6 +7,7 @@ import { canonicalJsonIterative } from '../canonicalJson';
 import type { Config } from '../config';
 import { MailError, type ClassifiedError } from '../errors';
 import { invalidInput } from '../inputBounds';
+import { invocationLogger, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import type { Outbox } from '../outbox/outbox';
 import type { StorageClients } from '../storage/storageClients';
@@ -175,14 +176,15 @@ export class Digests {
    * logged with its classified reason and moved to mail-digest-items-poison as it came; the call resolves so that
    * the host does not retry it. Rejects only when storage fails (the host retries, then poisons it).
    */
-  async handleQueueMessage(message: unknown, context: { invocationId?: string } = {}): Promise<QueueOutcome> {
+  async handleQueueMessage(message: unknown, context: Invocation = {}): Promise<QueueOutcome> {
+    const logger = invocationLogger(context, this.logger);
     await this.deps.storage.ensureResources();
     let parsed: { digest: string; input: DigestItemInput };
     try {
       parsed = this.parseQueueMessage(message);
     } catch (error) {
       if (!(error instanceof MailError) || error.transient) throw error;
-      this.logger.warn('digest item message rejected; moved to the poison queue', {
+      logger.warn('digest item message rejected; moved to the poison queue', {
         code: error.code,
         error: error.message,
         invocationId: context.invocationId,
@@ -192,7 +194,7 @@ export class Digests {
         await this.deps.storage.digestItemsPoisonQueue.sendMessage(text, { messageTimeToLive: -1 });
       } else {
         // Only a message handed over already decoded can grow past the queue's limit when encoded again.
-        this.logger.error('poison: digest item message refused, too large to move to the poison queue', {
+        logger.error('poison: digest item message refused, too large to move to the poison queue', {
           code: error.code,
           error: error.message,
           invocationId: context.invocationId,
@@ -209,17 +211,15 @@ export class Digests {
    * the host gave up on after storage failures, which is stored now if storage is back (idempotent). Rejects only
    * when storage still fails.
    */
-  async markPoisoned(
-    message: unknown,
-    context: { dequeueCount?: number; invocationId?: string } = {},
-  ): Promise<QueueOutcome> {
+  async markPoisoned(message: unknown, context: Invocation & { dequeueCount?: number } = {}): Promise<QueueOutcome> {
+    const logger = invocationLogger(context, this.logger);
     await this.deps.storage.ensureResources();
     let parsed: { digest: string; input: DigestItemInput };
     try {
       parsed = this.parseQueueMessage(message);
     } catch (error) {
       if (!(error instanceof MailError) || error.transient) throw error;
-      this.logger.error('poison: digest item message refused', {
+      logger.error('poison: digest item message refused', {
         code: error.code,
         error: error.message,
         hint: error.hint,
@@ -228,7 +228,7 @@ export class Digests {
       return { outcome: 'rejected', error: classified(error) };
     }
     const [stored] = await this.storeItems(parsed.digest, [parsed.input]);
-    this.logger.warn('poison: digest item message stored on its poison retry', {
+    logger.warn('poison: digest item message stored on its poison retry', {
       digest: parsed.digest,
       dequeueCount: context.dequeueCount,
       invocationId: context.invocationId,
@@ -244,14 +244,14 @@ export class Digests {
   }
 
   /** Runs one digest now (POST /api/digests/{digest}/run). */
-  async run(digest: string | undefined, context: { invocationId?: string } = {}): Promise<RunReport> {
+  async run(digest: string | undefined, context: Invocation = {}): Promise<RunReport> {
     const name = this.known(digest);
     await this.deps.storage.ensureResources();
     return this.runner.run(name, context);
   }
 
   /** The timer: runs every digest with pending recipients, one after the other. */
-  async runAll(context: { invocationId?: string } = {}): Promise<RunReport[]> {
+  async runAll(context: Invocation = {}): Promise<RunReport[]> {
     await this.deps.storage.ensureResources();
     const reports: RunReport[] = [];
     for (const digest of this.names()) {

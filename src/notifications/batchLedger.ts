@@ -14,6 +14,7 @@ import {
 } from './batchStore';
 import type { Config } from '../config';
 import { MailError, type ClassifiedError } from '../errors';
+import { invocationTelemetry, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import { batchContentHash, parseNotificationBatch, type BatchRules, type NotificationBatch } from './batchRequest';
 import type { Outbox } from '../outbox/outbox';
@@ -56,10 +57,9 @@ export interface NotificationsDeps {
   schedule?: BatchSchedule;
 }
 
-/** The queue trigger's metadata, for logs and telemetry. */
-export interface FanoutContext {
+/** The invocation (queue trigger or HTTP request) working on a batch, and the queue trigger's dequeueCount. */
+export interface FanoutContext extends Invocation {
   dequeueCount?: number;
-  invocationId?: string;
 }
 
 export type FanoutOutcome =
@@ -132,7 +132,11 @@ export class BatchLedger {
   }
 
   /** Records a batch that cannot be fanned out at all as failed, unless its batchId already holds a batch. */
-  protected async recordInvalid(batchId: string, error: MailError): Promise<FanoutOutcome> {
+  protected async recordInvalid(
+    batchId: string,
+    error: MailError,
+    context: FanoutContext = {},
+  ): Promise<FanoutOutcome> {
     const at = this.iso();
     await this.summaries.indexForRetention(batchId, at);
     const created = await this.summaries.create({
@@ -152,12 +156,16 @@ export class BatchLedger {
     });
     // Paths only: the messages may quote the caller's values.
     const fields = (error.details ?? []).slice(0, 10).map((d) => d.path);
-    if (created) this.logger.error('notification batch is invalid; recorded as failed', { batchId, fields });
-    else this.logger.warn('invalid notification message for an existing batch; ignored', { batchId, fields });
+    if (created) this.log(context).error('notification batch is invalid; recorded as failed', { batchId, fields });
+    else this.log(context).warn('invalid notification message for an existing batch; ignored', { batchId, fields });
     return { outcome: 'failed', batchId, error: error.toJSON() };
   }
 
-  protected async failBatch(summary: StoredSummary, error: MailError): Promise<FanoutOutcome> {
+  protected async failBatch(
+    summary: StoredSummary,
+    error: MailError,
+    context: FanoutContext = {},
+  ): Promise<FanoutOutcome> {
     let current: StoredSummary | undefined = summary;
     await retryLostRaces({
       maxRaces: MAX_RACES,
@@ -169,7 +177,7 @@ export class BatchLedger {
       },
       exhausted: () => undefined,
     });
-    this.logger.error('notification batch failed', { batchId: summary.batchId, code: error.code });
+    this.log(context).error('notification batch failed', { batchId: summary.batchId, code: error.code });
     return { outcome: 'failed', batchId: summary.batchId, error: error.toJSON() };
   }
 
@@ -227,7 +235,12 @@ export class BatchLedger {
       source: 'notification',
       ...(summary.template ? { template: summary.template } : {}),
       recipientCount: summary.total,
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      ...invocationTelemetry(context),
     });
+  }
+
+  /** The logger for work in `context`: its invocation's, else the process logger. */
+  protected log(context: FanoutContext): Logger {
+    return context.logger ?? this.logger;
   }
 }

@@ -12,6 +12,7 @@ import {
   type SummaryChanges,
 } from './batchStore';
 import { MailError, type FieldProblem } from '../errors';
+import { invocationTelemetry } from '../invocation';
 import { enqueueBatchReference, encodeNotificationMessage, parseNotificationMessage } from './batchQueue';
 import {
   BATCH_ID,
@@ -89,6 +90,7 @@ export class Fanout extends BatchLedger {
       return this.recordInvalid(
         deriveBatchId(parsed.text),
         problem('(message)', 'the queue message is not a JSON object (base64-encoded or plain JSON)'),
+        context,
       );
     }
     if (parsed.kind === 'reference') return this.continueStored(parsed.batchId, parsed.offset, context);
@@ -102,7 +104,7 @@ export class Fanout extends BatchLedger {
       batch = parseNotificationBatch(content, this.rules(true)).batch;
     } catch (error) {
       if (error instanceof MailError && !error.transient) {
-        return this.recordInvalid(given ?? deriveBatchId(content), error);
+        return this.recordInvalid(given ?? deriveBatchId(content), error, context);
       }
       throw error;
     }
@@ -155,6 +157,7 @@ export class Fanout extends BatchLedger {
           'batchId',
           `no batch ${batchId} is stored: a message with only batchId and offset continues a stored batch; a new batch needs template and recipients`,
         ),
+        context,
       );
     }
     let header: BatchHeader | undefined;
@@ -185,7 +188,7 @@ export class Fanout extends BatchLedger {
       if (summary.continuation === summary.offset) return { outcome: 'skipped', batchId, reason: 'stale' };
       // Progress was recorded but its continuation never was: the invocation died in between. Enqueue it here.
       await this.enqueueContinuation(summary, summary.offset);
-      this.logger.warn('re-enqueued the missing continuation of a notification batch', {
+      this.log(context).warn('re-enqueued the missing continuation of a notification batch', {
         batchId,
         offset: summary.offset,
       });
@@ -193,7 +196,7 @@ export class Fanout extends BatchLedger {
     }
     if (offset > summary.offset) {
       // Continuations are enqueued after the progress they continue is recorded, so this is no copy of ours.
-      this.logger.warn('a notification continuation is ahead of its batch; ignored', {
+      this.log(context).warn('a notification continuation is ahead of its batch; ignored', {
         batchId,
         offset,
         recorded: summary.offset,
@@ -208,6 +211,7 @@ export class Fanout extends BatchLedger {
         new MailError('PAYLOAD_MISSING', `The stored batch mail-batches/${batchId}/ is missing or not this batch`, {
           hint: 'The batch blobs were deleted (by hand or by a lifecycle rule shorter than the fan-out) or replaced. Send the recipients not yet processed again as a new batch.',
         }),
+        context,
       );
     }
     const result = await this.fanOutChunk(batchId, chunk, offset, context);
@@ -223,6 +227,7 @@ export class Fanout extends BatchLedger {
           new MailError('INVALID_MESSAGE', `mail-batches/${batchId}/ holds a different batch`, {
             details: [{ path: 'batchId', message: 'already used for a different batch' }],
           }),
+          context,
         );
       }
       stored = true;
@@ -275,10 +280,10 @@ export class Fanout extends BatchLedger {
               errorCode: r.code,
               source: 'notification',
               ...(written.template ? { template: written.template } : {}),
-              ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+              ...invocationTelemetry(context),
             });
           }
-          this.logger.info('notification batch chunk fanned out', {
+          this.log(context).info('notification batch chunk fanned out', {
             batchId,
             offset,
             next,
@@ -346,6 +351,7 @@ export class Fanout extends BatchLedger {
           source: 'notification',
           batchId,
           ...(holdSeconds > 0 ? { holdSeconds } : {}),
+          invocation: context,
           // Bulk mail: suppressions checked and List-Unsubscribe set by the outbox, per recipient.
           ...(chunk.fields.category === 'bulk' ? { list: chunk.fields.list ?? chunk.fields.template } : {}),
         });
@@ -357,7 +363,7 @@ export class Fanout extends BatchLedger {
       }
     });
     if (context.dequeueCount && context.dequeueCount > 1) {
-      this.logger.info('notification chunk re-run after a failed attempt', {
+      this.log(context).info('notification chunk re-run after a failed attempt', {
         batchId,
         offset,
         dequeueCount: context.dequeueCount,
@@ -444,7 +450,7 @@ export class Fanout extends BatchLedger {
   ): Promise<FanoutOutcome> {
     const rejectedAs = deriveBatchId(content);
     const error = this.conflictOnQueue(batchId, rejectedAs);
-    await this.recordInvalid(rejectedAs, error);
+    await this.recordInvalid(rejectedAs, error, context);
     await this.deps.storage.notificationsPoisonQueue.sendMessage(encodeNotificationMessage(content), {
       messageTimeToLive: -1,
     });
@@ -452,9 +458,9 @@ export class Fanout extends BatchLedger {
       batchId,
       source: 'notification',
       errorCode: error.code,
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      ...invocationTelemetry(context),
     });
-    this.logger.error('a queue batch reuses the batchId of a different batch; rejected to the poison queue', {
+    this.log(context).error('a queue batch reuses the batchId of a different batch; rejected to the poison queue', {
       batchId,
       rejectedAs,
       invocationId: context.invocationId,

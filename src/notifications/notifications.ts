@@ -94,7 +94,7 @@ export class Notifications extends BatchLedger {
    * reference on mail-notifications. Throws MailError INVALID_MESSAGE, TEMPLATE_NOT_FOUND or SENDER_NOT_ALLOWED
    * (details naming the field), or IDEMPOTENCY_CONFLICT when the batchId holds a different batch.
    */
-  async submit(body: unknown): Promise<SubmitResult> {
+  async submit(body: unknown, invocation: FanoutContext = {}): Promise<SubmitResult> {
     const { batchId: given, batch } = parseNotificationBatch(body, this.rules(false));
     await this.deps.storage.ensureResources();
     const batchId = given ?? this.newId();
@@ -117,9 +117,9 @@ export class Notifications extends BatchLedger {
       if (!again) throw new Error(`Batch summary ${batchId} was reported to exist but cannot be read`);
       return this.replay(again, contentHash);
     }
-    this.trackAccepted(created);
+    this.trackAccepted(created, invocation);
     await enqueueBatchReference(this.deps.storage.notificationsQueue, batchId, 0);
-    this.logger.info('notification batch accepted', { batchId, recipients: created.total });
+    this.log(invocation).info('notification batch accepted', { batchId, recipients: created.total });
     return { batchId, summary: created, replayed: false };
   }
 
@@ -171,7 +171,7 @@ export class Notifications extends BatchLedger {
       const hash = this.contentHashOf(parsed.content);
       if (existing && hash !== undefined && existing.contentHash !== hash) {
         const rejectedAs = deriveBatchId(parsed.content);
-        await this.recordInvalid(rejectedAs, this.conflictOnQueue(batchId, rejectedAs));
+        await this.recordInvalid(rejectedAs, this.conflictOnQueue(batchId, rejectedAs), context);
         return this.summaries.get(rejectedAs);
       }
     }
@@ -188,13 +188,13 @@ export class Notifications extends BatchLedger {
       attempt: async () => {
         const summary = await this.summaries.get(batchId);
         if (!summary) {
-          await this.recordInvalid(batchId, error);
+          await this.recordInvalid(batchId, error, context);
           return LOST_RACE;
         }
         if (TERMINAL.has(summary.status)) return summary;
         const written = await this.summaries.update(summary, this.failedChanges(error));
         if (!written) return LOST_RACE;
-        this.logger.error('notification batch poisoned', { batchId, dequeueCount: context.dequeueCount });
+        this.log(context).error('notification batch poisoned', { batchId, dequeueCount: context.dequeueCount });
         return written;
       },
       exhausted: () => {

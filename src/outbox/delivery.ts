@@ -31,6 +31,7 @@
  */
 import { DEFAULT_RETRY_BACKOFF_SECONDS, DEFAULT_SEND_LEASE_SECONDS } from '../config';
 import { MailError, mailboxThrottleOf, type MailboxThrottle } from '../errors';
+import { invocationTelemetry, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import { allRecipients } from '../message';
 import { OUTBOX_MAX_DEQUEUE_COUNT, enqueueOutbox } from './outboxQueue';
@@ -97,10 +98,10 @@ export interface DeliverDeps {
   maxDequeueCount?: number;
 }
 
-export interface DeliveryContext {
+/** The invocation delivering (the queue trigger's, or the accepting request's with `?wait=true`): its ids and logger. */
+export interface DeliveryContext extends Invocation {
   /** The queue trigger's dequeueCount (1 on first delivery); absent when delivering inline. */
   dequeueCount?: number | undefined;
-  invocationId?: string | undefined;
   /** `?wait=true`: delivered in the accepting request, before its (held) queue message is due. */
   inline?: boolean;
 }
@@ -156,7 +157,12 @@ export function defaultBackoffSeconds(attempt: number, baseSeconds = DEFAULT_RET
  * rejects only when storage fails, so that the host retries and, after maxDequeueCount, poisons it.
  */
 async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps): Promise<DeliverOutcome> {
-  const logger = deps.logger ?? silentLogger;
+  const logger = context.logger ?? deps.logger ?? silentLogger;
+  /** What every event of this delivery carries: this invocation's ids, and the accepting invocation's operation id. */
+  const correlation = (record: StoredRecord) => ({
+    ...invocationTelemetry(context),
+    ...(record.acceptOperationId ? { acceptOperationId: record.acceptOperationId } : {}),
+  });
   const now = deps.now ?? Date.now;
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
   const maxAttempts = deps.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
@@ -204,6 +210,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
           done: await fail(
             record,
             new MailError('RETRIES_EXHAUSTED', `retries exhausted after ${record.attempts} attempts${last}`),
+            { track: true },
           ),
         };
       }
@@ -281,11 +288,12 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       return fail(
         leased,
         new MailError('PAYLOAD_INVALID', `The payload blob of message ${id} cannot be read`, { cause: error }),
+        { track: true },
       );
     }
     if (!payload) {
       const error = new MailError('PAYLOAD_MISSING', `The payload blob of message ${id} does not exist`);
-      return fail(leased, error);
+      return fail(leased, error, { track: true });
     }
 
     const { suppressions } = deps;
@@ -312,7 +320,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
           // An HTTP caller waiting on ?wait=true is answered 202 rather than held while the slot is far off.
           reservation = await deps.pacer.reserve(recipients, context.inline ? { maxWaitMs: INLINE_MAX_WAIT_MS } : {});
         } catch (error) {
-          if (error instanceof MailError) return fail(leased, error);
+          if (error instanceof MailError) return fail(leased, error, { track: true });
           throw error;
         }
         if (reservation.kind === 'defer') return pace(leased, reservation.reason, reservation.retryAt);
@@ -339,7 +347,8 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
         attempt,
         ...(leased.template ? { template: leased.template } : {}),
         ...(leased.batchId ? { batchId: leased.batchId } : {}),
-        ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+        ...correlation(leased),
+        ...(context.logger ? { logger: context.logger } : {}),
       });
     } catch (thrown) {
       if (!(thrown instanceof MailError)) throw thrown;
@@ -410,6 +419,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       ...(record.list !== undefined ? { list: record.list } : {}),
       ...(record.template ? { template: record.template } : {}),
       ...(record.batchId ? { batchId: record.batchId } : {}),
+      ...correlation(record),
     });
     logger.info('bulk message to a recipient suppressed while it waited; not sent', { id, list: record.list });
     return { outcome: 'suppressed', record: written };
@@ -429,6 +439,7 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       reason,
       retryInSeconds,
       ...(record.batchId ? { batchId: record.batchId } : {}),
+      ...correlation(record),
     });
     logger.debug('outbox message paced', { id, reason, retryInSeconds });
     return { outcome: 'paced', record: written ?? record, reason, retryInSeconds };
@@ -466,6 +477,8 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
         errorCode: error.code,
         transient: true,
         ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+        ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
+        ...correlation(record),
       });
     }
     const retryInSeconds = Math.max(MIN_PACING_DELAY_SECONDS, Math.ceil((retryAt - now()) / 1000));
@@ -484,9 +497,10 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       errorCode: error.code,
       transient: true,
       ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+      ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
       ...(record.template ? { template: record.template } : {}),
       ...(record.batchId ? { batchId: record.batchId } : {}),
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      ...correlation(record),
     });
     logger.info('Exchange says the mailbox is over a limit; the message waits without spending an attempt', {
       id,
@@ -497,13 +511,33 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
     return { outcome: 'paced', record: written ?? record, reason, retryInSeconds, error };
   }
 
-  async function fail(record: StoredRecord, error: MailError): Promise<DeliverOutcome> {
+  /**
+   * Final: `failed`. `track` when no SMTP attempt of this delivery reported it (the sender records MailFailed for its
+   * own attempts): a payload that cannot be read, retries used up without an outcome, a pacing error.
+   */
+  async function fail(
+    record: StoredRecord,
+    error: MailError,
+    options: { track?: boolean } = {},
+  ): Promise<DeliverOutcome> {
     const written = await deps.status.transition(record, {
       status: 'failed',
       completedAt: iso(now()),
       error: error.toJSON(),
       leaseUntil: undefined,
     });
+    if (options.track) {
+      deps.telemetry?.trackEvent('MailFailed', {
+        id,
+        source: record.source,
+        attempt: record.attempts,
+        errorCode: error.code,
+        transient: false,
+        ...(record.template ? { template: record.template } : {}),
+        ...(record.batchId ? { batchId: record.batchId } : {}),
+        ...correlation(record),
+      });
+    }
     logger.warn('outbox message failed', { id, code: error.code, attempt: record.attempts });
     return { outcome: 'failed', record: written ?? record, error };
   }
@@ -522,7 +556,8 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
       ...(record.template ? { template: record.template } : {}),
       ...(record.batchId ? { batchId: record.batchId } : {}),
       ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
+      ...correlation(record),
     });
     logger.info('outbox message deferred after a transient failure', {
       id,
@@ -540,10 +575,10 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
  */
 async function markPoisoned(
   id: string,
-  context: { dequeueCount?: number | undefined },
+  context: Invocation & { dequeueCount?: number | undefined },
   deps: Pick<DeliverDeps, 'status' | 'logger' | 'now' | 'telemetry'>,
 ): Promise<StoredRecord | undefined> {
-  const logger = deps.logger ?? silentLogger;
+  const logger = context.logger ?? deps.logger ?? silentLogger;
   const now = deps.now ?? Date.now;
   return retryLostRaces({
     maxRaces: MAX_RACES,
@@ -570,6 +605,8 @@ async function markPoisoned(
         attempt: record.attempts,
         errorCode: error.code,
         transient: false,
+        ...invocationTelemetry(context),
+        ...(record.acceptOperationId ? { acceptOperationId: record.acceptOperationId } : {}),
       });
       return written;
     },
@@ -595,7 +632,10 @@ export class Delivery {
   }
 
   /** Marks a message the host moved to `mail-outbox-poison` failed ("poison: …"), unless it has an outcome already. */
-  markPoisoned(id: string, context: { dequeueCount?: number | undefined } = {}): Promise<StoredRecord | undefined> {
+  markPoisoned(
+    id: string,
+    context: Invocation & { dequeueCount?: number | undefined } = {},
+  ): Promise<StoredRecord | undefined> {
     return markPoisoned(id, context, this.deps);
   }
 

@@ -24,6 +24,7 @@ import { createHash } from 'node:crypto';
 import { isAllowedFrom, type Config } from '../config';
 import { MailError } from '../errors';
 import type { IdempotencyStore } from './idempotencyStore';
+import { invocationLogger, invocationTelemetry, operationIdOf, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import { allRecipients, parseMessage, type MailMessage, type OutboxSource } from '../message';
 import { batchMessageId, messageIdLocalPart, uuidv7 } from './messageIds';
@@ -80,6 +81,11 @@ export interface AcceptOptions {
    * recorded `suppressed` and never sent), and given the List-Unsubscribe headers. Any source of bulk mail sets it.
    */
   list?: string;
+  /**
+   * The invocation accepting it: its operation id is kept on the record (`acceptOperationId`) so that the delivery's
+   * events, in another invocation, can be joined to the accepting request.
+   */
+  invocation?: Invocation;
 }
 
 export interface AcceptResult {
@@ -174,6 +180,8 @@ export class Outbox {
     const { message, template } = this.render(request);
     const recipient = options.list !== undefined ? this.bulkRecipient(message, options.list) : undefined;
     const { storage, status, payloads } = this.deps;
+    const logger = invocationLogger(options.invocation, this.logger);
+    const acceptOperationId = operationIdOf(options.invocation?.traceParent);
     await storage.ensureResources();
     const hash = payloadHash(request);
     const now = this.now();
@@ -184,7 +192,7 @@ export class Outbox {
         : this.newId();
 
     if (request.idempotencyKey !== undefined) {
-      const existing = await this.claimKey(request.idempotencyKey, { id, payloadHash: hash, createdAt: now });
+      const existing = await this.claimKey(request.idempotencyKey, { id, payloadHash: hash, createdAt: now }, logger);
       if (existing) {
         if (existing.payloadHash !== hash) {
           throw new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
@@ -192,10 +200,10 @@ export class Outbox {
           });
         }
         id = existing.id;
-        if (existing.record) return { id, record: await this.healIfStranded(existing.record), replayed: true };
+        if (existing.record) return { id, record: await this.healIfStranded(existing.record, logger), replayed: true };
         // The first request claimed the key and has not written its record yet (it is in flight, or it died):
         // finish the accept under the claimed id. Every write below tolerates the other request doing the same.
-        this.logger.info('completing an idempotent accept whose record was missing', { id });
+        logger.info('completing an idempotent accept whose record was missing', { id });
       }
     }
 
@@ -233,6 +241,7 @@ export class Outbox {
       ...(suppressed ? { completedAt: new Date(now).toISOString() } : {}),
       payloadHash: hash,
       ...(request.idempotencyKey !== undefined ? { idempotencyKey: request.idempotencyKey } : {}),
+      ...(acceptOperationId ? { acceptOperationId } : {}),
     };
     const created = await status.create(record);
     if (created && suppressed) {
@@ -243,8 +252,9 @@ export class Outbox {
         ...(options.list !== undefined ? { list: options.list } : {}),
         ...(template ? { template } : {}),
         ...(options.batchId ? { batchId: options.batchId } : {}),
+        ...invocationTelemetry(options.invocation),
       });
-      this.logger.info('bulk message to a suppressed recipient recorded as suppressed; not sent', {
+      logger.info('bulk message to a suppressed recipient recorded as suppressed; not sent', {
         id,
         list: options.list,
       });
@@ -306,6 +316,7 @@ export class Outbox {
   private async claimKey(
     key: string,
     claim: { id: string; payloadHash: string; createdAt: number },
+    logger: Logger,
   ): Promise<{ id: string; payloadHash: string; record?: StoredRecord } | undefined> {
     const { idempotency, status, config } = this.deps;
     const cutoff = claim.createdAt - config.retentionMs;
@@ -329,7 +340,7 @@ export class Outbox {
         ? TERMINAL_STATUSES.has(record.status) && Date.parse(record.completedAt ?? record.createdAt) < cutoff
         : Date.parse(existing.createdAt) < cutoff;
       if (!expired) return { id: existing.id, payloadHash: existing.payloadHash, ...(record ? { record } : {}) };
-      this.logger.info('an idempotency key past retention is used again; it names a new message', {
+      logger.info('an idempotency key past retention is used again; it names a new message', {
         previous: existing.id,
       });
       await idempotency.release(config.sender, key, existing.id, existing.etag);
@@ -338,15 +349,15 @@ export class Outbox {
   }
 
   /** A replay of a record whose queue message should long have been seen re-enqueues it (crash between 3 and 4). */
-  private async healIfStranded(record: StoredRecord): Promise<StoredRecord> {
+  private async healIfStranded(record: StoredRecord, logger: Logger): Promise<StoredRecord> {
     if (record.status !== 'queued' && record.status !== 'scheduled') return record;
     if (Date.parse(record.dueAt) > this.now() - STRANDED_AFTER_MS) return record;
-    return (await this.requeue(record)) ?? record;
+    return (await this.requeue(record, logger)) ?? record;
   }
 
   /** Enqueues first, then records the new due time: a queue message must exist for every `dueAt` (see deliver). */
-  private async requeue(record: StoredRecord): Promise<StoredRecord | undefined> {
-    this.logger.warn('re-enqueueing an overdue outbox record', { id: record.id, status: record.status });
+  private async requeue(record: StoredRecord, logger: Logger): Promise<StoredRecord | undefined> {
+    logger.warn('re-enqueueing an overdue outbox record', { id: record.id, status: record.status });
     await enqueueOutbox(this.deps.storage.outboxQueue, record.id, 0);
     return this.deps.status.transition(record, { dueAt: new Date(this.now()).toISOString() });
   }

@@ -14,6 +14,7 @@ import type { BatchBlobStore } from '../notifications/batchBlobStore';
 import type { BatchStore, RetentionEntry } from '../notifications/batchStore';
 import type { Config } from '../config';
 import type { IdempotencyStore } from './idempotencyStore';
+import type { Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import type { MessageStore } from './messageStore';
 import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
@@ -64,7 +65,9 @@ export class Retention {
   }
 
   /** Deletes everything past retention, up to `maxDeletions` and `budgetMs`. */
-  async run(options: { maxDeletions?: number; budgetMs?: number } = {}): Promise<RetentionReport> {
+  async run(
+    options: { maxDeletions?: number; budgetMs?: number; invocation?: Invocation } = {},
+  ): Promise<RetentionReport> {
     await this.deps.storage.ensureResources();
     const started = this.now();
     const cutoff = started - this.deps.config.retentionMs;
@@ -100,7 +103,10 @@ export class Retention {
       }
     }
     if (report.messages + report.batches > 0 || !report.complete) {
-      this.logger.info('retention run', { ...report, cutoff: new Date(cutoff).toISOString() });
+      (options.invocation?.logger ?? this.logger).info('retention run', {
+        ...report,
+        cutoff: new Date(cutoff).toISOString(),
+      });
     }
     return report;
   }

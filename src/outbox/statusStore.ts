@@ -63,6 +63,8 @@ export interface StatusRecord {
   /** `sent`, but Exchange refused these recipients (the first MAX_LISTED_REFUSALS; `refusedCount` counts all). */
   refused?: Refusal[];
   refusedCount?: number;
+  /** The operation id (W3C trace id) of the invocation that accepted it: joins its delivery to the accepting request. */
+  acceptOperationId?: string;
 }
 
 /** A recipient Exchange refused while it accepted the message for the others. */
@@ -169,6 +171,7 @@ type Entity = {
   /** JSON of Refusal[]. */
   refused?: string;
   refusedCount?: number;
+  acceptOperationId?: string;
 };
 
 /** Rows per page when the retention timer reads records. */
@@ -192,6 +195,7 @@ const OPTIONAL_FIELDS = [
   'waitReason',
   'throttles',
   'refusedCount',
+  'acceptOperationId',
 ] as const;
 
 function toEntity(record: StatusRecord): Entity {

@@ -3,6 +3,7 @@ import { BASIC_AUTH_DEPRECATION, isAllowedFrom, type Config } from '../config';
 import type { ConnectionSlots } from '../pacing/connectionSlots';
 import { classifySmtpError } from './classify';
 import { MailError, ensureError } from '../errors';
+import { invocationTelemetry, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import { allRecipients, type MailMessage, type MailSource } from '../message';
 import type { SmtpAuthSource } from './smtpAuth';
@@ -17,14 +18,15 @@ export type { RefusedRecipient } from './nodemailerMessage';
 export const BASIC_PASSWORD_REFUSED_HINT =
   "Exchange refused the mailbox's password (535 5.7.3), also after reading it again from Key Vault: put the mailbox's current password (an app password if the account uses MFA) in the Key Vault secret MAIL_PASSWORD_SECRET_NAME. Better, switch MAIL_AUTH_MODE to client-secret, client-certificate or federated-identity: Basic SMTP AUTH is off by default from the end of December 2026.";
 
-/** Who is sending and why, for telemetry and logs. No addresses. */
-export interface SendContext {
+/** Who is sending and why, for telemetry and logs, in which invocation. No addresses. */
+export interface SendContext extends Invocation {
   id?: string;
   source: MailSource;
   attempt?: number;
   template?: string;
   batchId?: string;
-  invocationId?: string;
+  /** The operation id of the invocation that accepted the message into the outbox (when another one delivers it). */
+  acceptOperationId?: string;
 }
 
 export interface SendResult {
@@ -76,18 +78,20 @@ export class MailSender {
     const now = this.options.now ?? Date.now;
     const started = now();
     const recipients = allRecipients(message);
+    const logger = context.logger ?? this.logger;
     const baseProps: MailEventProperties = {
       ...(context.id ? { id: context.id } : {}),
       source: context.source,
       ...(context.template ? { template: context.template } : {}),
       ...(context.batchId ? { batchId: context.batchId } : {}),
-      ...(context.invocationId ? { invocationId: context.invocationId } : {}),
+      ...invocationTelemetry(context),
+      ...(context.acceptOperationId ? { acceptOperationId: context.acceptOperationId } : {}),
       attempt: context.attempt ?? 1,
       recipientCount: recipients.length,
     };
     try {
       this.checkEnvelope(message);
-      const info = await this.sendWithTokenRetry(message);
+      const info = await this.sendWithTokenRetry(message, logger);
       const result: SendResult = { ...readSentInfo(info), durationMs: now() - started };
       const { durationMs } = result;
       this.options.telemetry?.trackEvent('MailSent', {
@@ -97,7 +101,7 @@ export class MailSender {
         ...(result.refused.length > 0 ? { refusedCount: result.refused.length } : {}),
       });
       this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'sent' });
-      this.logger.info('mail sent', { id: context.id, source: context.source, durationMs, smtpCode: result.smtp.code });
+      logger.info('mail sent', { id: context.id, source: context.source, durationMs, smtpCode: result.smtp.code });
       return result;
     } catch (thrown) {
       const error = thrown instanceof MailError ? thrown : classifySmtpError(thrown);
@@ -108,13 +112,16 @@ export class MailSender {
         errorCode: error.code,
         transient: error.transient,
         ...(error.smtp ? { smtpCode: error.smtp.code } : {}),
+        ...(error.smtp?.enhanced ? { smtpEnhancedCode: error.smtp.enhanced } : {}),
       });
       this.options.telemetry?.trackDuration(durationMs, { source: context.source, outcome: 'failed' });
-      this.logger.warn('mail failed', {
+      logger.warn('mail failed', {
         id: context.id,
         code: error.code,
         transient: error.transient,
-        smtp: error.smtp?.response,
+        // The codes, not the reply's text: Exchange's replies name the mailbox and recipients.
+        smtpCode: error.smtp?.code,
+        smtpEnhancedCode: error.smtp?.enhanced,
       });
       throw error;
     }
@@ -160,7 +167,7 @@ export class MailSender {
   }
 
   /** Exchange answers a refused token with 535 5.7.3 directly, so nodemailer never renews: drop the token and retry once. */
-  private async sendWithTokenRetry(message: MailMessage): Promise<SentInfo> {
+  private async sendWithTokenRetry(message: MailMessage, logger: Logger): Promise<SentInfo> {
     try {
       return await this.sendOnce(message);
     } catch (first) {
@@ -172,7 +179,7 @@ export class MailSender {
       const rotatedPassword =
         (error.code === 'AUTH_FAILED' || error.code === 'BASIC_AUTH_DISABLED') && this.auth.mode === 'basic';
       if (!retryable && !rotatedPassword) throw error;
-      this.logger.info('SMTP refused a cached credential; retrying once with a fresh one', {
+      logger.info('SMTP refused a cached credential; retrying once with a fresh one', {
         code: error.smtp?.enhanced,
       });
       this.auth.invalidate();

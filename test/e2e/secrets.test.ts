@@ -264,7 +264,9 @@ describe.each(MODES)(
 
         // Not vacuous: every haystack holds what this run produced.
         expect(outputs.hostLog.some((l) => l.includes('[outboxDeliver]'))).toBe(true);
-        expect(outputs.processOutput.join('').length).toBeGreaterThan(0);
+        // The app's own lines, written through each invocation's logger (context.log), including its failures.
+        expect(outputs.hostLog.some((l) => /\[outboxDeliver\] m365-mailer: mail sent/.test(l))).toBe(true);
+        expect(outputs.hostLog.some((l) => /\[messagesPost warning\] m365-mailer: mail failed/.test(l))).toBe(true);
         expect(outputs.responses.length).toBeGreaterThanOrEqual(12);
         expect(ids).toHaveLength(4);
         for (const id of ids) {
@@ -305,6 +307,21 @@ describe.each(MODES)(
           ],
         };
         expect(scan.findAll(haystacks)).toEqual([]);
+
+        // Log lines hold no address (Exchange's replies name the mailbox and the recipients; the 422s above quoted
+        // them), subject or body either, whichever logger wrote them.
+        const logs = [...outputs.hostLog, ...outputs.processOutput];
+        expect(logs.filter((l) => /[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]+/.test(l))).toEqual([]);
+        const personal = secretScanner(
+          ['via the outbox', '<p>now</p>', 'No SendAs', 'Hello Bee'].map((value) => ({
+            kind: 'personal-data',
+            label: 'a subject or body',
+            value,
+          })),
+        );
+        expect(personal.findAll({ 'dev host log': outputs.hostLog, 'process output': outputs.processOutput })).toEqual(
+          [],
+        );
       },
       MODE_TIMEOUT_MS,
     );

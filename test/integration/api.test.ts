@@ -1,5 +1,5 @@
 /** The HTTP handlers in process, against Azurite and the sandbox: every malformed request is a 4xx naming its field; the happy paths. */
-import { HttpRequest } from '@azure/functions';
+import { HttpRequest, InvocationContext } from '@azure/functions';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { freePort } from '../../dev/azurite';
 import { httpHandler } from '../../functions/http';
@@ -312,6 +312,7 @@ describe('no input produces a 5xx; outages and settings errors answer cleanly', 
 
   it('through the Functions adapter: a real HttpRequest in, an HttpResponseInit out', async () => {
     const handler = httpHandler(postMessage, () => rt);
+    const context = () => new InvocationContext({ invocationId: 'adapter-test', functionName: 'messagesPost' });
     const ok = await handler(
       new HttpRequest({
         method: 'POST',
@@ -319,7 +320,7 @@ describe('no input produces a 5xx; outages and settings errors answer cleanly', 
         headers: { 'content-type': 'application/json' },
         body: { string: JSON.stringify(valid) },
       }),
-      undefined as never,
+      context(),
     );
     expect(ok).toMatchObject({ status: 202, jsonBody: { status: 'queued' } });
     const bad = await handler(
@@ -329,8 +330,33 @@ describe('no input produces a 5xx; outages and settings errors answer cleanly', 
         headers: { 'content-type': 'text/plain' },
         body: { string: 'x' },
       }),
-      undefined as never,
+      context(),
     );
     expect(bad).toMatchObject({ status: 415, jsonBody: { error: { code: 'unsupported_media_type' } } });
+  });
+
+  it('through the Functions adapter, a handler’s log lines go to its invocation’s context, redacted', async () => {
+    // A secret the app knows (as every Key Vault value is registered), thrown in an unexpected error.
+    const secret = `kv-secret-${Date.now()}-do-not-log`;
+    rt.redactor.add(secret);
+    const lines: Array<{ level: string; text: string }> = [];
+    const context = new InvocationContext({
+      invocationId: 'adapter-log-test',
+      functionName: 'boom',
+      traceContext: { traceParent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' },
+      logHandler: (level, ...args) => lines.push({ level, text: args.map(String).join(' ') }),
+    });
+    const failing: ApiHandler = () => {
+      throw new Error(`storage said: ${secret}`);
+    };
+    const response = await httpHandler(failing, () => rt)(
+      new HttpRequest({ method: 'GET', url: `${BASE}/boom` }),
+      context,
+    );
+    expect(response.status).toBe(500);
+    const logged = lines.find((l) => l.text.includes('unexpected error in an HTTP handler'));
+    expect(logged?.level).toBe('error');
+    expect(logged?.text).toContain('[redacted]');
+    expect(lines.map((l) => l.text).join('\n')).not.toContain(secret);
   });
 });

@@ -438,7 +438,8 @@ describe('delivery failures', () => {
     await mailer.sender.close();
   });
 
-  it('a deleted payload blob fails the message with PAYLOAD_MISSING instead of retrying forever', async () => {
+  it('a deleted payload blob fails the message with PAYLOAD_MISSING instead of retrying forever, and says so in MailFailed', async () => {
+    sandbox.ingestion.reset();
     const { id } = await rt.outbox.accept(body(), { source: 'http' });
     await rt.storage.payloads.deleteBlob(MessageStore.blobName(id));
     const [outcome] = await drainOnce();
@@ -456,6 +457,12 @@ describe('delivery failures', () => {
     expect(await rt.delivery.deliver(id, { dequeueCount: 1 })).toMatchObject({ outcome: 'completed' });
     expect((await record(id)).attempts).toBe(1);
     expect(sandbox.smtp.messages).toHaveLength(0);
+    // No SMTP attempt reported it, so the delivery does: once.
+    await mailer.telemetry.flush();
+    const failures = sandbox.ingestion.events('MailFailed').filter((e) => e.properties.id === id);
+    expect(failures.map((e) => e.properties)).toEqual([
+      { id, source: 'http', attempt: '1', errorCode: 'PAYLOAD_MISSING', transient: 'false' },
+    ]);
   });
 
   it('poison: the host gave up on the message, so the record turns failed with reason "poison: …"', async () => {

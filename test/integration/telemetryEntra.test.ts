@@ -207,10 +207,11 @@ describe('the deployed configuration, end to end through the bundle', () => {
     await azurite?.stop();
   });
 
-  it('a message sent through the HTTP API is recorded as MailSent in a resource that accepts Entra-authenticated telemetry only', async () => {
+  it('a message sent through the HTTP API is recorded as MailSent, in the caller’s trace, in a resource that accepts Entra-authenticated telemetry only', async () => {
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
     const response = await fetch(`${host.url}/api/messages?wait=true&code=${host.functionKey}`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', traceparent: `00-${traceId}-00f067aa0ba902b7-01` },
       body: JSON.stringify({ to: 'someone@example.com', subject: 'Entra telemetry', text: 'hello' }),
     });
     expect(response.status).toBe(200);
@@ -221,6 +222,8 @@ describe('the deployed configuration, end to end through the bundle', () => {
       20_000,
     );
     expect(arrived).toBe(true);
+    const sent = sandbox.ingestion.events('MailSent').find((e) => e.properties.id === id);
+    expect(sent?.tags['ai.operation.id']).toBe(traceId);
     const accepted = sandbox.ingestion.requests.filter((r) => r.status === 200);
     expect(accepted.length).toBeGreaterThanOrEqual(1);
     expect(accepted.every((r) => r.principal === sandbox.tenant.identity.principalId)).toBe(true);
