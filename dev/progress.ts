@@ -32,6 +32,11 @@ export const LOG_PERCENT_STEP = 10;
 /** …or when this long has passed since the last line (milliseconds), whichever comes first. */
 export const LOG_INTERVAL_MS = 5_000;
 
+/** The rate and ETA are over this recent span (milliseconds), so that they follow a run whose pace changes. */
+export const RATE_WINDOW_MS = 10_000;
+/** Samples for the recent rate are kept at most this often. */
+const RATE_SAMPLE_MS = 250;
+
 /** Carriage return, then clear the whole line (ANSI EL2). */
 const REDRAW = '\r\x1b[2K';
 
@@ -87,6 +92,8 @@ export class Progress {
   #lastStep = -1;
   #drawn = false;
   #finished = false;
+  /** (time, count) samples over the last RATE_WINDOW_MS and one before it. */
+  #samples: Array<{ at: number; count: number }> = [];
 
   constructor(options: ProgressOptions) {
     this.#label = options.label;
@@ -97,6 +104,7 @@ export class Progress {
     this.#now = options.now ?? Date.now;
     this.#startedAt = this.#now();
     this.#lastLineAt = this.#startedAt;
+    this.#samples.push({ at: this.#startedAt, count: 0 });
     this.#render(true);
   }
 
@@ -110,6 +118,11 @@ export class Progress {
     if (this.#finished) return;
     this.#count = Math.max(this.#count, count);
     if (note !== undefined) this.#note = note;
+    const at = this.#now();
+    if (at - (this.#samples.at(-1)?.at ?? at) >= RATE_SAMPLE_MS) {
+      this.#samples.push({ at, count: this.#count });
+      while (this.#samples.length > 2 && at - (this.#samples[1]?.at ?? at) >= RATE_WINDOW_MS) this.#samples.shift();
+    }
     this.#render(false);
   }
 
@@ -151,9 +164,14 @@ export class Progress {
     const total = this.#total;
     if (total !== undefined) parts.push(`${((Math.min(this.#count, total) / total) * 100).toFixed(0)} %`);
     if (elapsed > 0 && this.#count > 0) {
-      const perSecond = (this.#count * 1000) / elapsed;
+      // Over the recent window once it spans a second; over the whole run before that.
+      const since = this.#samples[0] ?? { at: this.#startedAt, count: 0 };
+      const recent = at - since.at >= 1_000;
+      const perSecond = recent
+        ? ((this.#count - since.count) * 1000) / (at - since.at)
+        : (this.#count * 1000) / elapsed;
       parts.push(`${formatRate(perSecond)}/s`);
-      if (total !== undefined && this.#count < total) {
+      if (total !== undefined && this.#count < total && perSecond > 0) {
         parts.push(`ETA ${formatDuration(((total - this.#count) / perSecond) * 1000)}`);
       }
     }

@@ -135,6 +135,24 @@ describe('Progress in a log (no terminal)', () => {
     expect(stream.chunks.length).toBe(before);
   });
 
+  it('shows the recent rate and an ETA from it when the pace changes, and the average on the final line', () => {
+    const stream = fakeStream(false);
+    const clock = fakeClock();
+    const progress = new Progress({ label: 'drain', total: 3_000, stream, now: clock.now });
+    // 20 s at 100 a second, then 20 s at 10 a second.
+    for (let s = 1; s <= 20; s++) {
+      clock.advance(1_000);
+      progress.update(s * 100);
+    }
+    for (let s = 1; s <= 20; s++) {
+      clock.advance(1_000);
+      progress.update(2_000 + s * 10);
+    }
+    expect(stream.chunks.at(-1)).toBe('drain: 2,200/3,000 items, 73 %, 10.0/s, ETA 1m 20s\n');
+    progress.done();
+    expect(stream.chunks.at(-1)).toBe('drain: 2,200/3,000 items, in 40.0 s, 55.0 items/s\n');
+  });
+
   it('without a total, shows the count and rate', () => {
     const stream = fakeStream(false);
     const clock = fakeClock();
