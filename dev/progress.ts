@@ -23,6 +23,8 @@ export interface ProgressOptions {
   tty?: boolean;
   /** The clock, in milliseconds; default Date.now. */
   now?: () => number;
+  /** Show the rate and ETA (default true); a few uneven steps have neither. */
+  rate?: boolean;
 }
 
 /** On a terminal, the line is redrawn at most this often (10 updates a second). */
@@ -83,6 +85,7 @@ export class Progress {
   readonly #stream: ProgressStream;
   readonly #tty: boolean;
   readonly #now: () => number;
+  readonly #rate: boolean;
   readonly #startedAt: number;
   #count = 0;
   #note = '';
@@ -102,6 +105,7 @@ export class Progress {
     this.#stream = options.stream ?? process.stderr;
     this.#tty = options.tty ?? ttyFromEnvironment(this.#stream);
     this.#now = options.now ?? Date.now;
+    this.#rate = options.rate ?? true;
     this.#startedAt = this.#now();
     this.#lastLineAt = this.#startedAt;
     this.#samples.push({ at: this.#startedAt, count: 0 });
@@ -146,7 +150,9 @@ export class Progress {
     const elapsed = this.#now() - this.#startedAt;
     const parts = [this.#countText()];
     parts.push(`in ${formatDuration(elapsed)}`);
-    if (elapsed > 0 && this.#count > 0) parts.push(`${formatRate((this.#count * 1000) / elapsed)} ${this.#unit}/s`);
+    if (this.#rate && elapsed > 0 && this.#count > 0) {
+      parts.push(`${formatRate((this.#count * 1000) / elapsed)} ${this.#unit}/s`);
+    }
     if (summary) parts.push(summary);
     const line = `${this.#label}: ${parts.join(', ')}`;
     this.#stream.write(`${this.#tty && this.#drawn ? REDRAW : ''}${line}\n`);
@@ -163,7 +169,7 @@ export class Progress {
     const parts = [this.#countText()];
     const total = this.#total;
     if (total !== undefined) parts.push(`${((Math.min(this.#count, total) / total) * 100).toFixed(0)} %`);
-    if (elapsed > 0 && this.#count > 0) {
+    if (this.#rate && elapsed > 0 && this.#count > 0) {
       // Over the recent window once it spans a second; over the whole run before that.
       const since = this.#samples[0] ?? { at: this.#startedAt, count: 0 };
       const recent = at - since.at >= 1_000;

@@ -87,13 +87,17 @@ describe('Progress on a terminal', () => {
   it('prints a line of its own above the progress line and redraws the progress line after it', () => {
     const stream = fakeStream(true);
     const clock = fakeClock();
-    const progress = new Progress({ label: 'start', total: 4, unit: 'steps', stream, now: clock.now });
+    const progress = new Progress({ label: 'start', total: 4, unit: 'steps', stream, now: clock.now, rate: false });
     clock.advance(500);
     progress.tick(1, 'Azurite');
     progress.log('Azurite: blob :10000');
     const shown = screen(stream.text());
     expect(shown[0]).toBe('Azurite: blob :10000');
-    expect(shown[1]).toMatch(/^start: 1\/4 steps, 25 %/);
+    expect(shown[1]).toBe('start: 1/4 steps, 25 % (Azurite)');
+    clock.advance(500);
+    progress.update(4);
+    progress.done();
+    expect(screen(stream.text()).at(-1)).toBe('start: 4/4 steps, in 1.0 s');
   });
 });
 
