@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, cpSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { build } from 'esbuild';
+import { Progress } from '../dev/progress';
 
 export interface ColdStartFigures {
   runs: number;
@@ -53,8 +54,10 @@ export async function runColdStartBench(
     unbundled: path.join(ROOT, 'out/tsc/functions/index.js'),
   };
   const samples = { bundle: [] as Array<Record<string, number>>, unbundled: [] as Array<Record<string, number>> };
+  const progress = new Progress({ label: 'coldstart: fresh processes', total: runs * 2, unit: 'processes' });
   for (let i = 0; i < runs; i++) {
     for (const variant of ['bundle', 'unbundled'] as const) {
+      progress.update(progress.count, variant);
       const output = execFileSync(process.execPath, [path.join(childDir, 'coldStartChild.js'), entries[variant]], {
         cwd: ROOT,
         env: { PATH: process.env.PATH ?? '', ...env },
@@ -63,8 +66,10 @@ export async function runColdStartBench(
       const result = JSON.parse(output.trim().split('\n').at(-1) as string) as Record<string, number>;
       if (result.status !== 202) throw new Error(`cold start ${variant}: POST /api/messages answered ${result.status}`);
       samples[variant].push(result);
+      progress.tick();
     }
   }
+  progress.done();
   const summary = (list: Array<Record<string, number>>) => ({
     importMs: round(median(list.map((s) => s.importMs as number))),
     firstResponseMs: round(median(list.map((s) => s.firstResponseMs as number))),
