@@ -22,7 +22,10 @@ export interface AcceptToSentFigures {
   messages: number;
   /** 202 answered → `sent` recorded (the record's sentAt, same machine clock). */
   acceptToSent: LatencyStats;
-  /** The parts: 202 → the queue trigger's invocation starts; → Exchange's 250 (the sandbox's arrival); → sentAt. */
+  /**
+   * The parts: 202 → the queue trigger's invocation starts (polling); → Exchange's 250 (the sandbox's arrival time);
+   * → sentAt, which the worker stamps on the 250 before it writes the record.
+   */
   queueWait: LatencyStats;
   delivery: LatencyStats;
   statusWrite: LatencyStats;

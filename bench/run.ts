@@ -120,7 +120,7 @@ async function main(): Promise<void> {
         ],
         ['  202 → queue trigger runs (polling)', ...ms(l.queueWait), ''],
         ['  trigger → Exchange 250', ...ms(l.delivery), ''],
-        ['  250 → sent recorded', ...ms(l.statusWrite), ''],
+        ['  250 → sentAt stamped', ...ms(l.statusWrite), ''],
         ['POST /api/messages', ...ms(l.post), ''],
         [
           `202 → sent after ${l.afterIdle.idleGapMs / 1000} s idle (${l.afterIdle.messages} messages)`,
