@@ -71,6 +71,7 @@ async function main(): Promise<void> {
     total: STEPS.length,
     unit: 'steps',
     stream: process.stdout,
+    rate: false,
   });
   await step(
     progress,
