@@ -28,7 +28,10 @@ export async function runColdStartBench(
   options: { runs?: number } = {},
 ): Promise<ColdStartFigures> {
   const runs = options.runs ?? 7;
+  const builds = new Progress({ label: 'coldstart: building', total: 3, unit: 'builds', rate: false });
+  builds.update(0, 'the esbuild bundle');
   execFileSync(process.execPath, [path.join(ROOT, 'scripts/build.mjs')], { cwd: ROOT, stdio: 'inherit' });
+  builds.update(1, 'tsc output');
   rmSync(path.join(ROOT, 'out/tsc'), { recursive: true, force: true });
   execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
     cwd: ROOT,
@@ -36,6 +39,7 @@ export async function runColdStartBench(
   });
   // The unbundled app reads templates/ next to its sources, as under tsx.
   cpSync(path.join(ROOT, 'templates'), path.join(ROOT, 'out/tsc/templates'), { recursive: true });
+  builds.update(2, 'the child');
   const childDir = path.join(ROOT, 'out/bench');
   mkdirSync(childDir, { recursive: true });
   await build({
@@ -48,6 +52,8 @@ export async function runColdStartBench(
     logLevel: 'warning',
   });
   copyFileSync(path.join(ROOT, 'dev/functionsCoreModule.cjs'), path.join(childDir, 'functionsCoreModule.cjs'));
+  builds.update(3);
+  builds.done();
 
   const entries = {
     bundle: path.join(ROOT, 'dist/functions/index.js'),
