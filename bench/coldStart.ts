@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, cpSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { build } from 'esbuild';
+import { Progress } from '../dev/progress';
 
 export interface ColdStartFigures {
   runs: number;
@@ -27,7 +28,10 @@ export async function runColdStartBench(
   options: { runs?: number } = {},
 ): Promise<ColdStartFigures> {
   const runs = options.runs ?? 7;
+  const builds = new Progress({ label: 'coldstart: building', total: 3, unit: 'builds', rate: false });
+  builds.update(0, 'the esbuild bundle');
   execFileSync(process.execPath, [path.join(ROOT, 'scripts/build.mjs')], { cwd: ROOT, stdio: 'inherit' });
+  builds.update(1, 'tsc output');
   rmSync(path.join(ROOT, 'out/tsc'), { recursive: true, force: true });
   execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
     cwd: ROOT,
@@ -35,6 +39,7 @@ export async function runColdStartBench(
   });
   // The unbundled app reads templates/ next to its sources, as under tsx.
   cpSync(path.join(ROOT, 'templates'), path.join(ROOT, 'out/tsc/templates'), { recursive: true });
+  builds.update(2, 'the child');
   const childDir = path.join(ROOT, 'out/bench');
   mkdirSync(childDir, { recursive: true });
   await build({
@@ -47,14 +52,18 @@ export async function runColdStartBench(
     logLevel: 'warning',
   });
   copyFileSync(path.join(ROOT, 'dev/functionsCoreModule.cjs'), path.join(childDir, 'functionsCoreModule.cjs'));
+  builds.update(3);
+  builds.done();
 
   const entries = {
     bundle: path.join(ROOT, 'dist/functions/index.js'),
     unbundled: path.join(ROOT, 'out/tsc/functions/index.js'),
   };
   const samples = { bundle: [] as Array<Record<string, number>>, unbundled: [] as Array<Record<string, number>> };
+  const progress = new Progress({ label: 'coldstart: fresh processes', total: runs * 2, unit: 'processes' });
   for (let i = 0; i < runs; i++) {
     for (const variant of ['bundle', 'unbundled'] as const) {
+      progress.update(progress.count, variant);
       const output = execFileSync(process.execPath, [path.join(childDir, 'coldStartChild.js'), entries[variant]], {
         cwd: ROOT,
         env: { PATH: process.env.PATH ?? '', ...env },
@@ -63,8 +72,10 @@ export async function runColdStartBench(
       const result = JSON.parse(output.trim().split('\n').at(-1) as string) as Record<string, number>;
       if (result.status !== 202) throw new Error(`cold start ${variant}: POST /api/messages answered ${result.status}`);
       samples[variant].push(result);
+      progress.tick();
     }
   }
+  progress.done();
   const summary = (list: Array<Record<string, number>>) => ({
     importMs: round(median(list.map((s) => s.importMs as number))),
     firstResponseMs: round(median(list.map((s) => s.firstResponseMs as number))),

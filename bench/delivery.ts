@@ -1,5 +1,6 @@
 /** Delivery throughput: the core sender vs raw pooled nodemailer with a fixed token vs the naive new-transport-and-token-per-message way. */
 import { ConfidentialClientApplication } from '@azure/msal-node';
+import { Progress } from '../dev/progress';
 import nodemailer from 'nodemailer';
 import { loadConfig } from '../src/config';
 import { createMailer } from '../src/sender/senderServices';
@@ -117,17 +118,32 @@ export async function runDeliveryBench(
   };
 
   // Warm-up: TLS session caches, JIT, MSAL discovery.
+  // Messages sent, warm-up included: each way's run is one step of it.
+  const progress = new Progress({
+    label: 'delivery: core sender, raw pooled nodemailer, naive',
+    total: 2 * messages + rounds * (2 * messages + naiveMessages),
+    unit: 'messages',
+  });
+  progress.update(0, 'warm-up');
   await core();
+  progress.tick(messages, 'warm-up');
   await raw();
+  progress.tick(messages);
   sandbox.smtp.reset();
 
   const times = { core: [] as number[], raw: [] as number[], naive: [] as number[] };
   for (let round = 0; round < rounds; round++) {
+    const label = `round ${round + 1}/${rounds}`;
+    progress.update(progress.count, `${label}: raw`);
     times.raw.push(await timed(raw));
+    progress.tick(messages, `${label}: core`);
     times.core.push(await timed(core));
+    progress.tick(messages, `${label}: naive`);
     times.naive.push(await timed(naive));
+    progress.tick(naiveMessages);
     sandbox.smtp.reset();
   }
+  progress.done();
   const rate = (count: number, ms: number) => Math.round((count / ms) * 1000 * 10) / 10;
   const coreMs = median(times.core);
   const rawMs = median(times.raw);

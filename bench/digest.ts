@@ -28,7 +28,7 @@ const round = (n: number, digits = 1) => Math.round(n * 10 ** digits) / 10 ** di
 
 function child(env: Record<string, string | undefined>, args: string[]): Promise<Record<string, number | string>> {
   return new Promise((resolve, reject) => {
-    execFile(
+    const running = execFile(
       process.execPath,
       ['--expose-gc', '--import', 'tsx', path.join(ROOT, 'bench/digestChild.ts'), ...args],
       {
@@ -36,6 +36,8 @@ function child(env: Record<string, string | undefined>, args: string[]): Promise
         env: {
           PATH: process.env.PATH ?? '',
           ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),
+          // The child's progress line, relayed to this terminal as it comes.
+          PROGRESS_TTY: process.stderr.isTTY ? '1' : '0',
         },
         encoding: 'utf8',
         maxBuffer: 16 * 1024 * 1024,
@@ -46,6 +48,7 @@ function child(env: Record<string, string | undefined>, args: string[]): Promise
           ? reject(new Error(`digest bench failed: ${stderr || error.message}`))
           : resolve(JSON.parse(stdout.trim().split('\n').at(-1) as string) as Record<string, number | string>),
     );
+    running.stderr?.on('data', (chunk: string) => process.stderr.write(chunk));
   });
 }
 
@@ -58,8 +61,8 @@ export async function runDigestBench(
   for (const items of options.sizes) {
     const stored = await child(env, ['intake', String(items), String(options.recipients)]);
     if (stored.accepted !== items) throw new Error(`digest bench: intake stored ${stored.accepted} of ${items}`);
-    const ran = await child(env, ['run']);
     const recipients = Math.min(items, options.recipients);
+    const ran = await child(env, ['run', String(recipients)]);
     if (ran.outcome !== 'completed' || ran.items !== items || ran.recipients !== recipients || ran.pending !== 0) {
       throw new Error(`digest bench: the run did not send every item: ${JSON.stringify(ran)}`);
     }

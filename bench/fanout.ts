@@ -33,7 +33,7 @@ export async function runFanoutBench(
   options: { recipients: number },
 ): Promise<FanoutFigures> {
   const output = await new Promise<string>((resolve, reject) => {
-    execFile(
+    const child = execFile(
       process.execPath,
       ['--expose-gc', '--import', 'tsx', path.join(ROOT, 'bench/fanoutChild.ts'), String(options.recipients)],
       {
@@ -41,6 +41,8 @@ export async function runFanoutBench(
         env: {
           PATH: process.env.PATH ?? '',
           ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),
+          // The child's progress line, relayed to this terminal as it comes.
+          PROGRESS_TTY: process.stderr.isTTY ? '1' : '0',
         },
         encoding: 'utf8',
         maxBuffer: 16 * 1024 * 1024,
@@ -49,6 +51,7 @@ export async function runFanoutBench(
       (error, stdout, stderr) =>
         error ? reject(new Error(`fan-out bench failed: ${stderr || error.message}`)) : resolve(stdout),
     );
+    child.stderr?.on('data', (chunk: string) => process.stderr.write(chunk));
   });
   const r = JSON.parse(output.trim().split('\n').at(-1) as string) as Record<string, number | string>;
   if (r.status !== 'complete' || r.records !== options.recipients || r.accepted !== options.recipients) {

@@ -1,5 +1,6 @@
 /** One fan-out run in a fresh process (so that its peak RSS is the fan-out's own): submit a batch, play the queue host, report. */
 import { performance } from 'node:perf_hooks';
+import { Progress } from '../dev/progress';
 import { createLogger } from '../src/logger';
 import { createAppServices } from '../src/appServices';
 
@@ -40,6 +41,8 @@ async function main(): Promise<void> {
   const acceptedMs = performance.now() - started;
   let invocations = 0;
   const chunkMs: number[] = [];
+  // On stderr, which the parent relays: stdout carries the result.
+  const progress = new Progress({ label: 'fanout: recipients into the outbox', total: recipients, unit: 'recipients' });
   // Plays the Functions host: one consumer, as the chunks of one batch run one after another anyway.
   for (;;) {
     const received = await queue.receiveMessages({ numberOfMessages: 4, visibilityTimeout: 600 });
@@ -50,13 +53,14 @@ async function main(): Promise<void> {
     }
     for (const m of received.receivedMessageItems) {
       const t0 = performance.now();
-      await rt.notifications.handleMessage(m.messageText);
+      await rt.notifications.handleMessage(m.messageText, { onChunk: (p) => progress.update(p.processed) });
       chunkMs.push(performance.now() - t0);
       invocations += 1;
       await queue.deleteMessage(m.messageId, m.popReceipt);
     }
   }
   const wallMs = performance.now() - started;
+  progress.done();
   clearInterval(sampler);
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
 

@@ -1,14 +1,9 @@
 /**
  * The fault suite at scale (`npm run bench -- --only=faults`; `--quick` is the CI scale): the scenario of
- * test/support/faultRun.ts, a terminal progress line while it runs, and each figure against its target.
+ * test/support/faultRun.ts, its progress while it runs (dev/progress.ts), and each figure against its target.
  */
-import {
-  CI_SCALE,
-  FULL_SCALE,
-  runFaultScenario,
-  type FaultProgress,
-  type FaultRunResult,
-} from '../test/support/faultRun';
+import { Progress } from '../dev/progress';
+import { CI_SCALE, FULL_SCALE, runFaultScenario, type FaultRunResult } from '../test/support/faultRun';
 
 /** One row of the table: the figure, its value, the target and PASS / FALLS SHORT (empty for figures without one). */
 export interface FaultRow {
@@ -27,27 +22,6 @@ export type FaultFigures = Omit<FaultRunResult, 'logTails' | 'duplicateDetails'>
 
 const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
 const verdict = (ok: boolean): FaultRow['verdict'] => (ok ? 'PASS' : 'FALLS SHORT');
-
-/** Rewrites one line on a terminal; elsewhere (CI logs, files) prints a line every 30 s. */
-function progressPrinter(): { print(p: FaultProgress): void; done(): void } {
-  const tty = process.stderr.isTTY;
-  let lastLine = 0;
-  return {
-    print(p) {
-      const line =
-        `faults: ${seconds(p.elapsedMs)}  accepted ${p.accepted}  sent ${p.sent}  failed ${p.failed}  ` +
-        `pending ${p.pending}  (delivered ${p.delivered})  kills ${p.kills}`;
-      if (tty) process.stderr.write(`\r${line}\x1b[K`);
-      else if (p.elapsedMs - lastLine >= 30_000) {
-        lastLine = p.elapsedMs;
-        process.stderr.write(`${line}\n`);
-      }
-    },
-    done: () => {
-      if (tty) process.stderr.write('\n');
-    },
-  };
-}
 
 /** The table rows of a run: every target of the fault suite, and the figures that explain them. */
 export function faultRows(r: FaultRunResult): FaultRow[] {
@@ -159,15 +133,21 @@ export function faultRows(r: FaultRunResult): FaultRow[] {
 
 /** Runs the fault suite at full scale (or the CI scale with `quick`) and returns its figures and table rows. */
 export async function runFaultsBench(options: { quick?: boolean } = {}): Promise<FaultFigures> {
-  const printer = progressPrinter();
+  const scale = options.quick ? CI_SCALE : FULL_SCALE;
+  // Finished (sent or failed) of the messages requested; what is accepted, pending and killed so far beside it.
+  const progress = new Progress({ label: 'faults: messages finished', total: scale.messages, unit: 'messages' });
   let result: FaultRunResult;
   try {
-    result = await runFaultScenario(options.quick ? CI_SCALE : FULL_SCALE, {
-      onProgress: (p) => printer.print(p),
+    result = await runFaultScenario(scale, {
+      onProgress: (p) =>
+        progress.update(
+          p.sent + p.failed,
+          `accepted ${p.accepted}, failed ${p.failed}, pending ${p.pending}, kills ${p.kills}`,
+        ),
       progressEveryMs: 1_000,
     });
   } finally {
-    printer.done();
+    progress.done();
   }
   const { logTails, duplicateDetails, ...figures } = result;
   const rows = faultRows(result);

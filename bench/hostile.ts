@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { startDevHost } from '../dev/host';
+import { Progress } from '../dev/progress';
 import { loadConfig } from '../src/config';
 import { MailError } from '../src/errors';
 import { MAX_BODY_JSON_VALUES, parseBoundedJson } from '../src/inputBounds';
@@ -221,7 +222,12 @@ function time(run: () => unknown): number {
 /** Each shape against its normal body, interleaved `reps` times after one warm-up of each. */
 function inProcess(env: Record<string, string>, shapes: Shape[], reps: number): ShapeFigures[] {
   const validate = validator(env);
-  return shapes.map((shape) => {
+  const progress = new Progress({
+    label: 'hostile: bodies against normal ones, in process',
+    total: shapes.length,
+    unit: 'shapes',
+  });
+  const figures = shapes.map((shape): ShapeFigures => {
     const hostile = Buffer.from(shape.body);
     const normal = Buffer.from(normalBody(shape.normal, hostile.length));
     const outcome = validate(hostile);
@@ -233,6 +239,7 @@ function inProcess(env: Record<string, string>, shapes: Shape[], reps: number): 
       normalMs.push(time(() => validate(normal)));
     }
     const ratio = median(hostileMs) / median(normalMs);
+    progress.tick(1, shape.name);
     return {
       shape: shape.name,
       bytes: hostile.length,
@@ -245,6 +252,8 @@ function inProcess(env: Record<string, string>, shapes: Shape[], reps: number): 
       verdict: ratio <= TARGET_RATIO ? 'PASS' : 'FALLS SHORT',
     };
   });
+  progress.done();
+  return figures;
 }
 
 /** The dev host on the built bundle: normal POSTs, then the hostile ones, then normal POSTs sent right after. */
@@ -285,8 +294,11 @@ async function overHttp(
       }
       return ms;
     };
+    const phases = new Progress({ label: 'hostile: over HTTP', total: 2, unit: 'phases', rate: false });
     await sequence(20); // warm-up: storage resources, JIT
+    phases.update(0, `${requests} normal POSTs`);
     const before = await sequence(requests);
+    phases.update(1, `${shapes.length} hostile bodies and ${requests} normal POSTs behind them`);
     // The hostile bodies all at once, and the normal POSTs right behind them, without waiting for their answers.
     // The accepted ones are scheduled a day ahead too: what is measured is accepting them, not sending them.
     const later = `{"sendAt":"${new Date(Date.now() + 86_400_000).toISOString()}",`;
@@ -295,6 +307,8 @@ async function overHttp(
     );
     const after = await sequence(requests);
     const answers = await hostile;
+    phases.update(2);
+    phases.done();
     for (const answer of answers) {
       if (answer.status >= 500) throw new Error(`"${answer.shape}" answered ${answer.status}`);
     }

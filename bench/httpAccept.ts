@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { startDevHost } from '../dev/host';
+import { Progress } from '../dev/progress';
 
 export interface HttpAcceptFigures {
   requests: number;
@@ -16,7 +17,8 @@ function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] as number;
 }
 
-async function load(count: number, concurrency: number, request: (i: number) => Promise<void>) {
+async function load(label: string, count: number, concurrency: number, request: (i: number) => Promise<void>) {
+  const progress = new Progress({ label: `http: ${label}`, total: count, unit: 'requests' });
   const latencies: number[] = [];
   let next = 0;
   const started = performance.now();
@@ -27,10 +29,12 @@ async function load(count: number, concurrency: number, request: (i: number) => 
         const t0 = performance.now();
         await request(i);
         latencies.push(performance.now() - t0);
+        progress.tick();
       }
     }),
   );
   const seconds = (performance.now() - started) / 1000;
+  progress.done();
   const r = (n: number) => Math.round(n * 10) / 10;
   return { p50Ms: r(percentile(latencies, 50)), p99Ms: r(percentile(latencies, 99)), perSec: r(count / seconds) };
 }
@@ -66,14 +70,14 @@ export async function runHttpAcceptBench(
       ids.push(((await response.json()) as { id: string }).id);
     };
     // Warm-up: storage resources, JIT.
-    await load(50, 10, post);
-    const postFigures = await load(requests, concurrency, post);
+    await load('warm-up POSTs', 50, 10, post);
+    const postFigures = await load(`POST /api/messages, ${concurrency} concurrent`, requests, concurrency, post);
     const get = async (i: number) => {
       const response = await fetch(`${host.url}/api/messages/${ids[i % ids.length]}?code=${host.functionKey}`);
       if (response.status !== 200) throw new Error(`GET answered ${response.status}`);
       await response.arrayBuffer();
     };
-    const getFigures = await load(requests, concurrency, get);
+    const getFigures = await load(`GET /api/messages/{id}, ${concurrency} concurrent`, requests, concurrency, get);
     return {
       requests,
       concurrency,

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { startAzurite } from '../dev/azurite';
 import { startSandbox } from '../sandbox';
 import { applySandboxEnv } from '../test/support/sandboxMailer';
+import { ACCEPT_TO_SENT_TARGETS, runAcceptToSentBench } from './acceptToSent';
 import { runColdStartBench } from './coldStart';
 import { runDeliveryBench } from './delivery';
 import { runDigestBench } from './digest';
@@ -12,7 +13,7 @@ import { runFanoutBench } from './fanout';
 import { runFaultsBench } from './faults';
 import { runHostileBench, TARGET_AFTER_RATIO } from './hostile';
 import { runHttpAcceptBench } from './httpAccept';
-import { runPacingBench } from './pacing';
+import { QUICK_PACING_CHART, runPacingBench } from './pacing';
 
 const HUGE = 1_000_000_000;
 
@@ -96,6 +97,39 @@ async function main(): Promise<void> {
         ['ratio POST/GET p50', String(h.ratioPostVsGetP50), '', ''],
       ]);
     }
+    if (want('latency')) {
+      const l = await runAcceptToSentBench(sandbox, env, quick ? { messages: 50, idleMessages: 5 } : {});
+      results.acceptToSent = l;
+      const ms = (s: { p50Ms: number; p99Ms: number; maxMs: number }) => [
+        String(s.p50Ms),
+        String(s.p99Ms),
+        String(s.maxMs),
+      ];
+      table([
+        [
+          `Accept to sent: ${l.messages} messages one at a time, queue polling up to ${l.polling.devPollIntervalMs} ms (host.json maxPollingInterval ${l.polling.maxPollingIntervalMs} ms)`,
+          'p50 ms',
+          'p99 ms',
+          'max ms',
+          'target',
+        ],
+        [
+          '202 → sent',
+          ...ms(l.acceptToSent),
+          `p50 < ${ACCEPT_TO_SENT_TARGETS.p50Ms}, p99 < ${ACCEPT_TO_SENT_TARGETS.p99Ms}: ${l.verdict}`,
+        ],
+        ['  202 → queue trigger runs (polling)', ...ms(l.queueWait), ''],
+        ['  trigger → Exchange 250', ...ms(l.delivery), ''],
+        ['  250 → sentAt stamped', ...ms(l.statusWrite), ''],
+        ['POST /api/messages', ...ms(l.post), ''],
+        [
+          `202 → sent after ${l.afterIdle.idleGapMs / 1000} s idle (${l.afterIdle.messages} messages)`,
+          ...ms(l.afterIdle.acceptToSent),
+          '',
+        ],
+        ['  of which polling', ...ms(l.afterIdle.queueWait), ''],
+      ]);
+    }
     if (want('coldstart')) {
       const c = await runColdStartBench(env, quick ? { runs: 3 } : {});
       results.coldStart = c;
@@ -127,7 +161,10 @@ async function main(): Promise<void> {
       ]);
     }
     if (want('pacing')) {
-      const p = await runPacingBench(quick ? { messages: 300 } : {});
+      const p = await runPacingBench({
+        ...(quick ? { messages: 300, chartFile: QUICK_PACING_CHART } : {}),
+        command: String(results.command),
+      });
       results.pacing = p;
       table([
         [
@@ -156,6 +193,11 @@ async function main(): Promise<void> {
           `<= ${TARGETS.maxSessions}: ${verdict(p.maxConcurrentSessions <= TARGETS.maxSessions)}`,
         ],
         ['longest pause between two sends (ms)', String(p.longestGapMs), ''],
+        [
+          `chart: ${p.chart}`,
+          p.sendsOfUnknownInstance > 0 ? `${p.sendsOfUnknownInstance} sends of no known instance` : '',
+          '',
+        ],
       ]);
     }
     if (want('fanout')) {

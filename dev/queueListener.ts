@@ -9,8 +9,43 @@ export type QueueFunction = Extract<DevFunction, { kind: 'queue' }>;
 
 /** The lease the host takes on a message it is processing (the extension's default visibility while running, 10 min). */
 export const MESSAGE_LEASE_SECONDS = 600;
-/** The first wait after an empty poll; it doubles up to the polling cap. */
-const MIN_POLL_DELAY_MS = 50;
+/**
+ * The host's polling back-off (Storage Queues extension: QueuePollingIntervals.Minimum and
+ * RandomizedExponentialBackoffStrategy): after a poll that found messages the next wait is 100 ms; each empty poll
+ * then adds 100 ms × 2^(n-1), ±20 % at random, until maxPollingInterval, where it stays until a message is found.
+ */
+export const MIN_POLL_DELAY_MS = 100;
+const POLL_RANDOMISATION = 0.2;
+
+/** The waits between polls of one queue, as the host computes them. `random` is Math.random's shape (tests fix it). */
+export class PollBackoff {
+  #current: number;
+  #exponent = 1;
+  readonly #max: number;
+  readonly #random: () => number;
+
+  constructor(maxMs: number, random: () => number = Math.random) {
+    this.#max = Math.max(MIN_POLL_DELAY_MS, maxMs);
+    this.#current = MIN_POLL_DELAY_MS;
+    this.#random = random;
+  }
+
+  /** The wait before the next poll, after an empty one; `foundSinceLastWait` resets it to the minimum. */
+  next(foundSinceLastWait: boolean): number {
+    if (foundSinceLastWait) {
+      this.#current = MIN_POLL_DELAY_MS;
+      this.#exponent = 1;
+    } else if (this.#current !== this.#max) {
+      const factor = 1 - POLL_RANDOMISATION + this.#random() * 2 * POLL_RANDOMISATION;
+      const wait = MIN_POLL_DELAY_MS + factor * 2 ** (this.#exponent - 1) * MIN_POLL_DELAY_MS;
+      if (wait < this.#max) {
+        this.#current = wait;
+        this.#exponent += 1;
+      } else this.#current = this.#max;
+    }
+    return Math.round(this.#current);
+  }
+}
 /** Azure Storage returns at most 32 messages per receive. */
 const MAX_RECEIVE = 32;
 
@@ -127,7 +162,8 @@ export async function startQueueListener(options: QueueListenerOptions): Promise
   };
 
   const loop = async () => {
-    let delay = MIN_POLL_DELAY_MS;
+    const backoff = new PollBackoff(options.pollIntervalMs);
+    let found = false;
     while (!stopped) {
       // Like the host: fetch the next batch once the messages still running drop to newBatchThreshold.
       if (processing.size > settings.newBatchThreshold) {
@@ -147,11 +183,12 @@ export async function startQueueListener(options: QueueListenerOptions): Promise
         messages = [];
       }
       if (messages.length === 0) {
-        await sleep(delay);
-        delay = Math.min(delay * 2, options.pollIntervalMs);
+        await sleep(backoff.next(found));
+        found = false;
         continue;
       }
-      delay = MIN_POLL_DELAY_MS;
+      // Like the host: poll again at once (once the batch threshold allows), and wait the minimum after the next empty poll.
+      found = true;
       for (const message of messages) {
         const run: Promise<void> = handleMessage(message)
           .catch((error: unknown) => {

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { DEV_HOST_BASE_URL, startSandbox, type Sandbox } from '../sandbox';
 import { startAzurite, type AzuriteInstance } from './azurite';
 import { DEFAULT_PORT, startDevHost, type DevHost } from './host';
+import { formatDuration, Progress } from './progress';
 
 const out = (line = '') => process.stdout.write(`${line}\n`);
 
@@ -48,11 +49,43 @@ function printFunctions(host: DevHost): void {
   out();
 }
 
+/** The start-up steps, in order: each is a line once it completes, and one progress line shows the one under way. */
+const STEPS = ['build the bundle', 'start Azurite', 'start the sandbox', 'start the dev host'] as const;
+
+/** Runs one start-up step under `progress` and prints what it took when it completes. */
+async function step<T>(progress: Progress, index: number, run: () => T | Promise<T>, detail?: (value: T) => string) {
+  const name = STEPS[index] as string;
+  progress.update(index, `${name}…`);
+  const started = Date.now();
+  const value = await run();
+  const extra = detail ? `: ${detail(value)}` : '';
+  progress.log(`  [${index + 1}/${STEPS.length}] ${name} (${formatDuration(Date.now() - started)})${extra}`);
+  progress.update(index + 1, '');
+  return value;
+}
+
 async function main(): Promise<void> {
   const root = process.cwd();
-  out('Building (node scripts/build.mjs)…');
-  const build = spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit', cwd: root });
-  if (build.status !== 0) throw new Error(`the build failed (exit ${build.status ?? build.signal})`);
+  const progress = new Progress({
+    label: 'npm run dev: starting',
+    total: STEPS.length,
+    unit: 'steps',
+    stream: process.stdout,
+    rate: false,
+  });
+  await step(
+    progress,
+    0,
+    () => {
+      // Captured, so that the progress line stays whole; shown in full if the build fails.
+      const build = spawnSync(process.execPath, ['scripts/build.mjs'], { cwd: root, encoding: 'utf8' });
+      if (build.status !== 0) {
+        progress.log(`${build.stdout}${build.stderr}`.trimEnd());
+        throw new Error(`the build failed (node scripts/build.mjs, exit ${build.status ?? build.signal})`);
+      }
+    },
+    () => 'node scripts/build.mjs',
+  );
   const mainField = (JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { main: string }).main;
   const entry = path.resolve(root, mainField);
   if (!existsSync(entry)) {
@@ -74,11 +107,11 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void stop(0));
 
   try {
-    const azurite: AzuriteInstance = await startAzurite();
+    const azurite: AzuriteInstance = await step(progress, 1, startAzurite, (a) => `blob :${a.ports.blob}`);
     started.push(() => azurite.stop());
     const dir = path.resolve(root, '.sandbox');
     mkdirSync(dir, { recursive: true });
-    const sandbox: Sandbox = await startSandbox({ dir });
+    const sandbox: Sandbox = await step(progress, 2, () => startSandbox({ dir }));
     started.push(() => sandbox.close());
     sandbox.smtp.on(
       'message',
@@ -98,8 +131,14 @@ async function main(): Promise<void> {
       AzureWebJobsStorage: azurite.connectionString,
       ...sandbox.settings(),
     };
-    const host = await startHost(entry, env);
+    const host = await step(
+      progress,
+      3,
+      () => startHost(entry, env),
+      (h) => `${h.functions.length} functions`,
+    );
     started.push(() => host.stop());
+    progress.done();
     // The sandbox points unsubscribe links at :7071; on another port they follow the host (the app reads its
     // settings on the first request, after this).
     if (host.url !== DEV_HOST_BASE_URL) process.env.MAIL_UNSUBSCRIBE_BASE_URL = host.url;

@@ -4,6 +4,7 @@ import { getAppServices } from '../src/appServices';
 import { NOTIFICATIONS_QUEUE, STORAGE_SETTING } from '../src/storage/storageClients';
 import { invocationOf } from './invocation';
 import { dequeueCountOf } from './queue';
+import type { FanoutProgress } from '../src/notifications/notifications';
 
 export async function notificationsFanout(message: unknown, context: InvocationContext): Promise<void> {
   const services = getAppServices();
@@ -11,7 +12,19 @@ export async function notificationsFanout(message: unknown, context: InvocationC
   await services.notifications.handleMessage(message, {
     ...invocationOf(context, services),
     ...(dequeueCount !== undefined ? { dequeueCount } : {}),
+    // A large batch runs as many invocations: one line each in the host's log says how far it is (counts only).
+    onChunk: (progress) => context.log(chunkProgressLine(progress)),
   });
+}
+
+const count = (n: number) => n.toLocaleString('en-US');
+
+/** "batch <id>: 4,000/10,000 recipients accepted", with the rejected ones counted apart when there are any. */
+export function chunkProgressLine(p: FanoutProgress): string {
+  const share = `${count(p.processed)}/${count(p.total)} recipients`;
+  return p.rejected === 0
+    ? `batch ${p.batchId}: ${share} accepted`
+    : `batch ${p.batchId}: ${share} processed (${count(p.accepted)} accepted, ${count(p.rejected)} rejected)`;
 }
 
 app.storageQueue('notificationsFanout', {

@@ -60,6 +60,17 @@ export interface NotificationsDeps {
 /** The invocation (queue trigger or HTTP request) working on a batch, and the queue trigger's dequeueCount. */
 export interface FanoutContext extends Invocation {
   dequeueCount?: number;
+  /** Told after each chunk's progress is recorded: counts and the batch id only, never an address. */
+  onChunk?: (progress: FanoutProgress) => void;
+}
+
+/** How far a batch's fan-out is, after one chunk: recipients processed so far (accepted + rejected) of the total. */
+export interface FanoutProgress {
+  batchId: string;
+  processed: number;
+  total: number;
+  accepted: number;
+  rejected: number;
 }
 
 export type FanoutOutcome =

@@ -291,6 +291,13 @@ export class Fanout extends BatchLedger {
             accepted: chunk.accepted,
             rejected: chunk.rejections.length,
           });
+          context.onChunk?.({
+            batchId,
+            processed: next,
+            total: written.total,
+            accepted: written.accepted,
+            rejected: written.rejected,
+          });
           if (!done) await this.enqueueContinuation(written, next);
           return { outcome: 'fanned-out', batchId, offset, next, status };
         }

@@ -49,6 +49,7 @@ export {
   type BatchSchedule,
   type FanoutContext,
   type FanoutOutcome,
+  type FanoutProgress,
   type NotificationsDeps,
 } from './batchLedger';
 

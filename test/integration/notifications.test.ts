@@ -24,6 +24,7 @@ import {
   type BatchSchedule,
   type BatchView,
   type FanoutOutcome,
+  type FanoutProgress,
 } from '../../src/notifications/notifications';
 import { parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { createAppServices, type AppServices } from '../../src/appServices';
@@ -375,6 +376,29 @@ describe('bad recipients', () => {
 
 describe('chunks and continuations', () => {
   const names = Array.from({ length: 10 }, (_, i) => `chunk${i}`);
+
+  it('reports the progress of each chunk to the invocation (counts and the batch id only), once per recorded chunk', async () => {
+    const n = service({ chunkSize: 3 });
+    const batchId = newBatchId();
+    await enqueue(batchOf([...names.slice(0, 6).map((x) => person(x)), { to: 'not-an-address' }], { batchId }));
+    const reported: FanoutProgress[] = [];
+    for (let round = 0; round < 10; round++) {
+      const received = await rt.storage.notificationsQueue.receiveMessages({ numberOfMessages: 32 });
+      if (received.receivedMessageItems.length === 0) break;
+      for (const m of received.receivedMessageItems) {
+        await n.handleMessage(m.messageText, { onChunk: (p) => reported.push(p) });
+        // The same message again, as a redelivery would bring it: its chunk is already recorded, so no report.
+        await n.handleMessage(m.messageText, { onChunk: (p) => reported.push(p) });
+        await rt.storage.notificationsQueue.deleteMessage(m.messageId, m.popReceipt);
+      }
+    }
+    expect(reported).toEqual([
+      { batchId, processed: 3, total: 7, accepted: 3, rejected: 0 },
+      { batchId, processed: 6, total: 7, accepted: 6, rejected: 0 },
+      { batchId, processed: 7, total: 7, accepted: 6, rejected: 1 },
+    ]);
+    expect(JSON.stringify(reported)).not.toContain('@');
+  });
 
   it('a batch larger than the chunk goes on in { batchId, offset } messages over the stored batch, and completes', async () => {
     const n = service({ chunkSize: 3 });
@@ -891,6 +915,15 @@ describe('end to end through the dev host', () => {
       rejected: 1,
       rejections: [{ index: 3, field: 'recipients[3].to' }],
     });
+    // The host's log says how far the fan-out got, with counts only: no address of the batch in any line.
+    expect(hostLog.filter((line) => line.includes(`batch ${batchId}:`))).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `\\[notificationsFanout\\] batch ${batchId}: 4/4 recipients processed \\(3 accepted, 1 rejected\\)$`,
+        ),
+      ),
+    ]);
+    for (const name of names) expect(hostLog.join('\n')).not.toContain(name);
   });
 
   it('POST /api/notifications with a batch over 64 KB goes through mail-batches; GET reaches sent for all', async () => {

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createLogger } from '../../src/logger';
-import { localTcpPorts } from './processSockets';
+import { connectionPortsOf, localTcpPorts } from './processSockets';
 import { createAppServices, type AppServices } from '../../src/appServices';
 import type { Sandbox } from '../../sandbox';
 
@@ -27,6 +27,13 @@ export interface PacingScenario {
   crashRecoverySeconds?: number;
   /** The scenario's own deadline: keep it shorter than the test's timeout, so that it fails and cleans up first. */
   timeoutMs?: number;
+  /**
+   * Tell which worker sent each message (PacingResult.sends), by the TCP ports each worker process holds to the SMTP
+   * server, read from /proc when a session starts. For the chart of the benchmark; the proof does not need it.
+   */
+  recordSenders?: boolean;
+  /** Called as the backlog is accepted, as the workers start and as the sandbox receives the messages (counts only). */
+  onProgress?: (phase: 'accept' | 'start' | 'drain', done: number, total: number) => void;
 }
 
 /** What the killed worker was doing when it was killed, and what came of it. */
@@ -56,6 +63,11 @@ export interface PacingResult {
   /** The longest pauses between two consecutive sends (ms), longest first, with the send count before each. */
   longestGaps: Array<{ afterSends: number; gapMs: number }>;
   statuses: Record<string, number>;
+  /**
+   * Every message the sandbox accepted for the mailbox: its arrival (sandbox clock, epoch ms) and the index of the
+   * worker that sent it (undefined when its session was not seen on any worker, or without `recordSenders`).
+   */
+  sends: Array<{ at: number; worker: number | undefined }>;
   killed: boolean;
   kill?: KillReport;
   workerLogs: string[];
@@ -135,14 +147,16 @@ export async function runPacingScenario(scenario: PacingScenario): Promise<Pacin
           { source: 'http' },
         );
         ids.push(id);
+        scenario.onProgress?.('accept', ids.length, scenario.messages);
       },
     );
     sandbox.smtp.reset();
+    let ready = 0;
     await Promise.all(
       Array.from({ length: scenario.workers }, () =>
         spawnWorker({ ...settings, TEST_MESSAGE_LEASE_SECONDS: String(recovery * 2) }, workerLogs, (child) =>
           workers.push(child),
-        ),
+        ).then(() => scenario.onProgress?.('start', ++ready, scenario.workers)),
       ),
     );
     let killed = false;
@@ -150,7 +164,22 @@ export async function runPacingScenario(scenario: PacingScenario): Promise<Pacin
     let killedPorts = new Set<number>();
     const deadline = Date.now() + (scenario.timeoutMs ?? 240_000);
     const mailbox = rt.config.sender;
+    // Client port → worker index: a session's remotePort is the port of the worker's socket to the SMTP server.
+    const portOwner = new Map<number, number>();
+    const notePorts = () => {
+      workers.forEach((worker, index) => {
+        if (worker.pid === undefined || worker.exitCode !== null || worker.signalCode !== null) return;
+        for (const port of connectionPortsOf(worker.pid, sandbox.smtp.port) ?? []) portOwner.set(port, index);
+      });
+    };
+    let sessionsSeen = 0;
     for (;;) {
+      // Reading /proc costs tens of milliseconds on a loaded machine: only when a session has started since the last
+      // look (sessions are pooled and long-lived; one that opens and closes in between stays of no known instance).
+      if (scenario.recordSenders && sandbox.smtp.sessions.length > sessionsSeen) {
+        sessionsSeen = sandbox.smtp.sessions.length;
+        notePorts();
+      }
       if (!killed && scenario.killOneAfter !== undefined && sandbox.smtp.messages.length >= scenario.killOneAfter) {
         const victim = workers[0]!;
         // Which sockets it holds at the kill: the sessions on them are the ones its death can leave half done.
@@ -160,6 +189,7 @@ export async function runPacingScenario(scenario: PacingScenario): Promise<Pacin
         killed = true;
       }
       const subjects = new Set(sandbox.smtp.messages.map((m) => m.parsed.subject));
+      scenario.onProgress?.('drain', subjects.size, scenario.messages);
       if (subjects.size >= scenario.messages) break;
       if (Date.now() > deadline) {
         throw new Error(
@@ -207,6 +237,12 @@ export async function runPacingScenario(scenario: PacingScenario): Promise<Pacin
       });
       kill = { at: killedAt, openSessions, duplicates, takenOver };
     }
+    const sessionWorker = new Map(
+      sandbox.smtp.sessions.map((session) => [session.id, portOwner.get(session.remotePort)]),
+    );
+    const sends = messages
+      .map((m) => ({ at: m.receivedAt, worker: sessionWorker.get(m.sessionId) }))
+      .sort((a, b) => a.at - b.at);
     const times = messages.map((m) => m.receivedAt).sort((a, b) => a - b);
     const spanMs = (times.at(-1) ?? 0) - (times[0] ?? 0);
     const allowedInSpan = (spanMs / scenario.windowMs) * scenario.ratePerWindow;
@@ -226,6 +262,7 @@ export async function runPacingScenario(scenario: PacingScenario): Promise<Pacin
         .sort((a, b) => b.gapMs - a.gapMs)
         .slice(0, 5),
       statuses,
+      sends,
       killed,
       ...(kill ? { kill } : {}),
       workerLogs,
