@@ -4,6 +4,24 @@ import { captureRegistrations } from '../dev/functionsCore';
 import { Invoker } from '../dev/invoker';
 import { normalise } from '../dev/registrations';
 
+/**
+ * The packages (node_modules/<name>) and bundle files (dist/…) loaded so far, from require.cache: what answering the
+ * first request needed. The bundle inlines its packages, so for it this lists dist/ files only.
+ */
+function loadedFiles(): string[] {
+  const names = new Set<string>();
+  for (const file of Object.keys(require.cache)) {
+    const at = file.lastIndexOf('node_modules/');
+    if (at >= 0) {
+      const parts = file.slice(at + 'node_modules/'.length).split('/');
+      names.add(parts[0]!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!);
+    } else if (file.includes('/dist/')) {
+      names.add(file.slice(file.lastIndexOf('/dist/') + 1));
+    }
+  }
+  return [...names].sort();
+}
+
 async function main(): Promise<void> {
   const entry = process.argv[2];
   if (!entry) throw new Error('usage: coldStartChild <entry>');
@@ -38,6 +56,7 @@ async function main(): Promise<void> {
       importMs: imported - started,
       firstResponseMs: answered - started,
       sinceProcessStartMs: answered,
+      loaded: loadedFiles(),
     })}\n`,
   );
   process.exit(0);

@@ -24,8 +24,8 @@ const TARGETS = {
   coreVsRaw: 0.9,
   utilisation: 0.95,
   maxSessions: 3,
-  /** The bundle must answer its first request sooner than unbundled tsc output. */
-  coldStartRatio: 1,
+  /** The bundle must answer its first request at least 3 times sooner than unbundled tsc output. */
+  coldStartRatio: 1 / 3,
   /** One fan-out invocation must finish well inside functionTimeout (600 s): a tenth of it. */
   chunkSeconds: 60,
   /** The digest run's peak RSS at the largest size. */
@@ -141,7 +141,7 @@ async function main(): Promise<void> {
           'since process start ms',
         ],
         [
-          `esbuild bundle (${Math.round(c.bundle.bytes / 1024)} KiB)`,
+          `esbuild bundle (app.js ${Math.round(c.bundle.bytes / 1024)} KiB; sendPath.js ${Math.round(c.bundle.sendPathBytes / 1024)} KiB not loaded)`,
           String(c.bundle.importMs),
           String(c.bundle.firstResponseMs),
           String(c.bundle.sinceProcessStartMs),
@@ -156,9 +156,11 @@ async function main(): Promise<void> {
           'ratio bundle/unbundled (first POST)',
           '',
           String(c.ratioFirstResponse),
-          `< ${TARGETS.coldStartRatio}: ${verdict(c.ratioFirstResponse < TARGETS.coldStartRatio)}`,
+          `<= ${TARGETS.coldStartRatio.toFixed(2)}: ${verdict(c.ratioFirstResponse <= TARGETS.coldStartRatio)}`,
         ],
       ]);
+      process.stdout.write(`First POST loaded, bundle: ${c.bundle.loaded.join(', ')}\n`);
+      process.stdout.write(`First POST loaded, unbundled: ${c.unbundled.loaded.join(', ')}\n\n`);
     }
     if (want('pacing')) {
       const p = await runPacingBench({

@@ -68,14 +68,22 @@ export interface DevHost {
   stop(): Promise<void>;
 }
 
-function loadEntry(entry: string): { registrations: Registrations; loadedModules: string[] } {
+function loadEntry(entry: string): { registrations: Registrations; loadedModules: () => string[] } {
   const cache = (Module as unknown as { _cache: Record<string, unknown> })._cache;
   const before = new Set(Object.keys(cache));
   const registrations = captureRegistrations(() => {
     if (/\.[cm]?tsx?$/.test(entry)) tsxRequire(entry, __filename);
     else createRequire(entry)(entry);
   });
-  return { registrations, loadedModules: Object.keys(cache).filter((key) => !before.has(key)) };
+  const atLoad = Object.keys(cache).filter((key) => !before.has(key));
+  // The bundle loads dist/functions/sendPath.js on first use, after the entry: unloaded with it.
+  const beside = path.dirname(entry) + path.sep;
+  return {
+    registrations,
+    loadedModules: () => [
+      ...new Set([...atLoad, ...Object.keys(cache).filter((key) => !before.has(key) && key.startsWith(beside))]),
+    ],
+  };
 }
 
 function applyEnv(env: Record<string, string | undefined>): () => void {
@@ -111,7 +119,7 @@ export async function startDevHost(options: DevHostOptions): Promise<DevHost> {
     // Unload what the entry loaded, so a later host in this process runs it (and its registrations) afresh.
     cleanups.splice(1, 0, () => {
       const cache = (Module as unknown as { _cache: Record<string, unknown> })._cache;
-      for (const key of loadedModules) delete cache[key];
+      for (const key of loadedModules()) delete cache[key];
     });
     if (registrations.functions.length === 0) {
       throw new Error(

@@ -1,11 +1,18 @@
 // Bundles the Functions app and the CLI with esbuild: CommonJS, Node 20, @azure/functions-core left to the host.
+// The app is dist/functions/app.js (HTTP, the outbox, storage, templates) and dist/functions/sendPath.js (the
+// packages only sending needs: MSAL, @azure/identity, Key Vault, nodemailer, the telemetry exporter), which app.js
+// requires on first use. The entry, dist/functions/index.js, loads app.js through the V8 code cache written here
+// (app.js.cache). dist/meta.json is esbuild's metafile of the app (`npm run bundle-report`).
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { build } from 'esbuild';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { tsImport } from 'tsx/esm/api';
 
 // templates/ is embedded into the bundle (src/templates/templateBundle.ts is swapped for the JSON), so nothing reads it at run time.
 const { templatesPlugin } = await tsImport('./templatesPlugin.ts', import.meta.url);
+const { sendPathPlugin } = await tsImport('./sendPathPlugin.ts', import.meta.url);
 
 const common = {
   bundle: true,
@@ -14,30 +21,71 @@ const common = {
   format: 'cjs',
   sourcemap: 'linked',
   legalComments: 'none',
+  minify: true,
+  keepNames: true,
   logLevel: 'warning',
   // The Functions host injects this module; it is never on disk.
   external: ['@azure/functions-core'],
   // esbuild resolves `import` statements to packages' ESM builds, and some (@azure/storage-common's crc64) read
   // import.meta.url, which CommonJS output leaves empty: give them this file's URL (see the banner below).
   define: { 'import.meta.url': '__bundleFileUrl' },
+  // The first line is the build id: a code cache is used only with the bundle it was made from (src/codeCache.ts).
+  banner: {
+    js: `/* m365-mailer bundle ${randomUUID()} */\nconst __bundleFileUrl = require('node:url').pathToFileURL(__filename).href;`,
+  },
   plugins: [templatesPlugin({ templatesDir: 'templates' })],
 };
-
-const entryPoints = { cli: 'src/bin.ts' };
-if (existsSync('functions/index.ts')) entryPoints['functions/index'] = 'functions/index.ts';
 
 // Build beside dist/ and move each file in with an atomic rename: a process loading dist/ while another build runs
 // (tests, npm run dev, the demo) never sees a half-written file.
 const staging = `dist.staging-${process.pid}`;
 rmSync(staging, { recursive: true, force: true });
-await build({
-  ...common,
-  entryPoints,
-  outdir: staging,
-  banner: {
-    js: "/* m365-mailer bundle */\nconst __bundleFileUrl = require('node:url').pathToFileURL(__filename).href;",
-  },
-});
+// The CLI sends at once: it stays one file.
+const builds = [
+  build({
+    ...common,
+    entryPoints: { cli: 'src/bin.ts' },
+    outdir: staging,
+    plugins: [templatesPlugin({ templatesDir: 'templates', mustReplace: false })],
+  }),
+];
+if (existsSync('functions/index.ts')) {
+  builds.push(
+    build({
+      ...common,
+      entryPoints: { 'functions/app': 'functions/index.ts' },
+      outdir: staging,
+      metafile: true,
+      plugins: [...common.plugins, sendPathPlugin()],
+    }),
+    build({
+      ...common,
+      entryPoints: { 'functions/sendPath': 'src/sendPathPackages.ts' },
+      outdir: staging,
+      metafile: true,
+      plugins: [],
+    }),
+    build({ ...common, entryPoints: { 'functions/index': 'src/bundleEntry.ts' }, outdir: staging, plugins: [] }),
+  );
+}
+const [, app, sendPath] = await Promise.all(builds);
+if (app && sendPath) {
+  const outputs = { ...app.metafile.outputs, ...sendPath.metafile.outputs };
+  const meta = {
+    inputs: { ...app.metafile.inputs, ...sendPath.metafile.inputs },
+    // Output paths as they are once moved into dist/.
+    outputs: Object.fromEntries(
+      Object.entries(outputs).map(([file, output]) => [path.join('dist', path.relative(staging, file)), output]),
+    ),
+  };
+  writeFileSync(path.join(staging, 'meta.json'), JSON.stringify(meta));
+  // Load the app once, in a plain Node process as the worker runs it, and keep what V8 compiled.
+  execFileSync(
+    process.execPath,
+    ['-e', `require(${JSON.stringify(path.resolve(staging, 'functions/index.js'))}).writeAppCodeCache()`],
+    { stdio: 'ignore', env: { PATH: process.env.PATH ?? '' } },
+  );
+}
 
 for (const entry of readdirSync(staging, { recursive: true, withFileTypes: true })) {
   if (!entry.isFile()) continue;

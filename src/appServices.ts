@@ -7,8 +7,8 @@ import { BatchBlobStore } from './notifications/batchBlobStore';
 import { BatchStore } from './notifications/batchStore';
 import { IdempotencyStore } from './outbox/idempotencyStore';
 import { createLogger, type Logger } from './logger';
-import { createMailer, type Mailer } from './sender/senderServices';
-import { KeyVaultSecrets, createAzureCredential } from './sender/keyVaultSecrets';
+import { lazyMailer } from './sender/lazyMailer';
+import type { Mailer } from './sender/senderServices';
 import { SuppressionStore } from './suppression/suppressionStore';
 import { UnsubscribeLinks } from './suppression/unsubscribeLinks';
 import { defaultRedactor, registerSecretSettings, type Redactor } from './redact';
@@ -22,12 +22,13 @@ import { StatusStore } from './outbox/statusStore';
 import { createStorage, storageTargetFromSettings, type StorageClients } from './storage/storageClients';
 import { templateBundle } from './templates/templateBundle';
 import { TemplateRenderer } from './templates/templateRenderer';
-import type { Telemetry } from './telemetry';
+import { telemetryFromConfig, type Telemetry } from './telemetry';
 
 /** Everything the HTTP handlers and the outbox worker use. */
 export interface AppServices {
   config: Config;
-  mailer: Mailer;
+  /** The sender, its token source and Key Vault reader: built, and the send path loaded, on the first call. */
+  mailer(): Promise<Mailer>;
   storage: StorageClients;
   status: StatusStore;
   payloads: MessageStore;
@@ -93,31 +94,15 @@ export function createAppServices(
         ensure: () => storage.ensureResources(),
       })
     : undefined;
-  const mailer =
-    options.mailer ??
-    createMailer(config, {
-      logger,
-      redactor,
-      ...(options.telemetry ? { telemetry: options.telemetry } : {}),
-      ...(slots ? { slots } : {}),
-    });
+  const telemetry = options.telemetry ?? options.mailer?.telemetry ?? telemetryFromConfig(config, { logger });
+  // Nothing of the send path (MSAL, @azure/identity, Key Vault, nodemailer) is loaded to accept a message.
+  const mailer = lazyMailer(config, { logger, redactor, telemetry, slots, mailer: options.mailer });
   const renderer = new TemplateRenderer(templateBundle());
   const status = new StatusStore(storage.statusTable);
   const payloads = new MessageStore(storage.payloads);
   const idempotency = new IdempotencyStore(storage.idempotencyTable);
   const suppressions = new SuppressionStore(storage.suppressionTable);
-  // The sender's Key Vault reader when it has one (its cache, its redactor); federated-identity reads none, so the
-  // unsubscribe key gets a reader of its own when a vault is set.
-  const secrets =
-    mailer.secrets ??
-    (config.keyVaultUrl
-      ? new KeyVaultSecrets(config.keyVaultUrl, createAzureCredential(config), {
-          extraCaPem: config.extraCaPem,
-          redactor,
-        })
-      : undefined);
-  const unsubscribe = new UnsubscribeLinks({ config, secrets, now });
-  const telemetry = options.telemetry ?? mailer.telemetry;
+  const unsubscribe = new UnsubscribeLinks({ config, secrets: mailer.secrets, now });
   const outbox = new Outbox({
     config,
     renderer,
@@ -180,7 +165,7 @@ export function createAppServices(
   });
   return {
     config,
-    mailer,
+    mailer: mailer.get,
     storage,
     status,
     payloads,

@@ -26,6 +26,8 @@
  */
 import tls from 'node:tls';
 import { parseTraceParent } from './invocation';
+import type { Config } from './config';
+import type { Logger } from './logger';
 import { MAIL_SOURCES, type MailSource } from './message';
 import type { AzureMonitorExporterOptions } from '@azure/monitor-opentelemetry-exporter';
 import type { TokenCredential } from '@azure/identity';
@@ -267,6 +269,21 @@ export function createTelemetry(options: TelemetryOptions = {}): Telemetry {
   const connectionString = options.connectionString?.trim();
   if (!connectionString) return noopTelemetry;
   return new ExportingTelemetry({ ...options, connectionString });
+}
+
+/**
+ * The app's telemetry from its Config: the connection and authentication strings, the extra CA, the role name, and
+ * export failures logged as warnings (the exporter tells nobody about dropped batches). Loads nothing until the first event.
+ */
+export function telemetryFromConfig(config: Config, options: { logger: Logger; roleName?: string }): Telemetry {
+  return createTelemetry({
+    connectionString: config.appInsightsConnectionString,
+    authenticationString: config.appInsightsAuthenticationString,
+    extraCaPem: config.extraCaPem,
+    roleName: options.roleName ?? 'm365-mailer',
+    onError: (error: unknown) =>
+      options.logger.warn('telemetry export failed', { error: error instanceof Error ? error.message : String(error) }),
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------

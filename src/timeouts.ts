@@ -24,6 +24,16 @@ export const TIMEOUT_ERROR_CODE = 'ETIMEDOUT';
  */
 export const CREDENTIAL_TRY_TIMEOUT_MS = 10_000;
 
+/**
+ * SMTP connections idle longer than this are closed: idle sessions count against Exchange's 3-connection limit.
+ * Delivery also waits about this long when other instances hold every connection slot: that is when they give idle
+ * ones back. Here rather than in the sender so that the outbox can read it without loading the send path.
+ */
+export const IDLE_CLOSE_MS = 5_000;
+
+/** How long a Key Vault secret is served from memory before Key Vault is asked again (the unsubscribe key too). */
+export const SECRET_CACHE_TTL_MS = 5 * 60 * 1000;
+
 /** The name of the error {@link withDeadline} rejects with. */
 export const DEADLINE_ERROR_NAME = 'DeadlineExceededError';
 

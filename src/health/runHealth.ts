@@ -9,9 +9,6 @@ import type { ConnectionSlots } from '../pacing/connectionSlots';
 import type { Redactor } from '../redact';
 import { asStorageUnavailable } from '../storage/storageClients';
 import type { DoctorInputs, DoctorState } from '../doctor/checks/context';
-import { checkKeyVault } from '../doctor/checks/keyVault';
-import { checkSmtpAuth } from '../doctor/checks/smtpAuthentication';
-import { checkToken } from '../doctor/checks/token';
 import { createDoctorDns } from '../doctor/dnsResolver';
 import type { CheckResult } from '../doctor/report';
 
@@ -93,6 +90,12 @@ export interface HealthDeps {
  */
 export async function runHealthChecks(deps: HealthDeps): Promise<HealthCheck[]> {
   const { config } = deps;
+  // The doctor's checks load the send path (MSAL, Key Vault, nodemailer): on the first health check, not at start-up.
+  const [{ checkKeyVault }, { checkToken }, { checkSmtpAuth }] = await Promise.all([
+    import('../doctor/checks/keyVault.js'),
+    import('../doctor/checks/token.js'),
+    import('../doctor/checks/smtpAuthentication.js'),
+  ]);
   const inputs: DoctorInputs = {
     settings: () => ({}),
     domain: undefined,

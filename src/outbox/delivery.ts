@@ -45,7 +45,7 @@ import {
   type StoredRecord,
   type WaitReason,
 } from './statusStore';
-import { IDLE_CLOSE_MS } from '../sender/connectionPool';
+import { IDLE_CLOSE_MS } from '../timeouts';
 import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 import { isStorageError, type StorageClients } from '../storage/storageClients';
 import type { SuppressionStore } from '../suppression/suppressionStore';

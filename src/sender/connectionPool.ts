@@ -9,11 +9,9 @@ import type { ConnectionSlot, ConnectionSlots } from '../pacing/connectionSlots'
 import type { SmtpAuthSource } from './smtpAuth';
 import { createSmtpTransport, type Transporter } from './smtpTransport';
 
-/**
- * Connections idle longer than this are closed: idle sessions count against Exchange's 3-connection limit. Delivery
- * also waits about this long when other instances hold every connection slot: that is when they give idle ones back.
- */
-export const IDLE_CLOSE_MS = 5_000;
+import { IDLE_CLOSE_MS } from '../timeouts';
+
+export { IDLE_CLOSE_MS };
 /** A closed connection is gone from the server's count a moment after the socket closes; its slot is freed after this. */
 const SLOT_RELEASE_DELAY_MS = 200;
 

@@ -4,11 +4,16 @@ import { SecretClient } from '@azure/keyvault-secrets';
 import { classifyKeyVaultError } from './classify';
 import { isCustomAuthority, type Config } from '../config';
 import type { Redactor } from '../redact';
-import { CREDENTIAL_TRY_TIMEOUT_MS, timeoutHttpClient, tryTimeoutPolicy, withDeadline } from '../timeouts';
+import {
+  CREDENTIAL_TRY_TIMEOUT_MS,
+  SECRET_CACHE_TTL_MS,
+  timeoutHttpClient,
+  tryTimeoutPolicy,
+  withDeadline,
+} from '../timeouts';
 import { azureClientPolicies } from './tlsTrust';
 
-/** How long a secret is served from memory before Key Vault is asked again. */
-export const SECRET_CACHE_TTL_MS = 5 * 60 * 1000;
+export { SECRET_CACHE_TTL_MS };
 /** Each Key Vault request (one try) must be answered within this, or it is cut and retried (Key Vault answers in well under a second). */
 export const KEY_VAULT_TRY_TIMEOUT_MS = 10_000;
 /**

@@ -6,7 +6,7 @@ import { defaultRedactor, type Redactor } from '../redact';
 import { KeyVaultSecrets, createAzureCredential, type SecretSource } from './keyVaultSecrets';
 import { MailSender } from './mailSender';
 import { createSmtpAuthSource, type SmtpAuthSource } from './smtpAuth';
-import { createTelemetry, type Telemetry } from '../telemetry';
+import { telemetryFromConfig, type Telemetry } from '../telemetry';
 
 /** Everything a trigger or the CLI needs to send. */
 export interface Mailer {
@@ -31,26 +31,21 @@ export function createMailer(
     roleName?: string;
     /** The mailbox's cross-instance connection cap. */
     slots?: ConnectionSlots;
+    /** The Key Vault reader to share (the app's, which the unsubscribe key reads too); default one of its own. */
+    secrets?: SecretSource;
   } = {},
 ): Mailer {
   const redactor = options.redactor ?? defaultRedactor;
   const logger = options.logger ?? silentLogger;
   const keyVaultUrl = 'keyVaultUrl' in config.auth ? config.auth.keyVaultUrl : undefined;
-  const secrets = keyVaultUrl
-    ? new KeyVaultSecrets(keyVaultUrl, createAzureCredential(config), { extraCaPem: config.extraCaPem, redactor })
-    : undefined;
+  const secrets = !keyVaultUrl
+    ? undefined
+    : (options.secrets ??
+      new KeyVaultSecrets(keyVaultUrl, createAzureCredential(config), { extraCaPem: config.extraCaPem, redactor }));
   const auth = createSmtpAuthSource(config, secrets, redactor);
   const telemetry =
     options.telemetry ??
-    createTelemetry({
-      connectionString: config.appInsightsConnectionString,
-      authenticationString: config.appInsightsAuthenticationString,
-      extraCaPem: config.extraCaPem,
-      roleName: options.roleName ?? 'm365-mailer',
-      // The exporter tells nobody about dropped batches; the log does.
-      onError: (error: unknown) =>
-        logger.warn('telemetry export failed', { error: error instanceof Error ? error.message : String(error) }),
-    });
+    telemetryFromConfig(config, { logger, ...(options.roleName ? { roleName: options.roleName } : {}) });
   const sender = new MailSender(config, auth, {
     telemetry,
     logger,

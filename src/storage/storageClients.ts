@@ -1,5 +1,5 @@
 /** Azure Storage clients for the outbox (queue, tables, blob container), built from the Functions `AzureWebJobsStorage` convention. */
-import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
+import type { TokenCredential } from '@azure/identity';
 import { TableClient } from '@azure/data-tables';
 import { QueueServiceClient, type QueueClient } from '@azure/storage-queue';
 import { BlobServiceClient, type BlobClient, type ContainerClient } from '@azure/storage-blob';
@@ -136,11 +136,20 @@ export function storageTargetFromSettings(settings: Record<string, string | unde
     tableServiceUri: tableServiceUri as string,
     blobServiceUri: blobServiceUri as string,
     // The storage token's requests are bounded as well: a hung identity endpoint must not hang every storage call.
-    credential: new DefaultAzureCredential({
+    credential: new (identityPackage().DefaultAzureCredential)({
       ...(clientId ? { managedIdentityClientId: clientId } : {}),
       httpClient: timeoutHttpClient(CREDENTIAL_TRY_TIMEOUT_MS),
     }),
   };
+}
+
+/**
+ * @azure/identity, loaded only for identity-based storage: with a connection string (Azurite, account keys) nothing
+ * of it is loaded to accept a message. A package require, which esbuild resolves and vitest leaves to Node.
+ */
+function identityPackage(): typeof import('@azure/identity') {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('@azure/identity') as typeof import('@azure/identity');
 }
 
 const isLocalHttp = (connectionString: string) =>

@@ -5,7 +5,7 @@
  * batches today) calls the outbox with a list, and the outbox sets these headers; callers cannot give them.
  */
 import { MailError } from '../errors';
-import { SECRET_CACHE_TTL_MS } from '../sender/keyVaultSecrets';
+import { SECRET_CACHE_TTL_MS } from '../timeouts';
 import type { Config } from '../config';
 import type { SecretSource } from '../sender/keyVaultSecrets';
 import {

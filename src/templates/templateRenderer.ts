@@ -133,22 +133,30 @@ function linkProblem(value: unknown): string | undefined {
   return undefined;
 }
 
-/** The text part of templates without text.hbs: links as "text [url]", data tables as aligned columns. */
-const htmlToText = compileHtmlToText({
-  wordwrap: 78,
-  selectors: [
-    // The preheader is the inbox preview line of the HTML part; in a text part it would be a stray first line.
-    { selector: '.preheader', format: 'skip' },
-    // HTML-only content, such as the "if the button does not work" line under a button whose link is already in the text.
-    { selector: '.no-text', format: 'skip' },
-    { selector: 'img', format: 'skip' },
-    { selector: 'a', options: { hideLinkHrefIfSameAsText: true } },
-    { selector: 'h1', options: { uppercase: false } },
-    { selector: 'h2', options: { uppercase: false } },
-    { selector: 'h3', options: { uppercase: false } },
-    { selector: 'table.data-table', format: 'dataTable', options: { uppercaseHeaderCells: false } },
-  ],
-});
+/**
+ * The text part of templates without text.hbs: links as "text [url]", data tables as aligned columns. Compiled on
+ * first use: compiling the selectors takes tens of milliseconds, which a cold start spends only if it renders such a
+ * template.
+ */
+let compiledHtmlToText: ((html: string) => string) | undefined;
+const htmlToText = (html: string): string => (compiledHtmlToText ??= compileHtmlToTextOptions())(html);
+
+const compileHtmlToTextOptions = () =>
+  compileHtmlToText({
+    wordwrap: 78,
+    selectors: [
+      // The preheader is the inbox preview line of the HTML part; in a text part it would be a stray first line.
+      { selector: '.preheader', format: 'skip' },
+      // HTML-only content, such as the "if the button does not work" line under a button whose link is already in the text.
+      { selector: '.no-text', format: 'skip' },
+      { selector: 'img', format: 'skip' },
+      { selector: 'a', options: { hideLinkHrefIfSameAsText: true } },
+      { selector: 'h1', options: { uppercase: false } },
+      { selector: 'h2', options: { uppercase: false } },
+      { selector: 'h3', options: { uppercase: false } },
+      { selector: 'table.data-table', format: 'dataTable', options: { uppercaseHeaderCells: false } },
+    ],
+  });
 
 interface Compiled {
   subject: Delegate;

@@ -284,7 +284,7 @@ describe('delivery when other instances hold every connection slot', () => {
       const visible = await rt.storage.outboxQueue.peekMessages({ numberOfMessages: 32 });
       expect(visible.peekedMessageItems.map((m) => parseOutboxMessage(m.messageText)?.id)).not.toContain(id);
       expect((await rt.storage.outboxQueue.getProperties()).approximateMessagesCount).toBe(1);
-      await rt.mailer.telemetry.flush();
+      await (await rt.mailer()).telemetry.flush();
       const paced = await sandbox.ingestion.waitFor(
         () => sandbox.ingestion.events('MailPaced').some((e) => e.properties.id === id),
         10_000,
@@ -308,7 +308,7 @@ describe('delivery when other instances hold every connection slot', () => {
   it('the slot lost while waiting for the send slot: the sender says CONNECTION_SLOTS_BUSY and delivery paces the message, no attempt spent, nothing sent', async () => {
     const name = nextMailbox();
     const slots = new ConnectionSlots(rt.storage.pacingLeases, name, 1, { renewEveryMs: FAST_RENEW_MS });
-    const sender = new MailSender(rt.config, rt.mailer.auth, { slots, idleCloseMs: 120_000 });
+    const sender = new MailSender(rt.config, (await rt.mailer()).auth, { slots, idleCloseMs: 120_000 });
     senders.push(sender);
     // One send every 3 s for this mailbox, and the next slot taken: the delivery below waits about 3 s for its own.
     const pacer = new Pacer(

@@ -119,7 +119,7 @@ describe('/api/unsubscribe with hostile input', () => {
     'GET and POST with any t and any body: 200 only for a token this app signed; nothing else is recorded',
     { timeout: 60_000 },
     async () => {
-      const key = Buffer.from((await rt.mailer.secrets!.get(rt.config.unsubscribe.keyName)).value, 'utf8');
+      const key = Buffer.from((await (await rt.mailer()).secrets!.get(rt.config.unsubscribe.keyName)).value, 'utf8');
       const signed = signUnsubscribeToken(
         { address: 'fuzz-signed@example.com', list: 'fuzz', expiresAt: Date.now() + 3_600_000 },
         key,

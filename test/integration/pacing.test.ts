@@ -256,7 +256,7 @@ describe('delivery with pacing', () => {
     }
     expect((await rt.delivery.deliver(second.id, {})).outcome).toBe('sent');
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['d1', 'd2']);
-    await rt.mailer.telemetry.flush();
+    await (await rt.mailer()).telemetry.flush();
     const pacedEvent = await sandbox.ingestion.waitFor(
       () => sandbox.ingestion.events('MailPaced').some((e) => e.properties.id === second.id),
       10_000,
@@ -276,7 +276,7 @@ describe('delivery with pacing', () => {
     expect(first.error?.code).toBe('CONCURRENCY_LIMIT');
     expect(first.retryInSeconds).toBeGreaterThan(0);
     expect(await rt.status.get(accepted.id)).toMatchObject({ status: 'queued', attempts: 0 });
-    await rt.mailer.telemetry.flush();
+    await (await rt.mailer()).telemetry.flush();
     const throttled = await sandbox.ingestion.waitFor(
       () => sandbox.ingestion.events('MailThrottled').some((e) => e.properties.id === accepted.id),
       10_000,

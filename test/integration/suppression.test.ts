@@ -125,7 +125,7 @@ function received(address: string) {
 }
 
 async function unsubscribeKey(): Promise<Buffer> {
-  return Buffer.from((await rt.mailer.secrets!.get(rt.config.unsubscribe.keyName)).value, 'utf8');
+  return Buffer.from((await (await rt.mailer()).secrets!.get(rt.config.unsubscribe.keyName)).value, 'utf8');
 }
 
 describe('List-Unsubscribe headers', () => {
@@ -233,7 +233,7 @@ describe('suppressed recipients', () => {
       params: { id: batchMessageId(batchId, recipientIdempotencyKey(batchId, gone)) },
     });
     expect(status.jsonBody).toMatchObject({ status: 'suppressed', list, source: 'notification' });
-    await rt.mailer.telemetry.flush();
+    await (await rt.mailer()).telemetry.flush();
     const events = stack.sandbox.ingestion.events('MailSuppressed').filter((e) => e.properties.batchId === batchId);
     expect(events).toHaveLength(2);
     for (const e of events) {
@@ -267,7 +267,7 @@ describe('suppressed recipients', () => {
     expect(v.counts).toMatchObject({ suppressed: 1, sent: 0, scheduled: 0, queued: 0 });
     expect(received(to)).toBeUndefined();
     expect(stack.sandbox.smtp.messages).toHaveLength(0);
-    await rt.mailer.telemetry.flush();
+    await (await rt.mailer()).telemetry.flush();
     const events = stack.sandbox.ingestion.events('MailSuppressed').filter((e) => e.properties.batchId === batchId);
     expect(events.map((e) => e.properties.stage)).toEqual(['delivery']);
   }, 20_000);
@@ -446,7 +446,7 @@ describe('/api/unsubscribe', () => {
     const to = fresh('scanned');
     expect((await submit(batch([to], { category: 'bulk' }))).status).toBe(202);
     await pump();
-    await rt.mailer.telemetry.flush();
+    await (await rt.mailer()).telemetry.flush();
     const telemetry = stack.sandbox.ingestion.items.map((item) => JSON.stringify(item));
     expect(telemetry.length).toBeGreaterThan(0);
     const needles = stack.sandbox.secrets();
@@ -468,7 +468,7 @@ describe('rotating the unsubscribe key', () => {
   it('links signed with the key a rotation replaced stay valid while <name>-previous holds it, and only then', async () => {
     const name = rt.config.unsubscribe.keyName;
     const vault = stack.sandbox.keyVault;
-    const old = (await rt.mailer.secrets!.get(name)).value;
+    const old = (await (await rt.mailer()).secrets!.get(name)).value;
     const address = fresh('rotated');
     const list = freshList();
     const oldToken = signUnsubscribeToken(
