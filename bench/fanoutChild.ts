@@ -36,6 +36,7 @@ async function main(): Promise<void> {
   }, RSS_SAMPLE_MS);
 
   const started = performance.now();
+  const cpuBefore = process.cpuUsage();
   const { batchId } = await rt.notifications.submit(batch);
   const acceptedMs = performance.now() - started;
   let invocations = 0;
@@ -57,6 +58,7 @@ async function main(): Promise<void> {
     }
   }
   const wallMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuBefore);
   clearInterval(sampler);
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
 
@@ -75,6 +77,7 @@ async function main(): Promise<void> {
       records,
       outboxMessages,
       wallMs,
+      cpuMs: (cpu.user + cpu.system) / 1000,
       acceptedMs,
       invocations,
       maxChunkMs: Math.max(...chunkMs),
