@@ -4,20 +4,22 @@
  *
  * Write order, and what a crash between two writes leaves behind:
  *
- * 1. idempotency claim (only with a key) — a crash after it: the client's retry with the same key finds the claim,
- *    finds no record, and completes the accept with the claimed id. A claim whose record never appeared is free
- *    again once it is older than the retention period.
- * 2. payload blob `mail-payloads/<id>.json` — a crash after it leaves a blob that nothing points at (harmless; in
- *    Azure a lifecycle rule on the container removes old blobs).
+ * 1. idempotency claim (a single message with a key only; a batch message's key names its record instead) — a crash
+ *    after it: the client's retry with the same key finds the claim, finds no record, and completes the accept with
+ *    the claimed id. A claim whose record never appeared is free again once it is older than the retention period.
+ * 2. payload blob `mail-payloads/<id>.json`, only for content over INLINE_CONTENT_MAX_CHARS — a crash after it
+ *    leaves a blob that nothing points at (harmless; in Azure a lifecycle rule on the container removes old blobs).
  * 3. queue message `{ id }`, visible at the message's due time — a crash after it leaves a queue message whose record
  *    never appeared: `deliver` waits briefly for the record, then leaves the message to the host's retries and the
  *    poison queue, where it is dropped. The request was never answered 202, so nothing accepted is lost.
- * 4. status record (`queued` or `scheduled`, `dueAt`) — written last, so that every record has its queue message:
- *    no timer has to look for records whose queue message went missing.
+ * 4. status record (`queued` or `scheduled`, `dueAt`) with the content inline when it is small — written last, so
+ *    that every record has its queue message (no timer looks for records whose queue message went missing) and its
+ *    content.
  *
- * Bulk mail (accepted with a `list`) to a suppressed recipient skips 2 and 3: its record is written `suppressed`, a
- * final state that needs neither payload nor queue message. Other bulk mail gets its List-Unsubscribe headers (a Key
- * Vault read, cached) before 2.
+ * A small message without a key is therefore two writes (3, 4). A batch chunk writes every 3 and then the 4s in
+ * Table transactions (acceptBatch). Bulk mail (accepted with a `list`) to a suppressed recipient skips 2 and 3: its
+ * record is written `suppressed`, a final state that needs neither content nor queue message. Other bulk mail gets
+ * its List-Unsubscribe headers (a Key Vault read, cached) before 2.
  */
 import { canonicalJson } from '../canonicalJson';
 import { createHash } from 'node:crypto';
