@@ -46,7 +46,7 @@ export async function runFanoutBench(
         },
         encoding: 'utf8',
         maxBuffer: 16 * 1024 * 1024,
-        timeout: 15 * 60 * 1000,
+        timeout: 45 * 60 * 1000,
       },
       (error, stdout, stderr) =>
         error ? reject(new Error(`fan-out bench failed: ${stderr || error.message}`)) : resolve(stdout),

@@ -203,7 +203,12 @@ async function main(): Promise<void> {
       const sizesArg = process.argv.find((a) => a.startsWith('--fanout-sizes='))?.slice('--fanout-sizes='.length);
       const sizes = sizesArg ? sizesArg.split(',').map(Number) : quick ? [1_000] : [10_000];
       const runs = [];
-      for (const recipients of sizes) runs.push(await runFanoutBench(env, { recipients }));
+      for (const recipients of sizes) {
+        const run = await runFanoutBench(env, { recipients });
+        // Each size as it completes: the largest can take many minutes on a busy machine.
+        process.stdout.write(`fan-out ${JSON.stringify(run)}\n`);
+        runs.push(run);
+      }
       const first = runs[0]!;
       const last = runs[runs.length - 1]!;
       const flat = Math.round((last.perRecipientMs / first.perRecipientMs) * 100) / 100;
