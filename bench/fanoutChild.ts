@@ -37,6 +37,7 @@ async function main(): Promise<void> {
   }, RSS_SAMPLE_MS);
 
   const started = performance.now();
+  const cpuBefore = process.cpuUsage();
   const { batchId } = await rt.notifications.submit(batch);
   const acceptedMs = performance.now() - started;
   let invocations = 0;
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
   }
   const wallMs = performance.now() - started;
   progress.done();
+  const cpu = process.cpuUsage(cpuBefore);
   clearInterval(sampler);
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
 
@@ -79,6 +81,7 @@ async function main(): Promise<void> {
       records,
       outboxMessages,
       wallMs,
+      cpuMs: (cpu.user + cpu.system) / 1000,
       acceptedMs,
       invocations,
       maxChunkMs: Math.max(...chunkMs),

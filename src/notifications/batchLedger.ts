@@ -25,10 +25,10 @@ import type { UnsubscribeLinks } from '../suppression/unsubscribeLinks';
 import type { Telemetry } from '../telemetry';
 import type { TemplateRenderer } from '../templates/templateRenderer';
 
-/** Recipients per invocation: 500 × 4 storage writes at 16 in flight is seconds, far inside functionTimeout (10 min). */
+/** Recipients per invocation: 500 queue messages and 5 record transactions are seconds, far inside functionTimeout (10 min). */
 export const DEFAULT_CHUNK_SIZE = 500;
-/** Recipients accepted at once (each is 4 sequential storage writes: claim, payload, record, queue message). */
-export const DEFAULT_CONCURRENCY = 16;
+/** Queue messages (and suppression reads of bulk mail) of a chunk in flight at once; the records go in transactions of 100. */
+export const DEFAULT_CONCURRENCY = 32;
 export const TERMINAL: ReadonlySet<BatchStatus> = new Set(['complete', 'failed']);
 
 /**
@@ -40,7 +40,7 @@ export type BatchSchedule = (count: number) => Promise<{ startAt: number; interv
 export interface NotificationsDeps {
   config: Pick<Config, 'allowedFrom'>;
   renderer: Pick<TemplateRenderer, 'has'>;
-  outbox: Pick<Outbox, 'render' | 'acceptRequest'>;
+  outbox: Pick<Outbox, 'render' | 'acceptBatch'>;
   status: Pick<StatusStore, 'countByBatch'>;
   storage: Pick<
     StorageClients,

@@ -63,6 +63,9 @@ export interface BatchSummary {
   offset: number;
   /** The offset whose continuation message is known to be on the queue (see Notifications: crash recovery). */
   continuation?: number;
+  /** The offset of the chunk a fan-out invocation is running, until `runningUntil`: a copy of it waits. */
+  running?: number;
+  runningUntil?: string;
   /** SHA-256 of the batch content: the same batchId with other content is a different batch. */
   contentHash?: string;
   /** True when the batch is in mail-batches/<batchId>.json (POST, or a queue batch that needed a continuation). */
@@ -103,7 +106,15 @@ export function listRejections(listed: readonly Rejection[], more: readonly Reje
 }
 
 /** The optional fields a summary and its entity keep under the same name. */
-const OPTIONAL_FIELDS = ['template', 'category', 'continuation', 'contentHash', 'completedAt'] as const;
+const OPTIONAL_FIELDS = [
+  'template',
+  'category',
+  'continuation',
+  'running',
+  'runningUntil',
+  'contentHash',
+  'completedAt',
+] as const;
 
 function toEntity(summary: BatchSummary): Entity {
   const json = JSON.stringify(summary.rejections);

@@ -22,13 +22,20 @@ import {
   type NotificationBatch,
 } from './batchRequest';
 import { MAX_VISIBILITY_SECONDS } from '../outbox/outboxQueue';
+import type { Rendered } from '../outbox/outbox';
 import type { SendRequest } from '../outbox/sendRequest';
 import { prepareRecipients } from './recipientPreparation';
 import { BatchLedger, TERMINAL, fieldsOf, problem, type FanoutContext, type FanoutOutcome } from './batchLedger';
 import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 
 type CodedRejection = Rejection & { code: string };
-type Prepared = { index: number; request: SendRequest } | { rejection: CodedRejection };
+
+/**
+ * How long an invocation holds the chunk it fans out: well above the slowest chunk measured (seconds), well below
+ * the host's retries of a message whose invocation died (5 dequeues, 30 s apart).
+ */
+const CHUNK_LEASE_MS = 60_000;
+type Prepared = { index: number; request: SendRequest; rendered: Rendered } | { rejection: CodedRejection };
 
 /** What one fan-out invocation works on: the batch fields and the prepared recipients from its offset on. */
 interface Chunk {
@@ -44,24 +51,6 @@ interface ChunkSource {
   chunk(offset: number): Promise<Chunk | undefined>;
   /** Stores the whole batch, so that a continuation can read it (only for a batch that came inline). */
   store?: () => Promise<{ written: true } | { written: false; contentHash: string | undefined }>;
-}
-
-/** Runs `task(0…count-1)` with at most `limit` in flight; stops starting new ones after a failure and rethrows it. */
-async function runBounded(count: number, limit: number, task: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async () => {
-    while (!failure && next < count) {
-      const i = next++;
-      try {
-        await task(i);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-  if (failure) throw failure.error;
 }
 
 /** The batch-level field a recipient's problem belongs to: its address, its data, its key. */
@@ -177,11 +166,12 @@ export class Fanout extends BatchLedger {
 
   /** Runs the chunk at `offset` if it is the batch's next one; otherwise decides what this copy is (see top). */
   private async advance(
-    summary: StoredSummary,
+    initial: StoredSummary,
     offset: number,
     source: ChunkSource,
     context: FanoutContext,
   ): Promise<FanoutOutcome> {
+    let summary = initial;
     const batchId = summary.batchId;
     if (TERMINAL.has(summary.status)) return { outcome: 'skipped', batchId, reason: 'finished' };
     if (offset < summary.offset) {
@@ -204,6 +194,9 @@ export class Fanout extends BatchLedger {
       return { outcome: 'skipped', batchId, reason: 'ahead' };
     }
 
+    const held = await this.holdChunk(summary, offset, context);
+    if ('outcome' in held) return held;
+    summary = held;
     const chunk = await source.chunk(offset);
     if (!chunk) {
       return this.failBatch(
@@ -235,6 +228,44 @@ export class Fanout extends BatchLedger {
     return this.recordProgress(summary, offset, result, next, done, stored, context);
   }
 
+  /**
+   * Takes the chunk at `offset` for this invocation (an ETag-guarded write on the summary, held CHUNK_LEASE_MS), so
+   * that two copies of one message running at once do not both write its outbox messages. A copy that finds the
+   * chunk taken stops: the holder's own queue message is the one that finishes it, should the holder die. A
+   * redelivered copy (dequeueCount > 1) that finds it taken throws instead, so that the host tries it again after
+   * the lease: it may be the holder's own message, back after the holder died.
+   */
+  private async holdChunk(
+    summary: StoredSummary,
+    offset: number,
+    context: FanoutContext,
+  ): Promise<StoredSummary | FanoutOutcome> {
+    const batchId = summary.batchId;
+    let current: StoredSummary | undefined = summary;
+    for (let race = 0; race < MAX_RACES; race++) {
+      if (!current || current.offset !== offset || TERMINAL.has(current.status)) {
+        return { outcome: 'skipped', batchId, reason: 'raced' };
+      }
+      const at = this.now();
+      if (current.running === offset && current.runningUntil && Date.parse(current.runningUntil) > at) {
+        if ((context.dequeueCount ?? 1) > 1) {
+          throw new Error(
+            `Batch ${batchId}: chunk ${offset} is being fanned out by another invocation; the host retries`,
+          );
+        }
+        return { outcome: 'skipped', batchId, reason: 'raced' };
+      }
+      const written = await this.summaries.update(current, {
+        running: offset,
+        runningUntil: new Date(at + CHUNK_LEASE_MS).toISOString(),
+        updatedAt: new Date(at).toISOString(),
+      });
+      if (written) return written;
+      current = await this.summaries.get(batchId);
+    }
+    throw new Error(`Batch ${batchId}: lost the summary race ${MAX_RACES} times; the host retries`);
+  }
+
   /** Step 3: the ETag-guarded progress write; the copy that wins it reports the chunk and enqueues the next one. */
   private async recordProgress(
     initial: StoredSummary,
@@ -261,6 +292,8 @@ export class Fanout extends BatchLedger {
           rejections: listRejections(current.rejections, chunk.rejections),
           stored,
           continuation: undefined,
+          running: undefined,
+          runningUntil: undefined,
           updatedAt: at,
           ...(done ? { completedAt: at } : {}),
           ...(status === 'failed'
@@ -341,7 +374,7 @@ export class Fanout extends BatchLedger {
   ): Promise<{ processed: number; accepted: number; rejections: CodedRejection[] }> {
     const count = Math.min(this.chunkSize, chunk.recipients.length, chunk.total - offset);
     const rejections: CodedRejection[] = [];
-    const ready: Array<{ index: number; request: SendRequest }> = [];
+    const ready: Array<{ index: number; request: SendRequest; rendered: Rendered }> = [];
     for (let i = 0; i < count; i++) {
       const prepared = this.prepare(chunk.fields, offset + i, chunk.recipients[i] as PreparedRecipient);
       if ('rejection' in prepared) rejections.push(prepared.rejection);
@@ -349,25 +382,31 @@ export class Fanout extends BatchLedger {
     }
     // Slots only for the recipients that will be accepted, so that a rejected one wastes none.
     const slots = this.deps.schedule && ready.length > 0 ? await this.deps.schedule(ready.length) : undefined;
+    // One write for each record (Table transactions of 100) and one queue message each; the key is the record's.
+    const results = await this.deps.outbox.acceptBatch(
+      ready.map(({ request, rendered }, j) => {
+        const holdSeconds = slots ? this.holdSeconds(slots.startAt + j * slots.intervalMs) : 0;
+        return { request, rendered, ...(holdSeconds > 0 ? { holdSeconds } : {}) };
+      }),
+      {
+        source: 'notification',
+        batchId,
+        concurrency: this.concurrency,
+        invocation: context,
+        // Bulk mail: suppressions checked and List-Unsubscribe set by the outbox, per recipient.
+        ...(chunk.fields.category === 'bulk' ? { list: chunk.fields.list ?? chunk.fields.template } : {}),
+      },
+    );
     let accepted = 0;
-    await runBounded(ready.length, this.concurrency, async (j) => {
-      const { index, request } = ready[j] as { index: number; request: SendRequest };
-      const holdSeconds = slots ? this.holdSeconds(slots.startAt + j * slots.intervalMs) : 0;
-      try {
-        await this.deps.outbox.acceptRequest(request, {
-          source: 'notification',
-          batchId,
-          ...(holdSeconds > 0 ? { holdSeconds } : {}),
-          invocation: context,
-          // Bulk mail: suppressions checked and List-Unsubscribe set by the outbox, per recipient.
-          ...(chunk.fields.category === 'bulk' ? { list: chunk.fields.list ?? chunk.fields.template } : {}),
-        });
+    results.forEach((result, j) => {
+      const { index } = ready[j] as { index: number };
+      if (!(result instanceof MailError)) {
         accepted += 1;
-      } catch (error) {
-        const rejection = this.rejectionOf(index, chunk.recipients[index - offset], error);
-        if (!rejection) throw error;
-        rejections.push(rejection);
+        return;
       }
+      const rejection = this.rejectionOf(index, chunk.recipients[index - offset], result);
+      if (!rejection) throw result;
+      rejections.push(rejection);
     });
     if (context.dequeueCount && context.dequeueCount > 1) {
       this.log(context).info('notification chunk re-run after a failed attempt', {
@@ -416,14 +455,15 @@ export class Fanout extends BatchLedger {
       idempotencyKey: recipient.key,
       ...(fields.sendAt ? { sendAt: new Date(fields.sendAt) } : {}),
     };
+    let rendered: Rendered;
     try {
-      this.deps.outbox.render(request);
+      rendered = this.deps.outbox.render(request);
     } catch (error) {
       const rejection = this.rejectionOf(index, recipient, error);
       if (!rejection) throw error;
       return { rejection };
     }
-    return { index, request };
+    return { index, request, rendered };
   }
 
   /** A recipient's own problem as a rejection; undefined for anything else (storage), which must be thrown. */

@@ -36,7 +36,8 @@ import { silentLogger, type Logger } from '../logger';
 import { allRecipients } from '../message';
 import { OUTBOX_MAX_DEQUEUE_COUNT, enqueueOutbox } from './outboxQueue';
 import type { Pacer } from '../pacing/pacer';
-import type { MessageStore, StoredMessage } from './messageStore';
+import type { MessageStore } from './messageStore';
+import { parseMessage, type StoredMessage } from './messageContent';
 import type { MailSender, SendResult } from '../sender/mailSender';
 import {
   TERMINAL_STATUSES,
@@ -282,12 +283,13 @@ async function deliver(id: string, context: DeliveryContext, deps: DeliverDeps):
   async function sendLeased(leased: StoredRecord): Promise<DeliverOutcome> {
     let payload: StoredMessage | undefined;
     try {
-      payload = await deps.payloads.get(id);
+      // Inline in the record just read, or (a large message, or one accepted before records held content) a blob.
+      payload = leased.content !== undefined ? parseMessage(leased.content) : await deps.payloads.get(id);
     } catch (error) {
       if (isStorageError(error)) throw error;
       return fail(
         leased,
-        new MailError('PAYLOAD_INVALID', `The payload blob of message ${id} cannot be read`, { cause: error }),
+        new MailError('PAYLOAD_INVALID', `The stored content of message ${id} cannot be read`, { cause: error }),
         { track: true },
       );
     }

@@ -1,21 +1,12 @@
-/** Rendered outbox messages in Blob storage (`mail-payloads/<id>.json`), so that queue messages carry only an id (Azure caps them at 64 KB). */
+/**
+ * Rendered outbox messages too large to keep in their status record, in Blob storage (`mail-payloads/<id>.json`); also
+ * every message accepted before records carried their content inline.
+ */
 import type { ContainerClient } from '@azure/storage-blob';
-import type { MailMessage } from '../message';
-import { downloadJson, uploadJson } from '../storage/jsonBlob';
+import { downloadBlob, catchStatus } from '../storage/storageClients';
+import { parseMessage, serializeMessage, type StoredMessage } from './messageContent';
 
-const FORMAT_VERSION = 1;
-
-/** What the worker needs to send: the validated, rendered message. */
-export interface StoredMessage {
-  message: MailMessage;
-}
-
-interface PayloadJson {
-  version: number;
-  message: Omit<MailMessage, 'attachments'> & {
-    attachments: Array<{ filename: string; contentType?: string; contentBase64: string }>;
-  };
-}
+export type { StoredMessage } from './messageContent';
 
 export class MessageStore {
   constructor(private readonly container: ContainerClient) {}
@@ -29,19 +20,22 @@ export class MessageStore {
    * wrote it first): payloads are immutable, so a worker never reads a half-replaced one.
    */
   async put(id: string, payload: StoredMessage): Promise<boolean> {
-    const { message } = payload;
-    const json: PayloadJson = {
-      version: FORMAT_VERSION,
-      message: {
-        ...message,
-        attachments: message.attachments.map((a) => ({
-          filename: a.filename,
-          ...(a.contentType ? { contentType: a.contentType } : {}),
-          contentBase64: a.content.toString('base64'),
-        })),
+    return this.putText(id, serializeMessage(payload));
+  }
+
+  /** Writes content already serialized (serializeMessage) once; false when it already exists. */
+  async putText(id: string, text: string): Promise<boolean> {
+    return catchStatus(
+      async () => {
+        await this.container.getBlockBlobClient(MessageStore.blobName(id)).uploadData(Buffer.from(text), {
+          blobHTTPHeaders: { blobContentType: 'application/json' },
+          conditions: { ifNoneMatch: '*' },
+        });
+        return true;
       },
-    };
-    return uploadJson(this.container.getBlockBlobClient(MessageStore.blobName(id)), json, { ifAbsent: true });
+      [409, 412],
+      false,
+    );
   }
 
   /** Deletes the payload (retention). True when it existed. */
@@ -49,20 +43,13 @@ export class MessageStore {
     return (await this.container.getBlockBlobClient(MessageStore.blobName(id)).deleteIfExists()).succeeded;
   }
 
-  /** The payload, or undefined when the blob does not exist. */
+  /** The payload, or undefined when the blob does not exist. Content that is not JSON throws a SyntaxError. */
   async get(id: string): Promise<StoredMessage | undefined> {
-    const json = await downloadJson(this.container.getBlockBlobClient(MessageStore.blobName(id)));
-    if (json === undefined) return undefined;
-    const { message } = json as PayloadJson;
-    return {
-      message: {
-        ...message,
-        attachments: message.attachments.map((a) => ({
-          filename: a.filename,
-          ...(a.contentType ? { contentType: a.contentType } : {}),
-          content: Buffer.from(a.contentBase64, 'base64'),
-        })),
-      },
-    };
+    const buffer = await catchStatus(
+      () => downloadBlob(this.container.getBlockBlobClient(MessageStore.blobName(id))),
+      [404],
+      undefined,
+    );
+    return buffer && parseMessage(buffer.toString('utf8'));
   }
 }

@@ -4,20 +4,22 @@
  *
  * Write order, and what a crash between two writes leaves behind:
  *
- * 1. idempotency claim (only with a key) — a crash after it: the client's retry with the same key finds the claim,
- *    finds no record, and completes the accept with the claimed id. A claim whose record never appeared is free
- *    again once it is older than the retention period.
- * 2. payload blob `mail-payloads/<id>.json` — a crash after it leaves a blob that nothing points at (harmless; in
- *    Azure a lifecycle rule on the container removes old blobs).
+ * 1. idempotency claim (a single message with a key only; a batch message's key names its record instead) — a crash
+ *    after it: the client's retry with the same key finds the claim, finds no record, and completes the accept with
+ *    the claimed id. A claim whose record never appeared is free again once it is older than the retention period.
+ * 2. payload blob `mail-payloads/<id>.json`, only for content over INLINE_CONTENT_MAX_CHARS — a crash after it
+ *    leaves a blob that nothing points at (harmless; in Azure a lifecycle rule on the container removes old blobs).
  * 3. queue message `{ id }`, visible at the message's due time — a crash after it leaves a queue message whose record
  *    never appeared: `deliver` waits briefly for the record, then leaves the message to the host's retries and the
  *    poison queue, where it is dropped. The request was never answered 202, so nothing accepted is lost.
- * 4. status record (`queued` or `scheduled`, `dueAt`) — written last, so that every record has its queue message:
- *    no timer has to look for records whose queue message went missing.
+ * 4. status record (`queued` or `scheduled`, `dueAt`) with the content inline when it is small — written last, so
+ *    that every record has its queue message (no timer looks for records whose queue message went missing) and its
+ *    content.
  *
- * Bulk mail (accepted with a `list`) to a suppressed recipient skips 2 and 3: its record is written `suppressed`, a
- * final state that needs neither payload nor queue message. Other bulk mail gets its List-Unsubscribe headers (a Key
- * Vault read, cached) before 2.
+ * A small message without a key is therefore two writes (3, 4). A batch chunk writes every 3 and then the 4s in
+ * Table transactions (acceptBatch). Bulk mail (accepted with a `list`) to a suppressed recipient skips 2 and 3: its
+ * record is written `suppressed`, a final state that needs neither content nor queue message. Other bulk mail gets
+ * its List-Unsubscribe headers (a Key Vault read, cached) before 2.
  */
 import { canonicalJson } from '../canonicalJson';
 import { createHash } from 'node:crypto';
@@ -32,7 +34,9 @@ import { enqueueOutbox } from './outboxQueue';
 import type { MessageStore } from './messageStore';
 
 import { parseSendRequest, type SendRequest } from './sendRequest';
-import { TERMINAL_STATUSES, type StatusStore, type StoredRecord } from './statusStore';
+import { INLINE_CONTENT_MAX_CHARS, serializeMessage } from './messageContent';
+import { runBounded } from '../runBounded';
+import { TERMINAL_STATUSES, type StatusRecord, type StatusStore, type StoredRecord } from './statusStore';
 import type { StorageClients } from '../storage/storageClients';
 import { LIST_ID, type SuppressionStore } from '../suppression/suppressionStore';
 import type { UnsubscribeLinks } from '../suppression/unsubscribeLinks';
@@ -88,6 +92,34 @@ export interface AcceptOptions {
   invocation?: Invocation;
 }
 
+/** {@link Outbox.render}'s result: the message the sender will get, and its template's name. */
+export interface Rendered {
+  message: MailMessage;
+  template?: string;
+}
+
+/** One message of a batch chunk: its request (with its key), rendered, and held until its send slot. */
+export interface BatchItem {
+  request: SendRequest;
+  rendered: Rendered;
+  holdSeconds?: number;
+}
+
+/** A new record, and what is written before it: the blob of a large message, the queue message's delay. */
+interface PendingRecord {
+  record: StatusRecord;
+  delaySeconds: number;
+  blob?: string;
+}
+
+/** Records and queue messages of a batch chunk written at once. */
+const BATCH_WRITE_CONCURRENCY = 32;
+
+const idempotencyConflict = () =>
+  new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
+    details: [{ path: 'idempotencyKey', message: 'already used for a different message' }],
+  });
+
 export interface AcceptResult {
   id: string;
   record: StoredRecord;
@@ -132,7 +164,7 @@ export class Outbox {
   }
 
   /** Renders a template, or takes the literal content, and validates the message the sender will get. */
-  render(request: SendRequest): { message: MailMessage; template?: string } {
+  render(request: SendRequest): Rendered {
     const { config, renderer } = this.deps;
     const content =
       request.content.kind === 'template'
@@ -175,13 +207,18 @@ export class Outbox {
     return { message, ...(request.content.kind === 'template' ? { template: request.content.template } : {}) };
   }
 
-  /** Accepts an already validated request (the HTTP body, a notification recipient). */
-  async acceptRequest(request: SendRequest, options: AcceptOptions): Promise<AcceptResult> {
-    const { message, template } = this.render(request);
-    const recipient = options.list !== undefined ? this.bulkRecipient(message, options.list) : undefined;
-    const { storage, status, payloads } = this.deps;
+  /**
+   * Accepts an already validated request (the HTTP body, a digest). `rendered` is {@link render}'s result when the
+   * caller has it already.
+   */
+  async acceptRequest(
+    request: SendRequest,
+    options: AcceptOptions,
+    rendered: Rendered = this.render(request),
+  ): Promise<AcceptResult> {
+    const recipient = options.list !== undefined ? this.bulkRecipient(rendered.message, options.list) : undefined;
+    const { storage, status } = this.deps;
     const logger = invocationLogger(options.invocation, this.logger);
-    const acceptOperationId = operationIdOf(options.invocation?.traceParent);
     await storage.ensureResources();
     const hash = payloadHash(request);
     const now = this.now();
@@ -191,14 +228,10 @@ export class Outbox {
         ? batchMessageId(options.batchId, request.idempotencyKey)
         : this.newId();
 
-    if (request.idempotencyKey !== undefined) {
+    if (request.idempotencyKey !== undefined && options.batchId === undefined) {
       const existing = await this.claimKey(request.idempotencyKey, { id, payloadHash: hash, createdAt: now }, logger);
       if (existing) {
-        if (existing.payloadHash !== hash) {
-          throw new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
-            details: [{ path: 'idempotencyKey', message: 'already used for a different message' }],
-          });
-        }
+        if (existing.payloadHash !== hash) throw idempotencyConflict();
         id = existing.id;
         if (existing.record) return { id, record: await this.healIfStranded(existing.record, logger), replayed: true };
         // The first request claimed the key and has not written its record yet (it is in flight, or it died):
@@ -207,29 +240,124 @@ export class Outbox {
       }
     }
 
+    const pending = await this.pendingRecord(id, request, rendered, recipient, hash, now, options);
+    await this.writeAhead(pending);
+    const created = await status.create(pending.record);
+    if (created) {
+      this.recorded(created, options);
+      return { id, record: created, replayed: false };
+    }
+    return this.existingFor(id, hash);
+  }
+
+  /**
+   * Accepts the messages of one notification chunk. Each item is a recipient's request with its key (which names
+   * its message in the batch: the record's insert is the key's claim), rendered already. The queue messages (and
+   * blobs of large messages) are written first, then the records in Table transactions of up to 100. Returns, in
+   * order, each message's result, or the MailError refusing that recipient alone (IDEMPOTENCY_CONFLICT: its message
+   * exists with other content); storage failures are thrown.
+   */
+  async acceptBatch(
+    items: readonly BatchItem[],
+    options: { source: OutboxSource; batchId: string; list?: string; concurrency?: number; invocation?: Invocation },
+  ): Promise<Array<AcceptResult | MailError>> {
+    const { storage, status } = this.deps;
+    const concurrency = Math.max(1, options.concurrency ?? BATCH_WRITE_CONCURRENCY);
+    await storage.ensureResources();
+    const now = this.now();
+    const results = new Array<AcceptResult | MailError | undefined>(items.length);
+    const pending = new Array<PendingRecord | undefined>(items.length);
+    await runBounded(items.length, concurrency, async (i) => {
+      const { request, rendered, holdSeconds } = items[i] as BatchItem;
+      try {
+        if (request.idempotencyKey === undefined) throw new Error('A batch message needs its idempotency key');
+        const recipient = options.list !== undefined ? this.bulkRecipient(rendered.message, options.list) : undefined;
+        const id = batchMessageId(options.batchId, request.idempotencyKey);
+        const itemOptions: AcceptOptions = {
+          source: options.source,
+          batchId: options.batchId,
+          ...(options.list !== undefined ? { list: options.list } : {}),
+          ...(holdSeconds ? { holdSeconds } : {}),
+          ...(options.invocation ? { invocation: options.invocation } : {}),
+        };
+        const record = await this.pendingRecord(
+          id,
+          request,
+          rendered,
+          recipient,
+          payloadHash(request),
+          now,
+          itemOptions,
+        );
+        // The queue message before the record, as for a single message.
+        await this.writeAhead(record);
+        pending[i] = record;
+      } catch (error) {
+        if (!(error instanceof MailError) || error.transient) throw error;
+        results[i] = error;
+      }
+    });
+    const indices = pending.flatMap((p, i) => (p ? [i] : []));
+    const created = await status.createMany(indices.map((i) => (pending[i] as PendingRecord).record));
+    await runBounded(indices.length, concurrency, async (j) => {
+      const i = indices[j] as number;
+      const { record } = pending[i] as PendingRecord;
+      const stored = created[j];
+      if (stored) {
+        this.recorded(stored, options);
+        results[i] = { id: record.id, record: stored, replayed: false };
+        return;
+      }
+      // Written by an earlier run of this chunk: the same message, or a different one under the same key.
+      try {
+        results[i] = await this.existingFor(record.id, record.payloadHash);
+      } catch (error) {
+        if (!(error instanceof MailError)) throw error;
+        results[i] = error;
+      }
+    });
+    return results as Array<AcceptResult | MailError>;
+  }
+
+  /**
+   * The record a new message gets, and what must be written before it: bulk mail to a suppressed recipient is
+   * recorded `suppressed` with nothing else; other bulk mail gets its List-Unsubscribe headers; the content goes in
+   * the record when it is small, else in a blob.
+   */
+  private async pendingRecord(
+    id: string,
+    request: SendRequest,
+    rendered: Rendered,
+    recipient: string | undefined,
+    hash: string,
+    now: number,
+    options: AcceptOptions,
+  ): Promise<PendingRecord> {
+    const { message, template } = rendered;
+    const acceptOperationId = operationIdOf(options.invocation?.traceParent);
     const sendAt = request.sendAt && request.sendAt.getTime() > now ? request.sendAt.getTime() : undefined;
     const dueAt = Math.max(sendAt ?? now, now + (options.holdSeconds ?? 0) * 1000);
-    // Bulk mail to a suppressed recipient: a record that says so, and neither payload nor queue message (a record
+    // Bulk mail to a suppressed recipient: a record that says so, and neither content nor queue message (a record
     // in a final state needs none).
     const suppressed =
       options.list !== undefined && recipient !== undefined && (await this.isSuppressed(recipient, options.list));
+    let content: string | undefined;
     if (!suppressed) {
+      let headers = message.headers;
       if (options.list !== undefined && recipient !== undefined) {
         // Set by the app after the caller's headers were checked: callers can give X- headers only.
-        message.headers = {
-          ...message.headers,
-          ...(await this.unsubscribe().unsubscribeHeaders({ recipient, list: options.list })),
-        };
+        headers = { ...headers, ...(await this.unsubscribe().unsubscribeHeaders({ recipient, list: options.list })) };
       }
       // A Message-ID fixed per outbox message: a copy sent again (the 250-then-crash duplicate) is the same message
       // to every mail client and archive, which can then collapse it.
-      await payloads.put(id, { message: { ...message, messageId: outboxMessageId(id, message.from.address) } });
-      // The queue message before the record: a record never exists without the message that will deliver it.
-      await enqueueOutbox(storage.outboxQueue, id, (dueAt - now) / 1000);
+      content = serializeMessage({
+        message: { ...message, headers, messageId: outboxMessageId(id, message.from.address) },
+      });
     }
-    const record = {
+    const inline = content !== undefined && content.length <= INLINE_CONTENT_MAX_CHARS;
+    const record: StatusRecord = {
       id,
-      status: suppressed ? ('suppressed' as const) : sendAt ? ('scheduled' as const) : ('queued' as const),
+      status: suppressed ? 'suppressed' : sendAt ? 'scheduled' : 'queued',
       source: options.source,
       ...(options.batchId ? { batchId: options.batchId } : {}),
       ...(template ? { template } : {}),
@@ -241,36 +369,55 @@ export class Outbox {
       ...(suppressed ? { completedAt: new Date(now).toISOString() } : {}),
       payloadHash: hash,
       ...(request.idempotencyKey !== undefined ? { idempotencyKey: request.idempotencyKey } : {}),
+      ...(inline && content !== undefined ? { content } : {}),
       ...(acceptOperationId ? { acceptOperationId } : {}),
     };
-    const created = await status.create(record);
-    if (created && suppressed) {
-      this.deps.telemetry?.trackEvent('MailSuppressed', {
-        id,
-        source: options.source,
-        stage: 'accept',
-        ...(options.list !== undefined ? { list: options.list } : {}),
-        ...(template ? { template } : {}),
-        ...(options.batchId ? { batchId: options.batchId } : {}),
-        ...invocationTelemetry(options.invocation),
-      });
-      logger.info('bulk message to a suppressed recipient recorded as suppressed; not sent', {
-        id,
+    return {
+      record,
+      delaySeconds: (dueAt - now) / 1000,
+      ...(content !== undefined && !inline ? { blob: content } : {}),
+    };
+  }
+
+  /** The writes before the record: a large message's blob, then the queue message (none for a suppressed one). */
+  private async writeAhead(pending: PendingRecord): Promise<void> {
+    if (pending.record.status === 'suppressed') return;
+    if (pending.blob !== undefined) await this.deps.payloads.putText(pending.record.id, pending.blob);
+    // The queue message before the record: a record never exists without the message that will deliver it.
+    await enqueueOutbox(this.deps.storage.outboxQueue, pending.record.id, pending.delaySeconds);
+  }
+
+  /** After a record was created: a suppressed one is reported. */
+  private recorded(
+    record: StoredRecord,
+    options: { source: OutboxSource; batchId?: string; list?: string; invocation?: Invocation },
+  ): void {
+    if (record.status !== 'suppressed') return;
+    this.deps.telemetry?.trackEvent('MailSuppressed', {
+      id: record.id,
+      source: options.source,
+      stage: 'accept',
+      ...(options.list !== undefined ? { list: options.list } : {}),
+      ...(record.template ? { template: record.template } : {}),
+      ...(options.batchId ? { batchId: options.batchId } : {}),
+      ...invocationTelemetry(options.invocation),
+    });
+    invocationLogger(options.invocation, this.logger).info(
+      'bulk message to a suppressed recipient recorded as suppressed; not sent',
+      {
+        id: record.id,
         list: options.list,
-      });
-    }
-    if (!created) {
-      // A concurrent request with the same key created it (its queue message and ours both deliver it, once).
-      const existing = await status.get(id);
-      if (!existing) throw new Error(`Status record ${id} was reported to exist but cannot be read`);
-      if (existing.payloadHash !== hash) {
-        throw new MailError('IDEMPOTENCY_CONFLICT', 'This idempotency key was already used for a different message', {
-          details: [{ path: 'idempotencyKey', message: 'already used for a different message' }],
-        });
-      }
-      return { id, record: existing, replayed: true };
-    }
-    return { id, record: created, replayed: false };
+      },
+    );
+  }
+
+  /** A record that another request (same key) created first: a replay when its content is ours, else a conflict. */
+  private async existingFor(id: string, hash: string): Promise<AcceptResult> {
+    // Its queue message and ours both deliver it, once.
+    const existing = await this.deps.status.get(id);
+    if (!existing) throw new Error(`Status record ${id} was reported to exist but cannot be read`);
+    if (existing.payloadHash !== hash) throw idempotencyConflict();
+    return { id, record: existing, replayed: true };
   }
 
   /** The one recipient of a bulk message, lower-cased; its list id must be valid (a caller's bug otherwise). */

@@ -138,7 +138,8 @@ export class Retention {
     ) {
       report.keys++;
     }
-    if (await payloads.delete(record.id)) report.payloads++;
+    // Inline content goes with the record; only a message without it has a blob (large, or from before).
+    if (record.content === undefined && (await payloads.delete(record.id))) report.payloads++;
     if (!(await status.delete(record))) return false;
     report.messages++;
     return true;

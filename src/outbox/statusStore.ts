@@ -9,6 +9,8 @@ import {
   parseJsonProperty,
   presentFields,
 } from '../storage/entityFields';
+import { splitContent } from './messageContent';
+import { catchStatus } from '../storage/storageClients';
 import { deleteEntity, insertValue, readEntity, replaceWithChanges, type Changes } from '../storage/tableEntity';
 
 export const MAIL_STATUSES = ['queued', 'scheduled', 'sending', 'sent', 'failed', 'suppressed'] as const;
@@ -65,6 +67,11 @@ export interface StatusRecord {
   refusedCount?: number;
   /** The operation id (W3C trace id) of the invocation that accepted it: joins its delivery to the accepting request. */
   acceptOperationId?: string;
+  /**
+   * The rendered message as JSON (messageContent.ts), when it is small enough to live in the record; absent when it
+   * is in the payload blob (a large message, or one accepted before records held their content).
+   */
+  content?: string;
 }
 
 /** A recipient Exchange refused while it accepted the message for the others. */
@@ -172,7 +179,12 @@ type Entity = {
   refused?: string;
   refusedCount?: number;
   acceptOperationId?: string;
+  /** The inline content, cut into string properties `content0`, `content1`, … (each under the 32K limit). */
+  [contentPart: `content${number}`]: string | undefined;
 };
+
+/** Property name of inline content part `i`. */
+const contentProperty = (i: number) => `content${i}` as const;
 
 /** Rows per page when the retention timer reads records. */
 const PAGE_SIZE = 100;
@@ -211,11 +223,23 @@ function toEntity(record: StatusRecord): Entity {
     ...(record.refused ? { refused: JSON.stringify(listRefusals(record.refused)) } : {}),
     ...(record.smtp ? { smtpCode: record.smtp.code, smtpResponse: clip(record.smtp.response) } : {}),
     ...(record.error ? { error: clip(JSON.stringify(record.error)) } : {}),
+    ...(record.content !== undefined
+      ? Object.fromEntries(splitContent(record.content).map((part, i) => [contentProperty(i), part]))
+      : {}),
   };
+}
+
+/** The inline content of `entity`: its parts joined, or undefined when it has none. */
+function contentOf(entity: Entity): string | undefined {
+  if (typeof entity.content0 !== 'string') return undefined;
+  const parts: string[] = [];
+  for (let i = 0; typeof entity[contentProperty(i)] === 'string'; i++) parts.push(entity[contentProperty(i)] as string);
+  return parts.join('');
 }
 
 function fromEntity(entity: Entity & { etag: string }): StoredRecord {
   const error = parseErrorProperty(entity.error, true);
+  const content = contentOf(entity);
   return {
     id: idOfRecord(entity.partitionKey, entity.rowKey),
     status: entity.status as MailStatus,
@@ -230,6 +254,7 @@ function fromEntity(entity: Entity & { etag: string }): StoredRecord {
       ? { smtp: { code: entity.smtpCode, response: entity.smtpResponse ?? '' } }
       : {}),
     ...(error ? { error } : {}),
+    ...(content !== undefined ? { content } : {}),
     etag: entity.etag,
   } as StoredRecord;
 }
@@ -241,7 +266,11 @@ function parseRefusals(text: string): Refusal[] {
 }
 
 /** The fields a transition may change; `undefined` removes an optional field. */
-export type RecordChanges = Changes<Omit<StatusRecord, 'id' | 'source' | 'createdAt' | 'payloadHash'>>;
+export type RecordChanges = Changes<Omit<StatusRecord, 'id' | 'source' | 'createdAt' | 'payloadHash' | 'content'>>;
+
+/** Entities one Table transaction may hold (one partition), and the request size it must stay under (4 MiB). */
+const TRANSACTION_MAX_ENTITIES = 100;
+const TRANSACTION_MAX_BYTES = 3.5 * 1024 * 1024;
 
 /** Reads and moves status records. Every method but `create` and `get` is guarded by the record's ETag. */
 export class StatusStore {
@@ -250,6 +279,53 @@ export class StatusStore {
   /** Creates the record. Returns undefined (and writes nothing) when a record with this id already exists. */
   async create(record: StatusRecord): Promise<StoredRecord | undefined> {
     return insertValue(this.table, record, toEntity);
+  }
+
+  /**
+   * Creates records of one partition (a batch's) in Table transactions of up to 100: all of a transaction or none
+   * of it is written. A transaction refused because one of its records exists already (a chunk run again) is
+   * written one record at a time instead. Returns, in order, each record as created, or undefined when it existed
+   * (nothing written for it).
+   */
+  async createMany(records: readonly StatusRecord[]): Promise<Array<StoredRecord | undefined>> {
+    const results: Array<StoredRecord | undefined> = new Array<StoredRecord | undefined>(records.length);
+    let start = 0;
+    while (start < records.length) {
+      const partitionKey = recordKeys((records[start] as StatusRecord).id).partitionKey;
+      const entities: Entity[] = [];
+      let bytes = 0;
+      let end = start;
+      while (end < records.length && entities.length < TRANSACTION_MAX_ENTITIES) {
+        const entity = toEntity(records[end] as StatusRecord);
+        // UTF-8 takes at most 3 bytes per UTF-16 code unit: a bound without encoding the entity twice.
+        const size = JSON.stringify(entity).length * 3;
+        if (entity.partitionKey !== partitionKey || (entities.length > 0 && bytes + size > TRANSACTION_MAX_BYTES))
+          break;
+        entities.push(entity);
+        bytes += size;
+        end += 1;
+      }
+      // A transaction refused as a whole (409: a record exists; or any other refusal of one of its entities) is
+      // written one record at a time, which tells existing records from real errors.
+      const written = await catchStatus(
+        async () => (await this.table.submitTransaction(entities.map((e) => ['create', e]))).subResponses,
+        [400, 409, 413],
+        undefined,
+      );
+      if (written && written.length === entities.length) {
+        written.forEach((response, i) => {
+          results[start + i] = { ...(records[start + i] as StatusRecord), etag: response.etag ?? '' };
+        });
+      } else {
+        await Promise.all(
+          records.slice(start, end).map(async (record, i) => {
+            results[start + i] = await this.create(record);
+          }),
+        );
+      }
+      start = end;
+    }
+    return results;
   }
 
   /** The record, or undefined when there is none. */

@@ -167,6 +167,41 @@ async function viewOf(n: Notifications, batchId: string): Promise<BatchView> {
 const enqueue = (value: unknown) => rt.storage.notificationsQueue.sendMessage(encodeNotificationMessage(value));
 
 describe('fan-out from the queue', () => {
+  it('a recipient is two writes: its queue message and its record with the content inline; no claim row, no blob', async () => {
+    // 250 recipients: three record transactions (100, 100, 50) in one chunk.
+    const n = service({ chunkSize: 500 });
+    const batchId = newBatchId();
+    const names = Array.from({ length: 250 }, (_, i) => `two-writes-${i}`);
+    await enqueue(
+      batchOf(
+        names.map((name) => person(name)),
+        { batchId },
+      ),
+    );
+    const [outcome] = await pump(n);
+    expect(outcome).toMatchObject({ outcome: 'fanned-out', status: 'complete', next: 250 });
+    const records = await recordsOf(batchId);
+    expect(records).toHaveLength(250);
+    for (const r of records.slice(0, 5)) {
+      const entity = await rt.storage.statusTable.getEntity<{ content0?: string }>(r.partitionKey, r.rowKey);
+      expect(entity.content0).toContain('@example.com');
+    }
+    expect(await outboxMessageCount()).toBe(250);
+    let claims = 0;
+    const keys = new Set(names.map((name) => recipientIdempotencyKey(batchId, `${name}@example.com`)));
+    for await (const claim of rt.storage.idempotencyTable.listEntities<{ messageId: string }>()) {
+      if (claim.messageId.startsWith(`${batchId}~`)) claims++;
+    }
+    expect(claims).toBe(0);
+    let blobs = 0;
+    for await (const blob of rt.storage.payloads.listBlobsFlat({ prefix: `${batchId}~` })) if (blob) blobs++;
+    expect(blobs).toBe(0);
+    const keyed = await Promise.all(
+      records.map(async (r) => (await rt.status.get(`${batchId}~${r.rowKey}`))?.idempotencyKey),
+    );
+    expect(new Set(keyed)).toEqual(keys);
+  });
+
   it('one outbox message per recipient; each mail carries its own data merged over the shared data', async () => {
     const n = service();
     const batchId = newBatchId();

@@ -10,7 +10,8 @@ import type { DeliverOutcome } from '../../src/outbox/delivery';
 import { MailError } from '../../src/errors';
 import { IdempotencyStore } from '../../src/outbox/idempotencyStore';
 import { Outbox, payloadHash } from '../../src/outbox/outbox';
-import { uuidv7 } from '../../src/outbox/messageIds';
+import { recordKeys, uuidv7 } from '../../src/outbox/messageIds';
+import { INLINE_CONTENT_MAX_CHARS } from '../../src/outbox/messageContent';
 import { StatusStore, statusView } from '../../src/outbox/statusStore';
 import { enqueueOutbox, parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { MessageStore } from '../../src/outbox/messageStore';
@@ -125,6 +126,60 @@ async function acceptError(input: unknown, key?: string): Promise<MailError> {
 }
 
 describe('accept → deliver → sent', () => {
+  it('a small message is two writes: its record (content inline) and { id } on the queue; no blob', async () => {
+    const accepted = await rt.outbox.accept(body({ html: '<p>Hello 😀 inline</p>' }), { source: 'http' });
+    const { partitionKey, rowKey } = recordKeys(accepted.id);
+    const entity = await rt.storage.statusTable.getEntity<Record<string, unknown>>(partitionKey, rowKey);
+    expect(typeof entity.content0).toBe('string');
+    expect(entity.content1).toBeUndefined();
+    expect(await rt.storage.payloads.getBlobClient(MessageStore.blobName(accepted.id)).exists()).toBe(false);
+    expect(await visibleIds()).toEqual([accepted.id]);
+    // The public view shows no content.
+    expect(Object.keys(statusView(accepted.record))).not.toContain('content');
+
+    const [outcome] = await drainOnce();
+    expect(outcome?.outcome).toBe('sent');
+    expect(sandbox.smtp.messages).toHaveLength(1);
+    expect(sandbox.smtp.messages[0]!.parsed.html).toContain('Hello 😀 inline');
+    expect(sandbox.smtp.messages[0]!.parsed.messageId).toMatch(new RegExp(`^<${accepted.id}@`));
+    // The record keeps its content through the lease and `sent` writes, until retention deletes the record.
+    expect((await record(accepted.id)).content).toBe(accepted.record.content);
+  });
+
+  it('content longer than a Table property is split over content0…n, never inside a surrogate pair', async () => {
+    // An emoji (two UTF-16 units) straddling each 30,000-character boundary: a cut inside it would corrupt it.
+    const text = `${'a'.repeat(29_900)}${'😀'.repeat(60)}${'b'.repeat(200)}`;
+    const accepted = await rt.outbox.accept(body({ text }), { source: 'http' });
+    const { partitionKey, rowKey } = recordKeys(accepted.id);
+    const entity = await rt.storage.statusTable.getEntity<Record<string, unknown>>(partitionKey, rowKey);
+    expect(typeof entity.content1).toBe('string');
+    expect(await rt.storage.payloads.getBlobClient(MessageStore.blobName(accepted.id)).exists()).toBe(false);
+    await drainOnce();
+    expect(sandbox.smtp.messages[0]!.parsed.text?.trim()).toBe(text);
+  });
+
+  it('a message stored as before records held content (a payload blob, a record without it) is still delivered', async () => {
+    // The layout an earlier version wrote: blob, queue message, record with no content properties.
+    const id = uuidv7();
+    const request = parseSendRequest(body({ subject: 'from before the upgrade' }), { now: Date.now() });
+    const { message } = rt.outbox.render(request);
+    await new MessageStore(rt.storage.payloads).put(id, { message: { ...message, messageId: `<${id}@example.com>` } });
+    await enqueueOutbox(rt.storage.outboxQueue, id, 0);
+    const now = new Date().toISOString();
+    await rt.status.create({
+      id,
+      status: 'queued',
+      source: 'http',
+      attempts: 0,
+      createdAt: now,
+      dueAt: now,
+      payloadHash: payloadHash(request),
+    });
+    const [outcome] = await drainOnce();
+    expect(outcome?.outcome).toBe('sent');
+    expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['from before the upgrade']);
+  });
+
   it('stores the payload in a blob, enqueues only { id }, and delivery sends the MIME asked for', async () => {
     const pdf = Buffer.alloc(200_000, 7); // far over the 64 KB queue message cap: must travel by blob
     const accepted = await rt.outbox.accept(
@@ -440,7 +495,8 @@ describe('delivery failures', () => {
 
   it('a deleted payload blob fails the message with PAYLOAD_MISSING instead of retrying forever, and says so in MailFailed', async () => {
     sandbox.ingestion.reset();
-    const { id } = await rt.outbox.accept(body(), { source: 'http' });
+    // Over INLINE_CONTENT_MAX_CHARS: its content is in a blob.
+    const { id } = await rt.outbox.accept(body({ text: 'x'.repeat(INLINE_CONTENT_MAX_CHARS) }), { source: 'http' });
     await rt.storage.payloads.deleteBlob(MessageStore.blobName(id));
     const [outcome] = await drainOnce();
     expect(outcome).toMatchObject({ outcome: 'failed' });

@@ -8,6 +8,8 @@ import { MailError } from '../../src/errors';
 import { enqueueOutbox, parseOutboxMessage } from '../../src/outbox/outboxQueue';
 import { PACING_MARGIN, Pacer, type PacingLimits } from '../../src/pacing/pacer';
 import { MessageStore } from '../../src/outbox/messageStore';
+import { INLINE_CONTENT_MAX_CHARS } from '../../src/outbox/messageContent';
+import { recordKeys } from '../../src/outbox/messageIds';
 import type { AppServices } from '../../src/appServices';
 import type { ApiRequest } from '../../src/api/apiTypes';
 import { postMessage } from '../../src/api/messagesPost';
@@ -296,12 +298,23 @@ describe('delivery with pacing', () => {
     expect(sandbox.smtp.messages.map((m) => m.parsed.subject)).toEqual(['t432']);
   }, 30_000);
 
-  it('a payload blob that is not a payload fails the message at once (no retry loop)', async () => {
-    const accepted = await rt.outbox.accept({ to: 'f@example.com', subject: 'corrupt', text: 'x' }, { source: 'http' });
-    await rt.storage.payloads.getBlockBlobClient(MessageStore.blobName(accepted.id)).upload('{not json', 9);
-    const outcome = await rt.delivery.deliver(accepted.id, {});
-    expect(outcome).toMatchObject({ outcome: 'failed' });
-    expect((await rt.status.get(accepted.id))?.error?.code).toBe('PAYLOAD_INVALID');
+  it('stored content that is not a message, inline or in a blob, fails the message at once (no retry loop)', async () => {
+    const inline = await rt.outbox.accept({ to: 'f@example.com', subject: 'corrupt', text: 'x' }, { source: 'http' });
+    const keys = recordKeys(inline.id);
+    await rt.storage.statusTable.updateEntity({ ...keys, content0: '{not json' }, 'Merge');
+    // Over INLINE_CONTENT_MAX_CHARS: its content is in a blob.
+    const large = await rt.outbox.accept(
+      { to: 'f@example.com', subject: 'corrupt', text: 'x'.repeat(INLINE_CONTENT_MAX_CHARS) },
+      { source: 'http' },
+    );
+    await rt.storage.payloads.getBlockBlobClient(MessageStore.blobName(large.id)).upload('{not json', 9, {
+      conditions: {},
+    });
+    for (const id of [inline.id, large.id]) {
+      const outcome = await rt.delivery.deliver(id, {});
+      expect(outcome).toMatchObject({ outcome: 'failed' });
+      expect((await rt.status.get(id))?.error?.code).toBe('PAYLOAD_INVALID');
+    }
   });
 
   it('a message that used up its attempts without an outcome ends failed RETRIES_EXHAUSTED, not retried forever', async () => {

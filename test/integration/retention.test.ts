@@ -10,6 +10,7 @@ import { IdempotencyStore, idempotencyPartition } from '../../src/outbox/idempot
 import { Notifications, type FanoutOutcome } from '../../src/notifications/notifications';
 import { Outbox } from '../../src/outbox/outbox';
 import { MessageStore } from '../../src/outbox/messageStore';
+import { INLINE_CONTENT_MAX_CHARS } from '../../src/outbox/messageContent';
 import { Retention } from '../../src/outbox/retention';
 import type { AppServices } from '../../src/appServices';
 import { drainOutbox as driveOutbox, pumpNotifications as driveNotifications } from '../support/hostDriver';
@@ -95,8 +96,16 @@ describe('single messages', () => {
       { to: 'later@example.com', subject: 'later', text: 'x', sendAt: new Date(Date.now() + DAY_MS).toISOString() },
       { source: 'http' },
     );
+    // Content over INLINE_CONTENT_MAX_CHARS is in a blob; the others' is in their records.
+    const large = await rt.outbox.accept(
+      { to: 'large@example.com', subject: 'large', text: 'x'.repeat(INLINE_CONTENT_MAX_CHARS) },
+      { source: 'http' },
+    );
+    expect(await payloadExists(large.id)).toBe(true);
+    expect(await payloadExists(sent.id)).toBe(false);
     await drainOutbox();
     expect((await rt.status.get(sent.id))?.status).toBe('sent');
+    expect((await rt.status.get(large.id))?.status).toBe('sent');
 
     // One day short of retention: everything stays.
     const early = await retentionAt(RETENTION_DAYS - 1).run();
@@ -108,10 +117,13 @@ describe('single messages', () => {
     expect(report.messages).toBeGreaterThanOrEqual(1);
     expect(await rt.status.get(sent.id)).toBeUndefined();
     expect(await claimExists(key)).toBe(false);
-    expect(await payloadExists(sent.id)).toBe(false);
-    // Not final, however old: kept with its payload.
-    expect((await rt.status.get(pending.id))?.status).toBe('scheduled');
-    expect(await payloadExists(pending.id)).toBe(true);
+    expect(await rt.status.get(large.id)).toBeUndefined();
+    expect(await payloadExists(large.id)).toBe(false);
+    expect(report.payloads).toBeGreaterThanOrEqual(1);
+    // Not final, however old: kept with its content.
+    const kept = await rt.status.get(pending.id);
+    expect(kept?.status).toBe('scheduled');
+    expect(kept?.content).toContain('later@example.com');
 
     // The expired key is free again: the same key names a new message now.
     const again = await rt.outbox.accept(
