@@ -16,10 +16,14 @@ export async function postDigestItems(request: ApiRequest, services: AppServices
   return { status: 202, jsonBody: result };
 }
 
-/** Handles POST /api/digests/{digest}/run: runs the digest now and answers when it is done (200), or busy (409). */
+/**
+ * Handles POST /api/digests/{digest}/run: runs the digest now and answers when it is done (200), busy (409), or
+ * failed for the app's configuration (500, the run record naming the setting).
+ */
 export async function postDigestRun(request: ApiRequest, services: AppServices): Promise<ApiResponse> {
   const report = await services.digests.run(request.params.digest);
-  return { status: report.outcome === 'busy' ? 409 : 200, jsonBody: report };
+  const status = report.outcome === 'busy' ? 409 : report.outcome === 'failed' ? 500 : 200;
+  return { status, jsonBody: report };
 }
 
 /** Handles GET /api/digests/{digest}: pending recipients and items, and the last run. */
