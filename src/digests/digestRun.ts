@@ -383,8 +383,8 @@ export class DigestRunner {
       retired = await store.retireItems(digest, pending.recipient, due, periodEnd, expired);
     } else if (expired.length > 0) {
       await store.retireItems(digest, pending.recipient, [], periodEnd, expired);
-    } else if (pending.items !== undefined) {
-      return; // Only items of the next period: the row says so already.
+    } else if (pending.items === read.items.length) {
+      return; // Only items of the next period, and the row counts them already.
     }
     const keptUntil = [...read.tombstones.filter((t) => !expired.includes(t)).map((t) => Date.parse(t.sentAt))];
     if (due.length > 0) keptUntil.push(periodEndMs);
@@ -396,7 +396,6 @@ export class DigestRunner {
       pending.recipient,
       {
         etag: pending.etag,
-        ...(pending.items !== undefined ? { items: pending.items } : {}),
         left: read.items.length - due.length,
         ...(tombstonesUntil !== undefined ? { tombstonesUntil } : {}),
       },

@@ -323,26 +323,25 @@ export class DigestStore {
   }
 
   /**
-   * Settles a recipient's index row after a run took `retired` of its items: the count lowered by them, or the row
-   * dropped when nothing is left to send or to remember. `seen` is what the run read (the row's ETag before the
-   * items, and what was left); a row written since (an intake) is read again and its count lowered instead.
+   * Settles a recipient's index row after a run took `retired` of its items: the count set to what is left, or the
+   * row dropped when nothing is left to send or to remember. `seen` is what the run read (the row's ETag before the
+   * items, and how many items were left); a row written since (an intake) is read again and its count lowered.
    */
   async settleRecipient(
     digest: string,
     recipient: string,
-    seen: { etag: string; items?: number; left: number; tombstonesUntil?: string },
+    seen: { etag: string; left: number; tombstonesUntil?: string },
     retired: number,
   ): Promise<void> {
-    let row: (IndexRow & { etag: string }) | undefined = {
-      recipient,
-      etag: seen.etag,
-      ...(seen.items !== undefined ? { items: seen.items } : {}),
-    };
+    let row: (IndexRow & { etag: string }) | undefined = { recipient, etag: seen.etag };
     for (let first = true; row; first = false) {
-      const before = typeof row.items === 'number' ? row.items : first ? seen.left + retired : undefined;
-      // A count that drifted (a crash between an item and its count) is set right by what the run read.
-      const items = before === undefined ? await this.countItems(digest, recipient) : Math.max(before - retired, 0);
-      const left = first && seen.left > items ? seen.left : items;
+      // Under the ETag of the read, the count is what the run read: a count that drifted (an intake or a run that
+      // died between its items and its count) is set right. Once an intake wrote the row, its count less `retired`.
+      const left = first
+        ? seen.left
+        : typeof row.items === 'number'
+          ? Math.max(row.items - retired, 0)
+          : await this.countItems(digest, recipient);
       if (left === 0 && seen.tombstonesUntil === undefined) {
         // Nothing to send or remember: the row goes, unless an intake wrote it since the run read it.
         if (await deleteEntity(this.table, indexPartition(digest), recipientKey(recipient), row.etag)) return;

@@ -132,6 +132,26 @@ describe('tombstones', () => {
 });
 
 describe('run counts', () => {
+  it('a count that drifted (a run died between retiring items and counting them) is set right by the next run', async () => {
+    await runAndDeliver();
+    const to = someone('drift');
+    await postItems({ items: ['d1', 'd2'].map((t) => ({ recipient: to, item: activity(t) })) });
+    const dying = new DigestRunner({
+      config: rt.config,
+      store: Object.assign(Object.create(rt.digests.store) as typeof rt.digests.store, {
+        settleRecipient: () => Promise.reject(new Error('killed before the count')),
+      }),
+      outbox: rt.outbox,
+    });
+    await expect(dying.run('activity')).rejects.toThrow('killed before the count');
+    expect((await indexRow(to))?.items).toBe(2); // too high: both items are tombstones now
+    const record = await rt.digests.store.getRun('activity');
+    await rt.digests.store.updateRun(record!, { leaseUntil: new Date(Date.now() - 1).toISOString() });
+    await runAndDeliver();
+    expect((await indexRow(to))?.items).toBe(0);
+    expect(digestsFor(to)).toHaveLength(1);
+  });
+
   it('a run taken over after its instance died counts the recipients the dead run completed', async () => {
     // Regression: the counts of a run taken over left out what its predecessor did after its last checkpoint.
     await runAndDeliver();
@@ -160,6 +180,7 @@ describe('run counts', () => {
     const resumed = await rt.digests.run('activity');
     expect(resumed.outcome).toBe('completed');
     expect(resumed.run).toMatchObject({ recipients: 3, items: 6, failed: 0 });
+    for (const to of recipients) expect((await indexRow(to))?.items).toBe(0);
     await drainOutbox(rt);
     for (const to of recipients) expect(digestsFor(to)).toHaveLength(1);
   });
