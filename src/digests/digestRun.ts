@@ -39,6 +39,8 @@ export const DIGEST_LEASE_MS = 2 * 60 * 1000;
 const CHECKPOINT_MS = 5_000;
 /** Recipients handled at once (bounded concurrency against storage). */
 const RECIPIENT_CONCURRENCY = 16;
+/** Recipients between two looks at the checkpoint clock. */
+const CHECKPOINT_SLICE = RECIPIENT_CONCURRENCY * 4;
 /** The items' JSON given to one digest's template stays under this; items past it are counted as omitted. */
 const ITEMS_DATA_CHARS = MAX_TEMPLATE_DATA_CHARS - 16 * 1024;
 
@@ -146,8 +148,12 @@ export class DigestRunner {
       const due = page.filter(
         (r) => !(r.items === 0 && r.tombstonesUntil !== undefined && Date.parse(r.tombstonesUntil) > nowMs),
       );
-      await forEachBounded(due, RECIPIENT_CONCURRENCY, (r) => this.recipient(digest, r, record, counts));
-      if (this.now() - lastCheckpoint >= CHECKPOINT_MS) {
+      // A slice at a time, so that the lease is renewed well within a page however slow storage is.
+      for (let i = 0; i < due.length; i += CHECKPOINT_SLICE) {
+        await forEachBounded(due.slice(i, i + CHECKPOINT_SLICE), RECIPIENT_CONCURRENCY, (r) =>
+          this.recipient(digest, r, record, counts),
+        );
+        if (this.now() - lastCheckpoint < CHECKPOINT_MS) continue;
         const written = await store.updateRun(record, {
           ...counts,
           leaseUntil: new Date(this.now() + DIGEST_LEASE_MS).toISOString(),
