@@ -308,9 +308,24 @@ async function main(): Promise<void> {
           `largest/smallest = ${g.perItemRatio}, <= ${TARGETS.digestPerItemRatio}: ${verdict(g.perItemRatio <= TARGETS.digestPerItemRatio)}`,
         ],
         [
+          'raw Azurite reference, per entity (ms)',
+          ...g.sizes.map((s) => String(s.rawPerEntityMs)),
+          'transactions per partition, then one read per partition',
+        ],
+        [
+          'per item over the reference',
+          ...g.sizes.map((s) => String(s.perItemOverRaw)),
+          `largest/smallest = ${g.perItemOverRawRatio}`,
+        ],
+        [
           'run peak RSS (MiB), baseline',
           ...g.sizes.map((s) => `${s.runPeakRssMiB} (${s.runBaselineRssMiB})`),
           `< ${TARGETS.digestRssMiB} at ${largest?.items}: ${verdict((largest?.runPeakRssMiB ?? Infinity) < TARGETS.digestRssMiB)}`,
+        ],
+        [
+          'at the peak: heap used, heap total, external (MiB)',
+          ...g.sizes.map((s) => `${s.runPeakHeapUsedMiB}, ${s.runPeakHeapTotalMiB}, ${s.runPeakExternalMiB}`),
+          '',
         ],
       ]);
     }

@@ -147,6 +147,7 @@ export function createAppServices(
     config,
     renderer,
     outbox,
+    unsubscribe,
     storage,
     ...(delivery.deps.telemetry ? { telemetry: delivery.deps.telemetry } : {}),
     logger,

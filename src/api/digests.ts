@@ -18,8 +18,9 @@ export async function postDigestItems(request: ApiRequest, services: AppServices
 }
 
 /**
- * Handles POST /api/digests/{digest}/run: runs the digest now and answers when it is done (200), or busy (409). The
- * run's DigestRun event and the messages it accepts carry the request's operation id.
+ * Handles POST /api/digests/{digest}/run: runs the digest now and answers when it is done (200), busy (409), or
+ * failed for the app's configuration (500, the run record naming the setting). The run's DigestRun event and the
+ * messages it accepts carry the request's operation id.
  */
 export async function postDigestRun(
   request: ApiRequest,
@@ -27,7 +28,8 @@ export async function postDigestRun(
   invocation: Invocation = {},
 ): Promise<ApiResponse> {
   const report = await services.digests.run(request.params.digest, invocation);
-  return { status: report.outcome === 'busy' ? 409 : 200, jsonBody: report };
+  const status = report.outcome === 'busy' ? 409 : report.outcome === 'failed' ? 500 : 200;
+  return { status, jsonBody: report };
 }
 
 /** Handles GET /api/digests/{digest}: pending recipients and items, and the last run. */

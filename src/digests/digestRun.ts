@@ -29,6 +29,7 @@ import type { Outbox } from '../outbox/outbox';
 import type { SendRequest } from '../outbox/sendRequest';
 import { LOST_RACE, MAX_RACES, retryLostRaces } from '../storage/etagRetry';
 import { MAX_TEMPLATE_DATA_CHARS } from '../templates/templateRenderer';
+import type { UnsubscribeLinks } from '../suppression/unsubscribeLinks';
 import type { Telemetry } from '../telemetry';
 import { digestTemplate } from './digestRequest';
 import type { DigestRunRecord, DigestStore, PendingRecipient, StoredItem } from './digestStore';
@@ -39,10 +40,12 @@ export const DIGEST_LEASE_MS = 2 * 60 * 1000;
 const CHECKPOINT_MS = 5_000;
 /** Recipients handled at once (bounded concurrency against storage). */
 const RECIPIENT_CONCURRENCY = 16;
+/** Recipients between two looks at the checkpoint clock. */
+const CHECKPOINT_SLICE = RECIPIENT_CONCURRENCY * 4;
 /** The items' JSON given to one digest's template stays under this; items past it are counted as omitted. */
 const ITEMS_DATA_CHARS = MAX_TEMPLATE_DATA_CHARS - 16 * 1024;
 
-export type RunOutcome = 'completed' | 'busy' | 'superseded' | 'nothing-pending';
+export type RunOutcome = 'completed' | 'failed' | 'busy' | 'superseded' | 'nothing-pending';
 
 export interface RunReport {
   digest: string;
@@ -55,6 +58,8 @@ export interface DigestRunDeps {
   config: Config;
   store: DigestStore;
   outbox: Pick<Outbox, 'acceptRequest'>;
+  /** Whether bulk mail can carry its List-Unsubscribe links; without them a run fails at once, sending nothing. */
+  unsubscribe?: Pick<UnsubscribeLinks, 'assertConfigured'>;
   telemetry?: Telemetry;
   logger?: Logger;
   now?: () => number;
@@ -78,6 +83,22 @@ export function digestIdempotencyKey(digest: string, recipient: string, periodEn
   return `digest:${digest}:${hash}:${periodEnd}`;
 }
 
+/** Runs `work` on every value, at most `limit` at once; rejects with the first failure once the others settled. */
+async function forEachBounded<T>(
+  values: readonly T[],
+  limit: number,
+  work: (value: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const results = await Promise.allSettled(
+    Array.from({ length: Math.min(limit, values.length) }, async () => {
+      while (next < values.length) await work(values[next++] as T);
+    }),
+  );
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
+}
+
 function strip(record: DigestRunRecord & { etag?: string }): DigestRunRecord {
   const { etag: _etag, ...rest } = record;
   return rest;
@@ -92,11 +113,16 @@ export class DigestRunner {
     this.now = deps.now ?? Date.now;
   }
 
-  /** Runs `digest` now (its template is known to exist). Throws only when storage fails. */
+  /**
+   * Runs `digest` now (its template is known to exist). Throws only when storage fails. `failed`: digests cannot
+   * carry their List-Unsubscribe links (UNSUBSCRIBE_NOT_CONFIGURED, recorded in the run record and DigestRun).
+   */
   async run(digest: string, invocation: Invocation = {}): Promise<RunReport> {
     const { store } = this.deps;
     const logger = invocationLogger(invocation, this.logger);
     const started = this.now();
+    const misconfigured = this.configurationError();
+    if (misconfigured) return this.fail(digest, misconfigured, started, invocation, logger);
     const claim = await this.claim(digest, logger);
     if ('busy' in claim) return { digest, outcome: 'busy', run: strip(claim.busy) };
     let record = claim.record;
@@ -108,53 +134,135 @@ export class DigestRunner {
       record = fixed;
     }
     const periodEnd = record.periodEnd as string;
+    // The journal of the previous period, had its run died before clearing it.
+    if (record.periodStart !== undefined) await store.clearDone(digest, record.periodStart);
+    // Progress for the checkpoints; the final counts are the period's journal, a predecessor's work included.
     const counts: Counts = {
       recipients: record.recipients,
       items: record.items,
       omitted: record.omitted,
-      failed: record.failed,
+      failed: 0,
     };
     let lastCheckpoint = this.now();
     for await (const page of store.pendingRecipients(digest)) {
-      for (let i = 0; i < page.length; i += RECIPIENT_CONCURRENCY) {
-        await Promise.all(
-          page
-            .slice(i, i + RECIPIENT_CONCURRENCY)
-            .map((r) => this.recipient(digest, r, record, counts, invocation, logger)),
+      const nowMs = this.now();
+      // Rows kept only for their tombstones are skipped without a read until the tombstones run out.
+      const due = page.filter(
+        (r) => !(r.items === 0 && r.tombstonesUntil !== undefined && Date.parse(r.tombstonesUntil) > nowMs),
+      );
+      // A slice at a time, so that the lease is renewed well within a page however slow storage is.
+      for (let i = 0; i < due.length; i += CHECKPOINT_SLICE) {
+        await forEachBounded(due.slice(i, i + CHECKPOINT_SLICE), RECIPIENT_CONCURRENCY, (r) =>
+          this.recipient(digest, r, record, counts, invocation, logger),
         );
-        if (this.now() - lastCheckpoint >= CHECKPOINT_MS) {
-          const written = await store.updateRun(record, {
-            ...counts,
-            leaseUntil: new Date(this.now() + DIGEST_LEASE_MS).toISOString(),
-          });
-          if (!written) {
-            logger.warn('digest run taken over by another run; stopping', { digest, runId: record.runId });
-            return { digest, outcome: 'superseded' };
-          }
-          record = written;
-          lastCheckpoint = this.now();
+        if (this.now() - lastCheckpoint < CHECKPOINT_MS) continue;
+        const written = await store.updateRun(record, {
+          ...counts,
+          leaseUntil: new Date(this.now() + DIGEST_LEASE_MS).toISOString(),
+        });
+        if (!written) {
+          logger.warn('digest run taken over by another run; stopping', { digest, runId: record.runId });
+          return { digest, outcome: 'superseded' };
         }
+        record = written;
+        lastCheckpoint = this.now();
       }
     }
+    const totals = await store.doneTotals(digest, periodEnd);
     const durationMs = this.now() - started;
     const done = await store.updateRun(record, {
-      ...counts,
+      ...totals,
+      failed: counts.failed,
       status: 'completed',
       completedAt: new Date(this.now()).toISOString(),
       durationMs,
       leaseUntil: new Date(this.now()).toISOString(),
     });
     if (!done) return { digest, outcome: 'superseded' };
+    // Its totals are in the run record now; a crash before this is cleared by the next run.
+    await store.clearDone(digest, periodEnd);
     this.deps.telemetry?.trackEvent('DigestRun', {
       digest,
-      recipients: counts.recipients,
-      items: counts.items,
-      omitted: counts.omitted,
+      recipients: totals.recipients,
+      items: totals.items,
+      omitted: totals.omitted,
       durationMs,
       ...invocationTelemetry(invocation),
     });
-    logger.info('digest run completed', { digest, periodEnd, ...counts, durationMs });
+    logger.info('digest run completed', { digest, periodEnd, ...totals, failed: counts.failed, durationMs });
     return { digest, outcome: 'completed', run: strip(done) };
+  }
+
+  /** The configuration error that keeps every digest from being sent, if there is one. */
+  private configurationError(): MailError | undefined {
+    try {
+      this.deps.unsubscribe?.assertConfigured('MAIL_UNSUBSCRIBE_BASE_URL');
+      return undefined;
+    } catch (error) {
+      if (error instanceof MailError) return error;
+      throw error;
+    }
+  }
+
+  /**
+   * Records a run that cannot send anything (a configuration error) in the run record, where GET shows it, and in
+   * DigestRun. The items stay pending; the period of the last completed run is kept, so the
+   * run after the fix starts where that one ended. A run holding its lease is left alone.
+   */
+  private async fail(
+    digest: string,
+    error: MailError,
+    started: number,
+    invocation: Invocation,
+    logger: Logger,
+  ): Promise<RunReport> {
+    const { store } = this.deps;
+    const now = this.now();
+    const failed = {
+      status: 'failed' as const,
+      runId: uuidv7(now),
+      startedAt: new Date(started).toISOString(),
+      leaseUntil: new Date(now).toISOString(),
+      recipients: 0,
+      items: 0,
+      omitted: 0,
+      failed: 0,
+      errorCode: error.code,
+      error: error.message,
+      completedAt: new Date(now).toISOString(),
+      durationMs: now - started,
+    };
+    const written = await retryLostRaces({
+      maxRaces: MAX_RACES,
+      attempt: async () => {
+        const current = await store.getRun(digest);
+        if (current?.status === 'running' && Date.parse(current.leaseUntil) > now) return { busy: current };
+        const next = current
+          ? await store.updateRun(current, { ...failed, periodStart: undefined })
+          : await store.createRun({ digest, ...failed });
+        return next ? { record: next } : LOST_RACE;
+      },
+      exhausted: () => {
+        throw new Error(`Digest ${digest}: lost the run record race ${MAX_RACES} times`);
+      },
+    });
+    if ('busy' in written) return { digest, outcome: 'busy', run: strip(written.busy) };
+    this.deps.telemetry?.trackEvent('DigestRun', {
+      digest,
+      errorCode: error.code,
+      recipients: 0,
+      items: 0,
+      omitted: 0,
+      durationMs: failed.durationMs,
+      ...invocationTelemetry(invocation),
+    });
+    logger.error('digest run failed: the app is not configured to send digests; every item stays pending', {
+      digest,
+      code: error.code,
+      error: error.message,
+      hint: error.hint,
+    });
+    return { digest, outcome: 'failed', run: strip(written.record) };
   }
 
   /** Takes the run record: a new run, a run taken over (its lease ran out), or busy (another run holds it). */
@@ -202,6 +310,8 @@ export class DigestRunner {
           failed: 0,
           completedAt: undefined,
           durationMs: undefined,
+          errorCode: undefined,
+          error: undefined,
         });
         return next ? { record: next } : LOST_RACE;
       },
@@ -211,7 +321,10 @@ export class DigestRunner {
     });
   }
 
-  /** One recipient: its digest accepted into the outbox, then its items deleted. */
+  /**
+   * One recipient: its digest accepted into the outbox, noted in the period's journal, its items turned into
+   * tombstones, its index row settled. Nothing of it is kept once it returns.
+   */
   private async recipient(
     digest: string,
     pending: PendingRecipient,
@@ -223,10 +336,13 @@ export class DigestRunner {
     const { store, outbox, config } = this.deps;
     const periodEnd = record.periodEnd as string;
     const periodEndMs = Date.parse(periodEnd);
-    const all = await store.items(digest, pending.recipient);
-    const due = all
+    const nowMs = this.now();
+    const read = await store.items(digest, pending.recipient);
+    const due = read.items
       .filter((item) => item.receivedMs <= periodEndMs)
       .sort((a, b) => a.receivedMs - b.receivedMs || (a.rowKey < b.rowKey ? -1 : a.rowKey > b.rowKey ? 1 : 0));
+    const expired = read.tombstones.filter((t) => !(Date.parse(t.sentAt) + config.retentionMs > nowMs));
+    let retired = 0;
     if (due.length > 0) {
       const shown = this.listed(due, config.digests.maxItems);
       const omitted = due.length - shown.length;
@@ -256,7 +372,7 @@ export class DigestRunner {
         await outbox.acceptRequest(request, { source: 'digest', list: digestList(digest), invocation });
       } catch (error) {
         if (error instanceof MailError && error.code === 'IDEMPOTENCY_CONFLICT') {
-          // Accepted by an earlier attempt of this period, which listed these items and more (deleted since).
+          // Accepted by an earlier attempt of this period, which listed these items and more (retired since).
         } else if (error instanceof MailError && !error.transient) {
           // The template or the message is wrong for this recipient: the items stay for a run after the fix.
           counts.failed++;
@@ -270,19 +386,33 @@ export class DigestRunner {
           throw error;
         }
       }
-      await store.deleteItems(
-        digest,
-        pending.recipient,
-        due.map((item) => item.rowKey),
-      );
-      counts.recipients++;
-      counts.items += due.length;
-      counts.omitted += omitted;
+      // Before the items go: a run that dies after this and is taken over still counts this recipient, once.
+      if (await store.noteDone(digest, periodEnd, pending.recipient, { items: due.length, omitted })) {
+        counts.recipients++;
+        counts.items += due.length;
+        counts.omitted += omitted;
+      }
+      retired = await store.retireItems(digest, pending.recipient, due, periodEnd, expired);
+    } else if (expired.length > 0) {
+      await store.retireItems(digest, pending.recipient, [], periodEnd, expired);
+    } else if (pending.items === read.items.length) {
+      return; // Only items of the next period, and the row counts them already.
     }
-    // Items received after periodEnd stay with their index row; none left: the row goes, unless written meanwhile.
-    if (due.length === all.length && !(await store.hasItems(digest, pending.recipient))) {
-      await store.dropRecipient(digest, pending.recipient, pending.etag);
-    }
+    const keptUntil = [...read.tombstones.filter((t) => !expired.includes(t)).map((t) => Date.parse(t.sentAt))];
+    if (due.length > 0) keptUntil.push(periodEndMs);
+    const tombstonesUntil = keptUntil.length
+      ? new Date(Math.max(...keptUntil) + config.retentionMs).toISOString()
+      : undefined;
+    await store.settleRecipient(
+      digest,
+      pending.recipient,
+      {
+        etag: pending.etag,
+        left: read.items.length - due.length,
+        ...(tombstonesUntil !== undefined ? { tombstonesUntil } : {}),
+      },
+      retired,
+    );
   }
 
   /** The first `max` items, oldest first, within the template data budget; the rest are counted only. */

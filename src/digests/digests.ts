@@ -11,6 +11,7 @@ import { invocationLogger, type Invocation } from '../invocation';
 import { silentLogger, type Logger } from '../logger';
 import type { Outbox } from '../outbox/outbox';
 import type { StorageClients } from '../storage/storageClients';
+import type { UnsubscribeLinks } from '../suppression/unsubscribeLinks';
 import type { Telemetry } from '../telemetry';
 import type { TemplateRenderer } from '../templates/templateRenderer';
 import {
@@ -31,13 +32,15 @@ import { DigestStore, type DigestRunRecord } from './digestStore';
 const MAX_QUEUE_MESSAGE_CHARS = 64 * 1024;
 /** Recipients stored at once by a bulk request. */
 const STORE_CONCURRENCY = 16;
-/** GET counts the items of at most this many recipients; past it the count says it is partial. */
+/** GET counts the items of at most this many index rows without a count (written before the counts). */
 const MAX_COUNTED_RECIPIENTS = 1_000;
 
 export interface DigestsDeps {
   config: Config;
   renderer: TemplateRenderer;
   outbox: Pick<Outbox, 'acceptRequest'>;
+  /** Digests are bulk mail: a run without List-Unsubscribe links configured fails, naming the setting. */
+  unsubscribe?: Pick<UnsubscribeLinks, 'assertConfigured'>;
   storage: Pick<StorageClients, 'digestTable' | 'digestItemsPoisonQueue' | 'ensureResources'>;
   telemetry?: Telemetry;
   logger?: Logger;
@@ -65,7 +68,7 @@ export interface DigestView {
   template: string;
   pendingRecipients: number;
   pendingItems: number;
-  /** False when pendingItems counts the items of the first recipients only (there are very many). */
+  /** False only while over 1,000 index rows written before the counts remain (pendingItems then leaves some out). */
   pendingItemsExact: boolean;
   lastRun?: DigestRunRecord;
 }
@@ -86,6 +89,7 @@ export class Digests {
       config: deps.config,
       store: this.store,
       outbox: deps.outbox,
+      ...(deps.unsubscribe ? { unsubscribe: deps.unsubscribe } : {}),
       ...(deps.telemetry ? { telemetry: deps.telemetry } : {}),
       logger: this.logger,
       ...(deps.now ? { now: deps.now } : {}),
@@ -264,8 +268,14 @@ export class Digests {
     return reports;
   }
 
+  /** True when a recipient has items pending, or tombstones that ran out (for the run to delete). */
   private async hasPending(digest: string): Promise<boolean> {
-    for await (const page of this.store.pendingRecipients(digest, 1)) return page.length > 0;
+    const now = (this.deps.now ?? Date.now)();
+    for await (const page of this.store.pendingRecipients(digest)) {
+      for (const r of page) {
+        if (r.items !== 0 || r.tombstonesUntil === undefined || Date.parse(r.tombstonesUntil) <= now) return true;
+      }
+    }
     return false;
   }
 
@@ -273,12 +283,17 @@ export class Digests {
   async view(digest: string | undefined): Promise<DigestView> {
     const name = this.known(digest);
     await this.deps.storage.ensureResources();
+    // The index rows carry their recipients' counts: one read per 1,000 recipients. A row written before the counts
+    // has none, and its items are counted (up to MAX_COUNTED_RECIPIENTS such rows; past them the total is partial).
     let recipients = 0;
     let items = 0;
+    let uncounted = 0;
     for await (const page of this.store.pendingRecipients(name)) {
       for (const r of page) {
+        if (r.items === 0) continue; // kept for its tombstones only
         recipients++;
-        if (recipients <= MAX_COUNTED_RECIPIENTS) items += await this.store.countItems(name, r.recipient);
+        if (r.items !== undefined) items += r.items;
+        else if (++uncounted <= MAX_COUNTED_RECIPIENTS) items += await this.store.countItems(name, r.recipient);
       }
     }
     const run = await this.store.getRun(name);
@@ -292,7 +307,7 @@ export class Digests {
       template: digestTemplate(name),
       pendingRecipients: recipients,
       pendingItems: items,
-      pendingItemsExact: recipients <= MAX_COUNTED_RECIPIENTS,
+      pendingItemsExact: uncounted <= MAX_COUNTED_RECIPIENTS,
       ...(lastRun ? { lastRun } : {}),
     };
   }

@@ -177,6 +177,14 @@ describe('settings', () => {
     expect(run.results.slice(1).every((r) => r.status === 'skip' && r.detail.includes('settings'))).toBe(true);
     expect(run.code).toBe(1);
   });
+  it('warns without MAIL_UNSUBSCRIBE_BASE_URL: bulk mail and digests cannot be sent; the other checks still run', async () => {
+    const run = await doctor({ MAIL_UNSUBSCRIBE_BASE_URL: undefined });
+    expect(run.byName.settings?.status).toBe('warn');
+    expect(run.byName.settings?.detail).toContain('MAIL_UNSUBSCRIBE_BASE_URL is not set');
+    expect(run.byName.settings?.detail).toContain('UNSUBSCRIBE_NOT_CONFIGURED');
+    expect(run.byName.token?.status).toBe('pass');
+    expect(run.code).toBe(0);
+  });
 });
 
 describe('clock', () => {

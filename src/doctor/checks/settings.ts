@@ -17,9 +17,15 @@ export function checkSettings(inputs: DoctorInputs, state: DoctorState): CheckRe
     );
   }
   const c = state.config;
-  return result(
-    'settings',
-    'pass',
-    `sender ${c.sender}, MAIL_AUTH_MODE=${c.auth.mode}, SMTP ${c.smtp.host}:${c.smtp.port}`,
-  );
+  const summary = `sender ${c.sender}, MAIL_AUTH_MODE=${c.auth.mode}, SMTP ${c.smtp.host}:${c.smtp.port}`;
+  if (c.unsubscribe.baseUrl === undefined) {
+    // Not invalid: transactional mail works. But bulk mail, digests included, is refused without its links.
+    return result(
+      'settings',
+      'warn',
+      `${summary}; MAIL_UNSUBSCRIBE_BASE_URL is not set: bulk mail and every digest run fail with UNSUBSCRIBE_NOT_CONFIGURED`,
+      'Set MAIL_UNSUBSCRIBE_BASE_URL to the public https base of this app and MAIL_KEY_VAULT_URL to the vault holding the unsubscribe key (docs/unsubscribe.md), or ignore this if the app sends transactional mail only.',
+    );
+  }
+  return result('settings', 'pass', summary);
 }
