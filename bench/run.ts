@@ -44,10 +44,47 @@ const TARGETS = {
   digestPerItemRatio: 1.25,
 } as const;
 
-function table(rows: string[][]): void {
+/** One figure held to a target: the last table `npm run bench` prints, and `summary` in latest.json. */
+export interface SummaryRow {
+  /** The first cell of its table's header: what was measured, and how. */
+  section: string;
+  figure: string;
+  /** The ratio or value the target is about (the cell before the verdict). */
+  value: string;
+  /** The target with its verdict, e.g. `>= 0.9: PASS`. */
+  target: string;
+}
+
+const summary: SummaryRow[] = [];
+const VERDICT = /PASS|FALLS SHORT/;
+
+function printRows(rows: string[][]): void {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
   for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join('  ')}\n`);
   process.stdout.write('\n');
+}
+
+/** Prints a table, and keeps each of its rows that has a verdict for the summary at the end. */
+function table(rows: string[][]): void {
+  printRows(rows);
+  const section = rows[0]?.[0] ?? '';
+  for (const row of rows.slice(1)) {
+    const at = row.findIndex((cell) => VERDICT.test(cell));
+    if (at < 0) continue;
+    summary.push({ section, figure: row[0] ?? '', value: (at > 1 ? row[at - 1] : row[1]) ?? '', target: row[at]! });
+  }
+}
+
+/** Every figure with a target, in one table: the whole run at a glance. */
+function printSummary(): void {
+  if (summary.length === 0) return;
+  const shorten = (text: string, max: number) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
+  const passed = summary.filter((r) => !r.target.includes('FALLS SHORT')).length;
+  process.stdout.write(`Summary: ${passed} of ${summary.length} figures meet their targets\n`);
+  printRows([
+    ['bench', 'figure', 'value', 'target'],
+    ...summary.map((r) => [shorten(r.section, 40), shorten(r.figure, 50), r.value, r.target]),
+  ]);
 }
 
 async function main(): Promise<void> {
@@ -383,6 +420,8 @@ async function main(): Promise<void> {
         ['fault suite', '', '', f.verdict],
       ]);
     }
+    printSummary();
+    results.summary = summary;
     const out = path.resolve('bench/results/latest.json');
     mkdirSync(path.dirname(out), { recursive: true });
     writeFileSync(out, `${JSON.stringify(results, null, 2)}\n`);
