@@ -49,7 +49,7 @@ export interface SummaryRow {
   /** The first cell of its table's header: what was measured, and how. */
   section: string;
   figure: string;
-  /** The ratio or value the target is about (the cell before the verdict). */
+  /** The values the target is about (every non-empty cell between the figure and the verdict). */
   value: string;
   /** The target with its verdict, e.g. `>= 0.9: PASS`. */
   target: string;
@@ -71,7 +71,12 @@ function table(rows: string[][]): void {
   for (const row of rows.slice(1)) {
     const at = row.findIndex((cell) => VERDICT.test(cell));
     if (at < 0) continue;
-    summary.push({ section, figure: row[0] ?? '', value: (at > 1 ? row[at - 1] : row[1]) ?? '', target: row[at]! });
+    // Every value cell before the verdict: a table with one column per size shows each.
+    const value = row
+      .slice(1, at)
+      .filter((cell) => cell !== '')
+      .join(' / ');
+    summary.push({ section, figure: row[0] ?? '', value, target: row[at]! });
   }
 }
 
