@@ -71,12 +71,20 @@ export async function runAcceptToSentBench(
   const idleGapMs = options.idleGapMs ?? 5_000;
   // Invocation starts, from the dev host's own log of invocations (one message in flight at a time, so in order).
   const deliverStarts: number[] = [];
+  // Every host line, kept so that a message that does not arrive can be explained by its own lines.
+  const hostLines: string[] = [];
   const host = await startDevHost({
     entry: path.resolve(__dirname, '../dist/functions/index.js'),
     // The app's info lines (one per message) would bury the progress line; warnings still show.
-    env: { ...env, MAIL_RATE_PER_MINUTE: '100000', MAIL_DAILY_RECIPIENT_LIMIT: '1000000', MAIL_LOG_LEVEL: 'warn' },
+    env: {
+      ...env,
+      MAIL_RATE_PER_MINUTE: '100000',
+      MAIL_DAILY_RECIPIENT_LIMIT: '1000000',
+      MAIL_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
+    },
     port: 0,
     log: (line) => {
+      hostLines.push(line);
       const match = /^\[([^\]]+)\] \[outboxDeliver\] Executing /.exec(line);
       if (match?.[1]) deliverStarts.push(Date.parse(match[1]));
     },
@@ -91,6 +99,13 @@ export async function runAcceptToSentBench(
   const key = host.functionKey;
   const base = `${host.url}/${host.routePrefix}`;
 
+  /** Why message `id` is late: its status record and the host's lines that name it (ids only: no addresses). */
+  const explain = async (id: string) => {
+    const status = await (await fetch(`${base}/messages/${id}?code=${key}`)).text();
+    const lines = hostLines.filter((line) => line.includes(id)).slice(-20);
+    return `status ${status}\nhost lines naming it:\n${lines.join('\n') || '(none)'}`;
+  };
+
   const sendOne = async (i: number) => {
     const postedAt = Date.now();
     const startsBefore = deliverStarts.length;
@@ -104,7 +119,9 @@ export async function runAcceptToSentBench(
     const { id } = (await response.json()) as { id: string };
     const deadline = postedAt + MESSAGE_DEADLINE_MS;
     while (!arrivals.has(id)) {
-      if (Date.now() > deadline) throw new Error(`message ${i} (${id}) did not reach the sandbox in time`);
+      if (Date.now() > deadline) {
+        throw new Error(`message ${i} (${id}) did not reach the sandbox in time; ${await explain(id)}`);
+      }
       await sleep(5);
     }
     let sentAt: number | undefined;
@@ -115,8 +132,9 @@ export async function runAcceptToSentBench(
       };
       if (status.status === 'sent' && status.sentAt) sentAt = Date.parse(status.sentAt);
       else if (status.status === 'failed') throw new Error(`message ${i} failed: ${JSON.stringify(status)}`);
-      else if (Date.now() > deadline) throw new Error(`message ${i} was not recorded sent in time`);
-      else await sleep(STATUS_RETRY_MS);
+      else if (Date.now() > deadline) {
+        throw new Error(`message ${i} (${id}) was not recorded sent in time; ${await explain(id)}`);
+      } else await sleep(STATUS_RETRY_MS);
     }
     const arrivedAt = arrivals.get(id) as number;
     const startedAt = deliverStarts[startsBefore] ?? arrivedAt;

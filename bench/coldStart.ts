@@ -76,11 +76,17 @@ export async function runColdStartBench(
   for (let i = 0; i < runs; i++) {
     for (const variant of ['bundle', 'unbundled'] as const) {
       progress.update(progress.count, variant);
-      const output = execFileSync(process.execPath, [path.join(childDir, 'coldStartChild.js'), entries[variant]], {
-        cwd: ROOT,
-        env: { PATH: process.env.PATH ?? '', ...env },
-        encoding: 'utf8',
-      });
+      // BENCH_COLDSTART_NODE_ARGS adds Node flags to the children (e.g. `--cpu-prof --cpu-prof-dir=/tmp/cold`).
+      const extra = (process.env.BENCH_COLDSTART_NODE_ARGS ?? '').split(' ').filter(Boolean);
+      const output = execFileSync(
+        process.execPath,
+        [...extra, path.join(childDir, 'coldStartChild.js'), entries[variant]],
+        {
+          cwd: ROOT,
+          env: { PATH: process.env.PATH ?? '', ...env },
+          encoding: 'utf8',
+        },
+      );
       const result = JSON.parse(output.trim().split('\n').at(-1) as string) as Sample;
       if (result.status !== 202) throw new Error(`cold start ${variant}: POST /api/messages answered ${result.status}`);
       samples[variant].push(result);

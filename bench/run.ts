@@ -163,6 +163,14 @@ async function main(): Promise<void> {
           `>= ${TARGETS.acceptVsTwoWrites}: ${verdict(h.ratioPostVsTwoWrites >= TARGETS.acceptVsTwoWrites)}`,
         ],
         [
+          'HTTP server + raw SDK table insert + queue send (own process)',
+          String(h.httpTwoWrites.p50Ms),
+          String(h.httpTwoWrites.p99Ms),
+          String(h.httpTwoWrites.perSec),
+          `POST/this = ${h.ratioPostVsHttpTwoWrites}`,
+          '',
+        ],
+        [
           'raw SDK: blob + table insert + queue send',
           String(h.rawThreeWrites.p50Ms),
           String(h.rawThreeWrites.p99Ms),
@@ -298,8 +306,10 @@ async function main(): Promise<void> {
       const first = runs[0]!;
       const last = runs[runs.length - 1]!;
       const flat = Math.round((last.perRecipientMs / first.perRecipientMs) * 100) / 100;
+      const flatOverReference =
+        Math.round((last.perRecipientOverReference / first.perRecipientOverReference) * 100) / 100;
       const at10k = runs.find((f) => f.recipients === 10_000);
-      results.fanout = { sizes: runs, perRecipientRatio: flat };
+      results.fanout = { sizes: runs, perRecipientRatio: flat, perRecipientOverReferenceRatio: flatOverReference };
       table([
         ['Notification fan-out', ...runs.map((f) => `${f.recipients} recipients`), 'target'],
         ['wall time (s)', ...runs.map((f) => String(Math.round(f.wallMs / 100) / 10)), ''],
@@ -311,6 +321,16 @@ async function main(): Promise<void> {
             : '',
         ],
         ['CPU of the fan-out process per recipient (ms)', ...runs.map((f) => String(f.cpuPerRecipientMs)), ''],
+        [
+          'raw Azurite reference per recipient (ms): queue message + entity',
+          ...runs.map((f) => String(f.rawReferencePerRecipientMs)),
+          '',
+        ],
+        [
+          'per recipient over the reference',
+          ...runs.map((f) => String(f.perRecipientOverReference)),
+          runs.length > 1 ? `largest / smallest = ${flatOverReference}` : '',
+        ],
         [
           'per recipient, largest / smallest',
           ...runs.map(() => ''),

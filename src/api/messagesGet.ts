@@ -19,7 +19,7 @@ export async function getMessage(request: ApiRequest, services: AppServices): Pr
       ],
     });
   }
-  await services.storage.ensureResources();
+  await services.storage.ensure('statusTable');
   const record = await services.status.get(id);
   if (!record) {
     throw new MailError('NOT_FOUND', `No message with id ${id}`, {

@@ -55,7 +55,7 @@ const IN_FLIGHT_WAITS_MS = [50, 200, 500];
 export interface OutboxDeps {
   config: Config;
   renderer: TemplateRenderer;
-  storage: Pick<StorageClients, 'outboxQueue' | 'ensureResources'>;
+  storage: Pick<StorageClients, 'outboxQueue' | 'ensureResources' | 'ensure'>;
   status: StatusStore;
   payloads: MessageStore;
   idempotency: IdempotencyStore;
@@ -219,7 +219,13 @@ export class Outbox {
     const recipient = options.list !== undefined ? this.bulkRecipient(rendered.message, options.list) : undefined;
     const { storage, status } = this.deps;
     const logger = invocationLogger(options.invocation, this.logger);
-    await storage.ensureResources();
+    // Only what this accept writes: a process's first request does not wait for every queue, table and container.
+    await storage.ensure(
+      'outboxQueue',
+      'statusTable',
+      ...(request.idempotencyKey !== undefined && options.batchId === undefined ? (['idempotencyTable'] as const) : []),
+      ...(options.list !== undefined ? (['suppressionTable'] as const) : []),
+    );
     const hash = payloadHash(request);
     const now = this.now();
     // A batch's message is named by its batch and key, so every fan-out of the batch names the same one.
@@ -382,7 +388,10 @@ export class Outbox {
   /** The writes before the record: a large message's blob, then the queue message (none for a suppressed one). */
   private async writeAhead(pending: PendingRecord): Promise<void> {
     if (pending.record.status === 'suppressed') return;
-    if (pending.blob !== undefined) await this.deps.payloads.putText(pending.record.id, pending.blob);
+    if (pending.blob !== undefined) {
+      await this.deps.storage.ensure('payloads');
+      await this.deps.payloads.putText(pending.record.id, pending.blob);
+    }
     // The queue message before the record: a record never exists without the message that will deliver it.
     await enqueueOutbox(this.deps.storage.outboxQueue, pending.record.id, pending.delaySeconds);
   }

@@ -73,7 +73,15 @@ export interface StorageClients {
   digestTable: TableClient;
   /** Creates the queues, tables and container. Once per process; a failed attempt is retried on the next call. */
   ensureResources(): Promise<void>;
+  /**
+   * Creates only the resources named, each once per process (a failed attempt is retried on the next call): a path
+   * that needs two of them, such as an HTTP accept, does not wait on the first request for all fifteen.
+   */
+  ensure(...names: StorageResource[]): Promise<void>;
 }
+
+/** The queues, tables and containers of {@link StorageClients}, by property name. */
+export type StorageResource = Exclude<keyof StorageClients, 'ensureResources' | 'ensure'>;
 
 /** How to reach storage: a connection string (Azurite, shared keys) or service URIs with a token credential. */
 export type StorageTarget =
@@ -245,36 +253,30 @@ function buildStorage(target: StorageTarget, options: StorageOptions): StorageCl
     digestItemsPoisonQueue: queues.getQueueClient(DIGEST_ITEMS_POISON_QUEUE),
     digestTable: table(DIGEST_TABLE),
   };
-  let ready: Promise<void> | undefined;
-  return {
-    ...clients,
-    ensureResources() {
-      ready ??= Promise.all([
-        clients.outboxQueue.createIfNotExists(),
-        clients.poisonQueue.createIfNotExists(),
-        clients.statusTable.createTable(),
-        clients.idempotencyTable.createTable(),
-        clients.payloads.createIfNotExists(),
-        clients.notificationsQueue.createIfNotExists(),
-        clients.notificationsPoisonQueue.createIfNotExists(),
-        clients.batches.createIfNotExists(),
-        clients.batchTable.createTable(),
-        clients.pacingTable.createTable(),
-        clients.pacingLeases.createIfNotExists(),
-        clients.suppressionTable.createTable(),
-        clients.digestItemsQueue.createIfNotExists(),
-        clients.digestItemsPoisonQueue.createIfNotExists(),
-        clients.digestTable.createTable(),
-      ]).then(
+  const created = new Map<StorageResource, Promise<void>>();
+  const create = (name: StorageResource): Promise<void> => {
+    let done = created.get(name);
+    if (!done) {
+      const client = clients[name];
+      done = (client instanceof TableClient ? client.createTable() : client.createIfNotExists()).then(
         () => undefined,
         (error: unknown) => {
-          ready = undefined;
+          created.delete(name);
           throw error;
         },
       );
-      return ready;
-    },
+      created.set(name, done);
+    }
+    return done;
   };
+  const all = Object.keys(clients) as StorageResource[];
+  // Every creation settles before the call does: a failed call leaves nothing in flight, so the next one tries again
+  // each resource that was not created.
+  const ensure = async (...names: StorageResource[]): Promise<void> => {
+    const failed = (await Promise.allSettled(names.map(create))).find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  };
+  return { ...clients, ensure, ensureResources: () => ensure(...all) };
 }
 
 /** The HTTP status of an Azure SDK RestError (undefined for a network failure or anything else). */
