@@ -101,7 +101,10 @@ export async function runAcceptToSentBench(
 
   /** Why message `id` is late: its status record and the host's lines that name it (ids only: no addresses). */
   const explain = async (id: string) => {
-    const status = await (await fetch(`${base}/messages/${id}?code=${key}`)).text();
+    const status = await fetch(`${base}/messages/${id}?code=${key}`, { signal: AbortSignal.timeout(10_000) }).then(
+      (r) => r.text(),
+      (error: unknown) => `unreadable (${error instanceof Error ? error.message : String(error)})`,
+    );
     const lines = hostLines.filter((line) => line.includes(id)).slice(-20);
     return `status ${status}\nhost lines naming it:\n${lines.join('\n') || '(none)'}`;
   };
@@ -109,7 +112,9 @@ export async function runAcceptToSentBench(
   const sendOne = async (i: number) => {
     const postedAt = Date.now();
     const startsBefore = deliverStarts.length;
+    // Every request is bounded: a host (or an emulator) that stops answering is an error that says so, not a hang.
     const response = await fetch(`${base}/messages?code=${key}`, {
+      signal: AbortSignal.timeout(MESSAGE_DEADLINE_MS),
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ to: `latency${i}@example.com`, subject: `Latency ${i}`, text: 'Accept-to-sent bench.' }),
@@ -126,7 +131,10 @@ export async function runAcceptToSentBench(
     }
     let sentAt: number | undefined;
     while (sentAt === undefined) {
-      const status = (await (await fetch(`${base}/messages/${id}?code=${key}`)).json()) as {
+      const remaining = Math.max(1, deadline - Date.now());
+      const status = (await (
+        await fetch(`${base}/messages/${id}?code=${key}`, { signal: AbortSignal.timeout(remaining) })
+      ).json()) as {
         status: string;
         sentAt?: string;
       };

@@ -30,7 +30,8 @@ export interface FanoutFigures {
   /**
    * The emulator's own cost for what a recipient is in storage, measured right after in the same Azurite: as many
    * queue messages (32 in flight, as the fan-out writes them) and entities of the same size in Table transactions of
-   * 100, written with the SDK alone into a fresh queue and table. Per recipient.
+   * 100 into one partition (a batch's records share one), written with the SDK alone into a fresh queue and table.
+   * Per recipient.
    */
   rawReferencePerRecipientMs: number;
   /** perRecipientMs over rawReferencePerRecipientMs: the app's cost in units of the emulator's. */
@@ -58,7 +59,8 @@ async function rawReference(connectionString: string, recipients: number): Promi
     await runBounded(transactions, 4, async (t) => {
       const actions: TransactionAction[] = [];
       for (let i = t * 100; i < Math.min(recipients, (t + 1) * 100); i++) {
-        actions.push(['create', { partitionKey: `p${t}`, rowKey: `r${i}`, status: 'queued', content0: content }]);
+        // One partition, as a batch's records are (`b~<batchId>`, one row per recipient).
+        actions.push(['create', { partitionKey: 'b~ref', rowKey: `r${i}`, status: 'queued', content0: content }]);
       }
       await table.submitTransaction(actions);
       progress.tick(actions.length);

@@ -96,13 +96,25 @@ async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length);
   const want = (name: string) => !only || only.split(',').includes(name);
-  const [sandbox, azurite] = await Promise.all([
+  const [sandbox, firstAzurite] = await Promise.all([
     // The sandbox must not throttle the benchmark: pacing is measured on its own.
     startSandbox({ smtpLimits: { dailyRecipients: HUGE, ratePerMinute: HUGE } }),
     startAzurite(),
   ]);
   applySandboxEnv(sandbox);
-  const env = { ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString };
+  let azurite = firstAzurite;
+  let env = { ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString };
+  /**
+   * Each part that uses storage gets an Azurite of its own: what one part left in the emulator (thousands of
+   * records, messages and blobs) must not slow the next. Once, a latency run after the HTTP bench in the same
+   * emulator stalled for minutes with Azurite at full CPU and requests unread on its sockets.
+   */
+  const freshStorage = async () => {
+    await azurite.stop();
+    azurite = await startAzurite();
+    env = { ...sandbox.settings(), AzureWebJobsStorage: azurite.connectionString };
+    return env;
+  };
   const results: Record<string, unknown> = {
     when: new Date().toISOString(),
     command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
@@ -135,6 +147,7 @@ async function main(): Promise<void> {
       ]);
     }
     if (want('http')) {
+      await freshStorage();
       const h = await runHttpAcceptBench(env, quick ? { requests: 200, rounds: 1 } : {});
       results.httpAccept = h;
       table([
@@ -189,6 +202,7 @@ async function main(): Promise<void> {
       ]);
     }
     if (want('latency')) {
+      await freshStorage();
       const l = await runAcceptToSentBench(sandbox, env, quick ? { messages: 50, idleMessages: 5 } : {});
       results.acceptToSent = l;
       const ms = (s: { p50Ms: number; p99Ms: number; maxMs: number }) => [
@@ -222,6 +236,7 @@ async function main(): Promise<void> {
       ]);
     }
     if (want('coldstart')) {
+      await freshStorage();
       const c = await runColdStartBench(env, quick ? { runs: 3 } : {});
       results.coldStart = c;
       table([
@@ -298,6 +313,7 @@ async function main(): Promise<void> {
       const sizes = sizesArg ? sizesArg.split(',').map(Number) : quick ? [1_000] : [10_000];
       const runs = [];
       for (const recipients of sizes) {
+        await freshStorage();
         const run = await runFanoutBench(env, { recipients });
         // Each size as it completes: the largest can take many minutes on a busy machine.
         process.stdout.write(`fan-out ${JSON.stringify(run)}\n`);
@@ -353,6 +369,7 @@ async function main(): Promise<void> {
     }
     if (want('digest')) {
       const sizesArg = process.argv.find((a) => a.startsWith('--digest-items='))?.slice('--digest-items='.length);
+      await freshStorage();
       const g = await runDigestBench(env, {
         sizes: sizesArg ? sizesArg.split(',').map(Number) : quick ? [1_000, 5_000] : [10_000, 100_000],
         recipients: quick ? 1_000 : 10_000,
@@ -392,6 +409,7 @@ async function main(): Promise<void> {
       ]);
     }
     if (want('hostile')) {
+      await freshStorage();
       const h = await runHostileBench(env, quick ? { reps: 3, requests: 20 } : {});
       results.hostile = h;
       table([
