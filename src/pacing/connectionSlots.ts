@@ -22,6 +22,12 @@ export interface ConnectionSlot {
   release(): Promise<void>;
 }
 
+/** An error's `code` when it is a short identifier (ETIMEDOUT, ECONNRESET, LeaseIdMismatchWithLeaseOperation). */
+function errorCode(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^[A-Za-z0-9_]{1,64}$/.test(code) ? code : undefined;
+}
+
 export class ConnectionSlots {
   private readonly prefix: string;
   private readonly logger: Logger;
@@ -91,6 +97,7 @@ export class ConnectionSlots {
         this.logger.warn('lost an SMTP connection slot lease; closing its connection', {
           slot: index,
           status: storageStatusCode(error),
+          code: errorCode(error),
         });
         onLost();
       });
@@ -106,9 +113,11 @@ export class ConnectionSlots {
           await lease.releaseLease();
         } catch (error) {
           // It expires on its own within LEASE_SECONDS.
-          this.logger.warn('could not release an SMTP connection slot lease', {
+          // The status, or without one (no answer: a timeout, a reset) the error's code, which names no data.
+          this.logger.warn('could not release an SMTP connection slot lease; it expires on its own', {
             slot: index,
             status: storageStatusCode(error),
+            code: errorCode(error),
           });
         }
       },

@@ -82,6 +82,26 @@ const sessionOf = (subject: string) => {
   return sandbox.smtp.sessions.find((s) => s.id === sent?.sessionId);
 };
 
+describe('a release that fails', () => {
+  it('is logged with the status and the error code (no data), and the slot stays with whoever holds it', async () => {
+    const logs: string[] = [];
+    const logger = createLogger({ level: 'debug', write: (line) => logs.push(line) });
+    const slots = new ConnectionSlots(storage.pacingLeases, nextMailbox(), 1, { logger, renewEveryMs: 60_000 });
+    const slot = await slots.acquire(() => {});
+    expect(slot?.index).toBe(0);
+    // Another instance breaks the lease and takes the slot: this one's release is refused.
+    const blob = slots.slotBlob(0);
+    await blob.getBlobLeaseClient().breakLease(0);
+    const other = blob.getBlobLeaseClient();
+    await other.acquireLease(LEASE_SECONDS);
+    await slot?.release();
+    const warning = logs.find((line) => line.includes('could not release an SMTP connection slot lease'));
+    expect(warning).toMatch(/WARN .*"slot":0,"status":409,"code":"[A-Za-z0-9_]+"/);
+    expect((await blob.getProperties()).leaseState).toBe('leased');
+    await other.releaseLease();
+  });
+});
+
 describe('a lease renewal that fails closes its connection', () => {
   it.each([
     ['broken by another instance', false],
