@@ -112,10 +112,10 @@ async function startServerProcess(script: string, env: Record<string, string>): 
   const ready = await Promise.race([
     (async () => {
       for await (const line of lines) return JSON.parse(line) as { url: string; functionKey?: string };
-      throw new Error('the dev host process closed its output before it was ready');
+      throw new Error(`${script} closed its output before it was ready`);
     })(),
     exited.then(([code]) => {
-      throw new Error(`the dev host process exited with ${String(code)} before it was ready`);
+      throw new Error(`${script} exited with ${String(code)} before it was ready`);
     }),
   ]);
   return {
