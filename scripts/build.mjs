@@ -2,11 +2,21 @@
 // The app is dist/functions/app.js (HTTP, the outbox, storage, templates) and dist/functions/sendPath.js (the
 // packages only sending needs: MSAL, @azure/identity, Key Vault, nodemailer, the telemetry exporter), which app.js
 // requires on first use. The entry, dist/functions/index.js, loads app.js through the V8 code cache written here
-// (app.js.cache). dist/meta.json is esbuild's metafile of the app (`npm run bundle-report`).
+// (app.js.cache) from a training run that accepts one message into a throwaway Azurite. dist/meta.json is esbuild's metafile of the app (`npm run bundle-report`).
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { build } from 'esbuild';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { tsImport } from 'tsx/esm/api';
 
@@ -79,12 +89,50 @@ if (app && sendPath) {
     ),
   };
   writeFileSync(path.join(staging, 'meta.json'), JSON.stringify(meta));
-  // Load the app once, in a plain Node process as the worker runs it, and keep what V8 compiled.
-  execFileSync(
-    process.execPath,
-    ['-e', `require(${JSON.stringify(path.resolve(staging, 'functions/index.js'))}).writeAppCodeCache()`],
-    { stdio: 'ignore', env: { PATH: process.env.PATH ?? '' } },
-  );
+  await writeCodeCache(path.resolve(staging, 'functions/index.js'));
+}
+
+/**
+ * Writes the app bundle's V8 code cache from a training run: a plain Node process, as the worker runs the app, loads
+ * the bundle and accepts one message into a throwaway Azurite (scripts/codeCacheTraining.ts), so the cache holds
+ * what a cold instance's first accept compiles. If that run cannot happen, the cache holds what loading compiled.
+ */
+async function writeCodeCache(entry) {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'm365-mailer-codecache-'));
+  let azurite;
+  try {
+    await build({
+      entryPoints: { codeCacheTraining: 'scripts/codeCacheTraining.ts' },
+      outdir: work,
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      format: 'cjs',
+      logLevel: 'warning',
+      external: ['@azure/functions-core'],
+    });
+    copyFileSync('dev/functionsCoreModule.cjs', path.join(work, 'functionsCoreModule.cjs'));
+    const { startAzurite } = await tsImport('../dev/azurite.ts', import.meta.url);
+    azurite = await startAzurite();
+    // Run outside the repository, so no local.settings.json is read.
+    execFileSync(process.execPath, [path.join(work, 'codeCacheTraining.js'), entry], {
+      cwd: work,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { PATH: process.env.PATH ?? '', AzureWebJobsStorage: azurite.connectionString },
+    });
+  } catch (error) {
+    const reason = String(error?.stderr || error?.message || error)
+      .trim()
+      .split('\n')[0];
+    console.warn(`build: the code cache holds the loaded bundle only (its training run failed: ${reason})`);
+    execFileSync(process.execPath, ['-e', `require(${JSON.stringify(entry)}).writeAppCodeCache()`], {
+      stdio: 'ignore',
+      env: { PATH: process.env.PATH ?? '' },
+    });
+  } finally {
+    await azurite?.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
 }
 
 for (const entry of readdirSync(staging, { recursive: true, withFileTypes: true })) {
