@@ -30,6 +30,17 @@ const CERTIFICATE_ERROR_CODES = new Set([
   'CERT_UNTRUSTED',
 ]);
 
+/** OpenSSL's codes for a handshake with no protocol version both sides allow. */
+const TLS_VERSION_ERROR_CODES = new Set([
+  'ERR_SSL_UNSUPPORTED_PROTOCOL',
+  'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION',
+  'ERR_SSL_NO_PROTOCOLS_AVAILABLE',
+]);
+
+/** The server, not Exchange's 421 4.7.66 to an old client: this app never offers less than TLS 1.2. */
+const SERVER_TLS_VERSION_HINT =
+  'The SMTP server offers no TLS 1.2 or later, which this app requires, as Exchange Online does. Check MAIL_SMTP_HOST and MAIL_SMTP_PORT (smtp.office365.com, port 587), and any TLS-inspecting proxy between the app and Exchange.';
+
 /** Enhanced status codes (and reply patterns) of Exchange Online, most specific first. */
 const SMTP_RULES: Array<{ test: (reply: SmtpReply) => boolean; code: MailErrorCode }> = [
   { test: (r) => r.enhanced === '5.7.139' && /basic authentication/i.test(r.response), code: 'BASIC_AUTH_DISABLED' },
@@ -104,6 +115,15 @@ export function classifySmtpError(value: unknown): MailError {
   if (tlsCode || /certificate|self[- ]signed|altname/i.test(error.message)) {
     return new MailError('TLS_CERTIFICATE', `TLS certificate of the SMTP server not trusted: ${error.message}`, {
       cause: error,
+    });
+  }
+  if (
+    [error.code, causeCode].some((c) => c && TLS_VERSION_ERROR_CODES.has(c)) ||
+    /alert protocol version|unsupported protocol|no protocols available/i.test(error.message)
+  ) {
+    return new MailError('TLS_VERSION', `TLS handshake with the SMTP server failed: ${error.message}`, {
+      cause: error,
+      hint: SERVER_TLS_VERSION_HINT,
     });
   }
   if (error.code === 'ETLS' || /STARTTLS/i.test(error.message)) {

@@ -4,7 +4,7 @@ import type { Config } from '../config';
 import { MailError } from '../errors';
 import { classifyTokenError } from './classify';
 import type { SmtpAuthSource, SmtpLogin } from './smtpAuth';
-import { trustedCas } from './tlsTrust';
+import { MIN_TLS_VERSION, trustedSecureContext } from './tlsTrust';
 
 /** Messages per pooled connection before it is recycled. */
 export const MESSAGES_PER_CONNECTION = 100;
@@ -79,13 +79,14 @@ export function createSmtpTransport(
 ): Transporter {
   const { host, port } = config.smtp;
   const oauth = auth.mode !== 'basic';
-  const ca = trustedCas(config.extraCaPem);
+  // Built once for the process: each connection (and each reconnection) would otherwise parse the whole CA list.
+  const secureContext = trustedSecureContext(config.extraCaPem);
   const base = {
     host,
     port,
     secure: false,
     requireTLS: true,
-    tls: { minVersion: 'TLSv1.2' as const, rejectUnauthorized: true, ...(ca ? { ca } : {}) },
+    tls: { minVersion: MIN_TLS_VERSION, rejectUnauthorized: true, ...(secureContext ? { secureContext } : {}) },
     connectionTimeout: CONNECTION_TIMEOUT_MS,
     greetingTimeout: GREETING_TIMEOUT_MS,
     socketTimeout: SOCKET_TIMEOUT_MS,

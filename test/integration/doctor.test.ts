@@ -3,7 +3,6 @@
  * server (sandbox/dns.ts): every check passing, then each one failing the way a real tenant does.
  */
 import net from 'node:net';
-import tls from 'node:tls';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -14,6 +13,7 @@ import type { CheckResult } from '../../src/doctor/report';
 import { Redactor } from '../../src/redact';
 import { goodDomainRecords, startSandboxDns, type SandboxDns } from '../../sandbox/dns';
 import { secretScanner } from '../support/secretScan';
+import { startTlsServer } from '../support/tlsServer';
 import { applySandboxEnv, sandboxMailer, message, startSandbox, type Sandbox } from '../support/sandboxMailer';
 
 let sandbox: Sandbox;
@@ -85,41 +85,6 @@ async function closedPort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise((resolve) => server.close(resolve));
   return port;
-}
-
-/**
- * A bare SMTP server on loopback that offers STARTTLS and then speaks TLS with `tlsOptions` (the sandbox CA's
- * certificate unless given): for the TLS cases the sandbox does not cover (an old TLS version, an expired certificate).
- */
-async function startTlsServer(tlsOptions: tls.TlsOptions): Promise<{ port: number; close(): Promise<void> }> {
-  const server = net.createServer((socket) => {
-    socket.on('error', () => {});
-    socket.write('220 test.local ESMTP\r\n');
-    let buffer = '';
-    const onData = (chunk: Buffer) => {
-      buffer += chunk.toString('latin1');
-      for (let end = buffer.indexOf('\n'); end >= 0; end = buffer.indexOf('\n')) {
-        const line = buffer.slice(0, end).trim().toUpperCase();
-        buffer = buffer.slice(end + 1);
-        if (line.startsWith('EHLO')) socket.write('250-test.local\r\n250 STARTTLS\r\n');
-        else if (line === 'STARTTLS') {
-          socket.off('data', onData);
-          socket.write('220 2.0.0 SMTP server ready\r\n', () => {
-            const secure = new tls.TLSSocket(socket, { isServer: true, ...tlsOptions });
-            secure.on('error', () => {});
-            secure.on('data', () => secure.write('221 bye\r\n', () => secure.end()));
-          });
-          return;
-        } else socket.write('502 no\r\n');
-      }
-    };
-    socket.on('data', onData);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
-  };
 }
 
 describe('a healthy tenant', () => {

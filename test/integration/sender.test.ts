@@ -2,9 +2,12 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { decodeJwt } from 'jose';
 import { MailError } from '../../src/errors';
+import { readFileSync } from 'node:fs';
 import { IDLE_CLOSE_MS } from '../../src/sender/connectionPool';
+import { trustedSecureContext } from '../../src/sender/tlsTrust';
 import { SMTP_SEND_AS_APP_ROLE } from '../../sandbox/tenant';
 import { secretScanner, smtpMessagesDecoded, smtpWire } from '../support/secretScan';
+import { startTlsServer } from '../support/tlsServer';
 import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
 
 let sandbox: Sandbox;
@@ -133,6 +136,51 @@ describe('connection hygiene', () => {
     await new Promise((r) => setTimeout(r, IDLE_CLOSE_MS + 1_000));
     expect(session?.open).toBe(false);
     expect(session?.transcript.some((l) => /^C: QUIT/.test(l))).toBe(true);
+  });
+});
+
+describe('TLS with the extra CA (MAIL_TLS_CA_FILE): one context for every connection, verification on', () => {
+  it('builds the context once per CA: reconnections do not parse the CA list again', async () => {
+    const pem = readFileSync(sandbox.settings().MAIL_TLS_CA_FILE as string, 'utf8');
+    expect(trustedSecureContext(pem)).toBe(trustedSecureContext(pem));
+    expect(trustedSecureContext(undefined)).toBeUndefined();
+    // Two mailers, two pools, each its own connection: both verified against the shared context.
+    const [a, b] = [mailer(), mailer()];
+    await Promise.all([a.sender.send(message(a), { source: 'cli' }), b.sender.send(message(b), { source: 'cli' })]);
+    expect(sandbox.smtp.messages).toHaveLength(2);
+    expect(new Set(sandbox.smtp.messages.map((m) => m.sessionId)).size).toBe(2);
+  });
+
+  it('refuses a server that speaks only TLS 1.1', async () => {
+    const cert = sandbox.ca.issueServer();
+    const server = await startTlsServer({
+      key: cert.keyPem,
+      cert: cert.certPem,
+      minVersion: 'TLSv1',
+      maxVersion: 'TLSv1.1',
+      ciphers: 'DEFAULT@SECLEVEL=0',
+    });
+    try {
+      const error = await sendError(mailer('client-secret', { MAIL_SMTP_PORT: String(server.port) }));
+      // Not a connection failure to retry: the server can never meet the TLS 1.2 minimum.
+      expect(error).toMatchObject({ code: 'TLS_VERSION', transient: false });
+      expect(error.message).toMatch(/protocol version/i);
+      expect(error.hint).toContain('TLS 1.2');
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('refuses a certificate of the trusted CA issued for another host name (TLS_CERTIFICATE)', async () => {
+    const cert = sandbox.ca.issueServer(['smtp.elsewhere.test']);
+    const server = await startTlsServer({ key: cert.keyPem, cert: cert.certPem });
+    try {
+      const error = await sendError(mailer('client-secret', { MAIL_SMTP_PORT: String(server.port) }));
+      expect(error).toMatchObject({ code: 'TLS_CERTIFICATE', transient: false });
+      expect(error.message).toMatch(/smtp\.elsewhere\.test|altname|Host/i);
+    } finally {
+      await server.close();
+    }
   });
 });
 

@@ -120,6 +120,32 @@ describe('classifySmtpError: Exchange Online reply texts', () => {
     });
     expect(classifySmtpError(untrusted)).toMatchObject({ code: 'TLS_CERTIFICATE', transient: false });
   });
+
+  it('a server with no TLS 1.2 or later → TLS_VERSION, permanent (not a connection failure to retry)', () => {
+    const alert = Object.assign(
+      new Error(
+        '80FCF089387F0000:error:0A00042E:SSL routines:ssl3_read_bytes:tlsv1 alert protocol version:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert number 70',
+      ),
+      { code: 'ESOCKET' },
+    );
+    const unsupported = Object.assign(new Error('unsupported protocol'), {
+      code: 'ESOCKET',
+      originalCode: 'ERR_SSL_UNSUPPORTED_PROTOCOL',
+    });
+    for (const error of [alert, unsupported]) {
+      expect(classifySmtpError(error)).toMatchObject({ code: 'TLS_VERSION', transient: false });
+      expect(classifySmtpError(error).hint).toContain('MAIL_SMTP_HOST');
+    }
+    // A reset during the handshake stays a transient connection failure.
+    const reset = Object.assign(
+      new Error('Client network socket disconnected before secure TLS connection was established'),
+      {
+        code: 'ESOCKET',
+        originalCode: 'ECONNRESET',
+      },
+    );
+    expect(classifySmtpError(reset)).toMatchObject({ code: 'CONNECTION_FAILED', transient: true });
+  });
 });
 
 describe('classifyTokenError', () => {
