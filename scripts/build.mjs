@@ -78,60 +78,88 @@ if (existsSync('functions/index.ts')) {
     build({ ...common, entryPoints: { 'functions/index': 'src/bundleEntry.ts' }, outdir: staging, plugins: [] }),
   );
 }
-const [, app, sendPath] = await Promise.all(builds);
-if (app && sendPath) {
-  const outputs = { ...app.metafile.outputs, ...sendPath.metafile.outputs };
-  const meta = {
-    inputs: { ...app.metafile.inputs, ...sendPath.metafile.inputs },
-    // Output paths as they are once moved into dist/.
-    outputs: Object.fromEntries(
-      Object.entries(outputs).map(([file, output]) => [path.join('dist', path.relative(staging, file)), output]),
-    ),
+// The code cache's training run needs an Azurite and its own script: both are made ready while the app bundles.
+const training = existsSync('functions/index.ts') ? prepareTraining() : undefined;
+try {
+  const [, app, sendPath] = await Promise.all(builds);
+  if (app && sendPath) {
+    const outputs = { ...app.metafile.outputs, ...sendPath.metafile.outputs };
+    const meta = {
+      inputs: { ...app.metafile.inputs, ...sendPath.metafile.inputs },
+      // Output paths as they are once moved into dist/.
+      outputs: Object.fromEntries(
+        Object.entries(outputs).map(([file, output]) => [path.join('dist', path.relative(staging, file)), output]),
+      ),
+    };
+    writeFileSync(path.join(staging, 'meta.json'), JSON.stringify(meta));
+    await writeCodeCache(path.resolve(staging, 'functions/index.js'), training);
+  }
+} finally {
+  await training?.close();
+}
+
+/**
+ * Starts what the code cache's training run needs (scripts/codeCacheTraining.ts bundled into a temporary directory,
+ * and a throwaway Azurite) without waiting for it. Neither promise rejects unhandled: a failure is met in
+ * writeCodeCache. `close()` stops the Azurite and removes the directory, whatever happened.
+ */
+function prepareTraining() {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'm365-mailer-codecache-'));
+  const script = build({
+    entryPoints: { codeCacheTraining: 'scripts/codeCacheTraining.ts' },
+    outdir: work,
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    logLevel: 'warning',
+    external: ['@azure/functions-core'],
+  }).then(() => {
+    copyFileSync('dev/functionsCoreModule.cjs', path.join(work, 'functionsCoreModule.cjs'));
+    return path.join(work, 'codeCacheTraining.js');
+  });
+  const azurite = tsImport('../dev/azurite.ts', import.meta.url).then(({ startAzurite }) => startAzurite());
+  script.catch(() => {});
+  azurite.catch(() => {});
+  return {
+    work,
+    script,
+    azurite,
+    close: async () => {
+      await azurite.then(
+        (instance) => instance.stop(),
+        () => {},
+      );
+      rmSync(work, { recursive: true, force: true });
+    },
   };
-  writeFileSync(path.join(staging, 'meta.json'), JSON.stringify(meta));
-  await writeCodeCache(path.resolve(staging, 'functions/index.js'));
 }
 
 /**
  * Writes the app bundle's V8 code cache from a training run: a plain Node process, as the worker runs the app, loads
- * the bundle and accepts one message into a throwaway Azurite (scripts/codeCacheTraining.ts), so the cache holds
+ * the bundle and accepts one message into the throwaway Azurite (scripts/codeCacheTraining.ts), so the cache holds
  * what a cold instance's first accept compiles. If that run cannot happen, the cache holds what loading compiled.
  */
-async function writeCodeCache(entry) {
-  const work = mkdtempSync(path.join(os.tmpdir(), 'm365-mailer-codecache-'));
-  let azurite;
+async function writeCodeCache(entry, training) {
   try {
-    await build({
-      entryPoints: { codeCacheTraining: 'scripts/codeCacheTraining.ts' },
-      outdir: work,
-      bundle: true,
-      platform: 'node',
-      target: 'node20',
-      format: 'cjs',
-      logLevel: 'warning',
-      external: ['@azure/functions-core'],
-    });
-    copyFileSync('dev/functionsCoreModule.cjs', path.join(work, 'functionsCoreModule.cjs'));
-    const { startAzurite } = await tsImport('../dev/azurite.ts', import.meta.url);
-    azurite = await startAzurite();
+    const [script, azurite] = await Promise.all([training.script, training.azurite]);
     // Run outside the repository, so no local.settings.json is read.
-    execFileSync(process.execPath, [path.join(work, 'codeCacheTraining.js'), entry], {
-      cwd: work,
+    execFileSync(process.execPath, [script, entry], {
+      cwd: training.work,
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { PATH: process.env.PATH ?? '', AzureWebJobsStorage: azurite.connectionString },
     });
   } catch (error) {
-    const reason = String(error?.stderr || error?.message || error)
+    // The error's own line (a Node stack trace opens with the file and line it was thrown at).
+    const lines = String(error?.stderr || error?.message || error)
       .trim()
-      .split('\n')[0];
+      .split('\n');
+    const reason = lines.find((line) => /Error\b/.test(line)) ?? lines[0];
     console.warn(`build: the code cache holds the loaded bundle only (its training run failed: ${reason})`);
     execFileSync(process.execPath, ['-e', `require(${JSON.stringify(entry)}).writeAppCodeCache()`], {
       stdio: 'ignore',
       env: { PATH: process.env.PATH ?? '' },
     });
-  } finally {
-    await azurite?.stop();
-    rmSync(work, { recursive: true, force: true });
   }
 }
 
