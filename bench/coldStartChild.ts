@@ -1,7 +1,7 @@
 /** One cold start, in a fresh process: load an app entry the way the worker does and answer one POST /api/messages. */
 import { performance } from 'node:perf_hooks';
 import { captureRegistrations } from '../dev/functionsCore';
-import { Invoker } from '../dev/invoker';
+import { Invoker, jsonPostInput } from '../dev/invoker';
 import { normalise } from '../dev/registrations';
 
 /**
@@ -37,18 +37,7 @@ async function main(): Promise<void> {
   if (!fn) throw new Error('no POST messages function in the entry');
   const invoker = new Invoker(registrations, () => {});
   const body = JSON.stringify({ to: 'cold@example.com', subject: 'Cold start', text: 'first request' });
-  const response = await invoker.invoke(fn, {
-    trigger: {
-      http: {
-        method: 'POST',
-        url: 'http://127.0.0.1:7071/api/messages',
-        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
-        query: {},
-        params: {},
-        body: { bytes: Buffer.from(body) },
-      },
-    },
-  });
+  const response = await invoker.invoke(fn, jsonPostInput('http://127.0.0.1:7071/api/messages', body));
   const answered = performance.now();
   process.stdout.write(
     `${JSON.stringify({

@@ -23,6 +23,22 @@ export interface InvocationInput {
   traceParent?: string | undefined;
 }
 
+/** A JSON POST to `url` as the host hands it to an HTTP trigger (the request's RPC form). */
+export function jsonPostInput(url: string, json: string): InvocationInput {
+  return {
+    trigger: {
+      http: {
+        method: 'POST',
+        url,
+        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(json)) },
+        query: {},
+        params: {},
+        body: { bytes: Buffer.from(json) },
+      },
+    },
+  };
+}
+
 export type LogWriter = (line: string) => void;
 
 /** Runs invocations and tracks the ones in flight, so that stopping can wait for them. */

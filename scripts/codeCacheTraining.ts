@@ -9,7 +9,7 @@
  * cold instance would otherwise compile while its first caller waits. Nothing of the send path is loaded here.
  */
 import { captureRegistrations } from '../dev/functionsCore';
-import { Invoker } from '../dev/invoker';
+import { Invoker, jsonPostInput } from '../dev/invoker';
 import { normalise } from '../dev/registrations';
 
 /** The settings of a tenant that is never contacted: accepting a message reads and writes storage only. */
@@ -38,18 +38,7 @@ async function main(): Promise<void> {
   const lines: string[] = [];
   const invoker = new Invoker(registrations, (line) => lines.push(line));
   const body = JSON.stringify({ to: 'first@contoso.test', subject: 'Training', text: 'The first accept.' });
-  const response = await invoker.invoke(fn, {
-    trigger: {
-      http: {
-        method: 'POST',
-        url: 'http://127.0.0.1:7071/api/messages',
-        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
-        query: {},
-        params: {},
-        body: { bytes: Buffer.from(body) },
-      },
-    },
-  });
+  const response = await invoker.invoke(fn, jsonPostInput('http://127.0.0.1:7071/api/messages', body));
   const status = Number(response.returnValue?.http?.statusCode ?? 0);
   if (status !== 202) throw new Error(`the training POST /api/messages answered ${status}\n${lines.join('\n')}`);
   // eslint-disable-next-line @typescript-eslint/no-require-imports

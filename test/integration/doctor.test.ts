@@ -13,7 +13,7 @@ import type { CheckResult } from '../../src/doctor/report';
 import { Redactor } from '../../src/redact';
 import { goodDomainRecords, startSandboxDns, type SandboxDns } from '../../sandbox/dns';
 import { secretScanner } from '../support/secretScan';
-import { startTlsServer } from '../support/tlsServer';
+import { startTls11Server, startTlsServer } from '../support/tlsServer';
 import { applySandboxEnv, sandboxMailer, message, startSandbox, type Sandbox } from '../support/sandboxMailer';
 
 let sandbox: Sandbox;
@@ -217,14 +217,7 @@ describe('smtp-starttls', () => {
     expect(run.byName['smtp-starttls']?.fix).toContain('MAIL_TLS_CA_FILE');
   });
   it('fails a server that speaks only TLS 1.1 (TLS_VERSION)', async () => {
-    const cert = sandbox.ca.issueServer();
-    const server = await startTlsServer({
-      key: cert.keyPem,
-      cert: cert.certPem,
-      minVersion: 'TLSv1',
-      maxVersion: 'TLSv1.1',
-      ciphers: 'DEFAULT@SECLEVEL=0',
-    });
+    const server = await startTls11Server(sandbox.ca.issueServer());
     try {
       const run = await doctor({ MAIL_SMTP_PORT: String(server.port) });
       expect(run.byName['smtp-tcp']?.status).toBe('pass');

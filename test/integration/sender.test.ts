@@ -7,7 +7,7 @@ import { IDLE_CLOSE_MS } from '../../src/sender/connectionPool';
 import { trustedSecureContext } from '../../src/sender/tlsTrust';
 import { SMTP_SEND_AS_APP_ROLE } from '../../sandbox/tenant';
 import { secretScanner, smtpMessagesDecoded, smtpWire } from '../support/secretScan';
-import { startTlsServer } from '../support/tlsServer';
+import { startTls11Server, startTlsServer } from '../support/tlsServer';
 import { message, sandboxMailer, startSandbox, type Sandbox, type TestMailer } from '../support/sandboxMailer';
 
 let sandbox: Sandbox;
@@ -152,14 +152,7 @@ describe('TLS with the extra CA (MAIL_TLS_CA_FILE): one context for every connec
   });
 
   it('refuses a server that speaks only TLS 1.1', async () => {
-    const cert = sandbox.ca.issueServer();
-    const server = await startTlsServer({
-      key: cert.keyPem,
-      cert: cert.certPem,
-      minVersion: 'TLSv1',
-      maxVersion: 'TLSv1.1',
-      ciphers: 'DEFAULT@SECLEVEL=0',
-    });
+    const server = await startTls11Server(sandbox.ca.issueServer());
     try {
       const error = await sendError(mailer('client-secret', { MAIL_SMTP_PORT: String(server.port) }));
       // Not a connection failure to retry: the server can never meet the TLS 1.2 minimum.

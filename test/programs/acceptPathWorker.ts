@@ -10,7 +10,7 @@
  */
 import path from 'node:path';
 import { captureRegistrations } from '../../dev/functionsCore';
-import { Invoker } from '../../dev/invoker';
+import { Invoker, jsonPostInput } from '../../dev/invoker';
 import { normalise } from '../../dev/registrations';
 
 async function main(): Promise<void> {
@@ -39,18 +39,7 @@ async function main(): Promise<void> {
     process.exit(0);
   }
   const body = JSON.stringify({ to: 'accept-path@example.com', subject: 'Accept path', text: 'first request' });
-  const response = await invoker.invoke(post, {
-    trigger: {
-      http: {
-        method: 'POST',
-        url: 'http://127.0.0.1:7071/api/messages',
-        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
-        query: {},
-        params: {},
-        body: { bytes: Buffer.from(body) },
-      },
-    },
-  });
+  const response = await invoker.invoke(post, jsonPostInput('http://127.0.0.1:7071/api/messages', body));
   const http = response.returnValue?.http;
   const text = http?.body?.bytes ? Buffer.from(http.body.bytes).toString('utf8') : (http?.body?.string ?? '{}');
   const accepted = JSON.parse(text) as { id?: string };

@@ -37,3 +37,14 @@ export async function startTlsServer(tlsOptions: tls.TlsOptions): Promise<{ port
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
 }
+
+/** A STARTTLS server that speaks nothing newer than TLS 1.1, with `cert` (a certificate the client trusts). */
+export function startTls11Server(cert: { keyPem: string; certPem: string }): ReturnType<typeof startTlsServer> {
+  return startTlsServer({
+    key: cert.keyPem,
+    cert: cert.certPem,
+    minVersion: 'TLSv1',
+    maxVersion: 'TLSv1.1',
+    ciphers: 'DEFAULT@SECLEVEL=0',
+  });
+}
